@@ -1,0 +1,259 @@
+"""The indexed reader: open a bundle of any size at once, read event i on demand, and
+validate the whole run as a stream in bounded memory.
+
+Opening reads only manifest.json and layout.json. The byte-offset index of
+raw_trace.ndjson (24 bytes an event) is built on first need, or during ``validate()``,
+which reads the file once in blocks, checks every event (typed decode, then vectorised
+semantic checks per chunk) and gathers the run-level aggregates in the same pass.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ..jsonfmt import JSONParseError, parse_json_bytes
+from ..validation.bundle_checks import RunChecks, manifest_semantic_issues
+from ..validation.event_checks import check_event_chunk
+from ..validation.issues import Location, ValidationIssue
+from ..validation.raw_event import RAW_EVENT_DECODER, EventView, view_of_dict, view_of_struct
+from ..validation.schema import schema_issues
+from ..versions import (
+    CONTINGENCY_FILE,
+    DERIVED_FILE,
+    LAYOUT_FILE,
+    MANIFEST_FILE,
+    MOTIF_LEDGER_FILE,
+    RAW_TRACE_FILE,
+)
+from .files import JSON_PARSE_ERROR, file_problem, parse_line, read_json_object
+from .lines import Line, LineIndex, LineIndexBuilder, ProgressFn, iter_lines
+from .report import DEFAULT_MAX_KEPT_ISSUES, ValidationReport
+
+DEFAULT_CHUNK_EVENTS = 512
+
+Stage = Callable[[str], None]
+
+
+class BundleOpenError(Exception):
+    """The path cannot be read as a bundle at all (not a directory, nothing in it)."""
+
+
+class EventReadError(ValueError):
+    """One raw event could not be read; the message names file, line and token."""
+
+
+class RunReader:
+    """A run bundle opened for reading; nothing but the small JSON files is loaded."""
+
+    def __init__(self, run_dir: Path | str) -> None:
+        self.run_dir = Path(run_dir)
+        try:
+            if not self.run_dir.exists():
+                raise BundleOpenError(f"{self.run_dir}: no such directory")
+            if not self.run_dir.is_dir():
+                raise BundleOpenError(f"{self.run_dir}: not a directory")
+            names = {MANIFEST_FILE, RAW_TRACE_FILE, LAYOUT_FILE}
+            if not any((self.run_dir / name).exists() for name in names):
+                raise BundleOpenError(
+                    f"{self.run_dir}: not a run bundle (no manifest.json, raw_trace.ndjson or layout.json)"
+                )
+        except PermissionError:
+            raise BundleOpenError(f"{self.run_dir}: permission denied") from None
+        self.raw_path = self.run_dir / RAW_TRACE_FILE
+        self.manifest, self.manifest_issues = read_json_object(
+            self.run_dir / MANIFEST_FILE, "manifest", required=True)
+        self.layout, self.layout_issues = read_json_object(
+            self.run_dir / LAYOUT_FILE, "layout", required=True)
+        self.raw_problem = file_problem(self.raw_path, "run_bundle", required=True)
+        self._index: LineIndex | None = None
+
+    # -- random access ---------------------------------------------------------------------
+    @property
+    def index_ready(self) -> bool:
+        return self._index is not None
+
+    def build_index(self, progress: ProgressFn | None = None) -> LineIndex:
+        """Find every event's byte range (no parsing); reused by later calls."""
+        if self._index is None:
+            builder = LineIndexBuilder()
+            if self.raw_problem is None:
+                for line in iter_lines(self.raw_path, progress=progress):
+                    builder.add(line)
+            self._index = builder.build()
+        return self._index
+
+    def __len__(self) -> int:
+        return len(self.build_index())
+
+    def line_number(self, i: int) -> int:
+        return int(self.build_index().numbers[i])
+
+    def raw_line(self, i: int) -> bytes:
+        """The bytes of event ``i`` exactly as stored (without the newline)."""
+        if i == 0 and self._index is None:
+            line = self._first_line()
+            if line is None:
+                raise IndexError("event 0 out of range: the raw trace has no events")
+            return bytes(line.data or b"")
+        index = self.build_index()
+        if not 0 <= i < len(index):
+            raise IndexError(f"event {i} out of range: the raw trace has {len(index)} events")
+        start, end = int(index.starts[i]), int(index.ends[i])
+        fd = os.open(self.raw_path, os.O_RDONLY)
+        try:
+            return os.pread(fd, end - start, start)
+        finally:
+            os.close(fd)
+
+    def _first_line(self) -> Line | None:
+        if self.raw_problem is not None:
+            return None
+        for line in iter_lines(self.raw_path, block_size=256 * 1024):
+            return line
+        return None
+
+    def event(self, i: int) -> dict[str, Any]:
+        """Event ``i`` parsed (not validated); EventReadError names where it is unreadable."""
+        data = self.raw_line(i)
+        line = self.line_number(i) if self._index is not None else 1
+        try:
+            obj = parse_json_bytes(data)
+        except JSONParseError as exc:
+            raise EventReadError(f"{RAW_TRACE_FILE} line {line} (event {i}): {exc}") from None
+        if not isinstance(obj, dict):
+            raise EventReadError(f"{RAW_TRACE_FILE} line {line} (event {i}): not a JSON object")
+        return obj
+
+    # -- validation ------------------------------------------------------------------------
+    def validate(
+        self,
+        progress: ProgressFn | None = None,
+        *,
+        chunk_events: int = DEFAULT_CHUNK_EVENTS,
+        max_kept: int = DEFAULT_MAX_KEPT_ISSUES,
+    ) -> ValidationReport:
+        """Every issue of the bundle, with aggregates; never raises for bad content."""
+        report = ValidationReport(max_kept=max_kept)
+        report.add(self.manifest_issues)
+        if self.manifest is not None:
+            report.add(schema_issues(self.manifest, "manifest", name="manifest", scope="manifest",
+                                     location=Location(file=MANIFEST_FILE)))
+            report.add(manifest_semantic_issues(self.manifest))
+        checks = RunChecks(self.manifest)
+        report.add(self.layout_issues)
+        if self.layout is not None:
+            report.add(schema_issues(self.layout, "layout", name="layout", scope="layout",
+                                     location=Location(file=LAYOUT_FILE)))
+        if self.raw_problem is not None:
+            report.add([self.raw_problem])
+        else:
+            self._scan_raw(report, checks, progress, chunk_events)
+        report.add(checks.finish_raw())
+        if self.layout is not None:
+            report.add(checks.check_layout(self.layout))
+        self._scan_derived(report, checks)
+        for artifact, file in (("motif_ledger", MOTIF_LEDGER_FILE), ("contingency", CONTINGENCY_FILE)):
+            obj, issues = read_json_object(self.run_dir / file, artifact, required=False)
+            report.add(issues)
+            if obj is not None:
+                report.add(schema_issues(obj, artifact, name=artifact, scope=artifact,
+                                         location=Location(file=file)))
+                report.add(checks.check_provisional_object(artifact, obj))
+        return report
+
+    def _scan_raw(self, report: ValidationReport, checks: RunChecks, progress: ProgressFn | None,
+                  chunk_events: int) -> None:
+        builder = LineIndexBuilder() if self._index is None else None
+        views: list[EventView] = []
+        line_issues: list[ValidationIssue] = []
+        aggregates = report.aggregates
+
+        def flush() -> None:
+            issues = line_issues + check_event_chunk(views, aggregates) + checks.observe_raw(views)
+            issues.sort(key=_line_order)
+            report.add(issues)
+            views.clear()
+            line_issues.clear()
+
+        position = 0
+        for line in iter_lines(self.raw_path, progress=progress):
+            if builder is not None:
+                builder.add(line)
+            view, issues = read_raw_line(line, position)
+            views.append(view)
+            line_issues.extend(issues)
+            position += 1
+            if len(views) >= chunk_events:
+                flush()
+        flush()
+        aggregates.events = position
+        if builder is not None:
+            self._index = builder.build()
+
+    def _scan_derived(self, report: ValidationReport, checks: RunChecks) -> None:
+        path = self.run_dir / DERIVED_FILE
+        problem = file_problem(path, "derived_event", required=False)
+        if problem is not None:
+            report.add([problem])
+            return
+        if not path.exists():
+            return
+        chunk: list[tuple[int | None, Any]] = []
+        for position, line in enumerate(iter_lines(path)):
+            if line.data is None:
+                report.add([_too_long(DERIVED_FILE, line, "derived_event", None)])
+                continue
+            obj, issues = parse_line(line.data, DERIVED_FILE, line.number, "derived_event", None)
+            report.add(issues)
+            if obj is None:
+                continue
+            report.add(schema_issues(obj, "derived_event", name=f"derived_events[{position}]",
+                                     scope="derived_event",
+                                     location=Location(file=DERIVED_FILE, line=line.number)))
+            chunk.append((line.number, obj))
+            if len(chunk) >= 4096:
+                report.add(checks.check_derived_events(chunk))
+                chunk = []
+        report.add(checks.check_derived_events(chunk))
+
+
+def read_raw_line(line: Line, position: int) -> tuple[EventView, list[ValidationIssue]]:
+    """One raw line as an EventView plus its parse and schema issues (typed path first)."""
+    if line.data is None:
+        return _unreadable(line, position), [_too_long(RAW_TRACE_FILE, line, "raw_event", position)]
+    try:
+        event = RAW_EVENT_DECODER.decode(line.data)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        pass
+    else:
+        return view_of_struct(event, position, line.number), []
+    obj, issues = parse_line(line.data, RAW_TRACE_FILE, line.number, "raw_event", position)
+    if obj is None:
+        return _unreadable(line, position), issues
+    view = view_of_dict(obj, position, line.number)
+    issues = schema_issues(obj, "raw_event", name=f"raw_events[{position}]", scope="raw_event",
+                           location=Location(file=RAW_TRACE_FILE, line=line.number,
+                                             token_index=view.where_token))
+    return view, issues
+
+
+def _unreadable(line: Line, position: int) -> EventView:
+    return EventView(position, line.number, None, None, None, None, [], [])
+
+
+def _too_long(file: str, line: Line, scope: str, position: int | None) -> ValidationIssue:
+    return ValidationIssue(
+        scope, JSON_PARSE_ERROR,
+        f"{file} line {line.number}: line is {line.end - line.start} bytes, over the reader's limit",
+        location=Location(file=file, line=line.number, token_index=position),
+    )
+
+
+def _line_order(issue: ValidationIssue) -> tuple[int, int]:
+    location = issue.location
+    return (location.line or 0, -1 if location.layer_index is None else location.layer_index)

@@ -1,0 +1,157 @@
+"""The atomic bundle writer (SPEC §5).
+
+Everything is serialised into a hidden staging directory beside the target, validated
+there with the same reader every consumer uses, and only then renamed into place in one
+step. On any failure the staging directory (and any parent folder this call created) is
+removed, so a half-written bundle is never visible under its final name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from ..jsonfmt import dumps_json_file, dumps_ndjson_line
+from ..run_ids import run_dir_for
+from ..validation.issues import Location, ValidationIssue
+from ..versions import (
+    CONTINGENCY_FILE,
+    DERIVED_FILE,
+    LAYOUT_FILE,
+    MANIFEST_FILE,
+    MOTIF_LEDGER_FILE,
+    RAW_TRACE_FILE,
+)
+from .errors import RunBundleError
+from .reader import RunReader
+
+UNSERIALISABLE = "unserialisable_value"
+
+
+def write_run_bundle(
+    root: Path | str,
+    manifest: Mapping[str, Any],
+    raw_events: Iterable[Mapping[str, Any]],
+    layout: Mapping[str, Any],
+    derived_events: Iterable[Mapping[str, Any]] | None = None,
+    motif_ledger: Mapping[str, Any] | None = None,
+    contingency: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a validated bundle to ``root/<run_id>`` and return that directory.
+
+    Raises RunIdError (a ValueError) for a run_id that is not a canonical relative path,
+    FileExistsError if the target exists, and RunBundleError listing every issue if the
+    bundle breaks the contract; in each case nothing is left on disk.
+    """
+    run_id = manifest.get("run_id") if isinstance(manifest, Mapping) else None
+    target = run_dir_for(root, run_id)  # type: ignore[arg-type]
+    if target.exists() or target.is_symlink():
+        raise FileExistsError(f"run bundle target already exists: {target}")
+    created = _make_parents(target.parent)
+    staging = target.parent / f".{target.name}.staging-{uuid.uuid4().hex}"
+    try:
+        staging.mkdir()
+        _write_files(staging, manifest, raw_events, layout, derived_events, motif_ledger, contingency)
+        report = RunReader(staging).validate()
+        if not report.ok:
+            raise RunBundleError(f"refusing to write run bundle {run_id!r}", report.issues,
+                                 report.counts_by_code())
+        if target.exists() or target.is_symlink():
+            raise FileExistsError(f"run bundle target already exists: {target}")
+        os.rename(staging, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in reversed(created):
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+    return target
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Create missing parent folders, returning those created (outermost first)."""
+    missing: list[Path] = []
+    probe = folder
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    for path in reversed(missing):
+        path.mkdir()
+    return list(reversed(missing))
+
+
+def _write_files(
+    staging: Path,
+    manifest: Mapping[str, Any],
+    raw_events: Iterable[Mapping[str, Any]],
+    layout: Mapping[str, Any],
+    derived_events: Iterable[Mapping[str, Any]] | None,
+    motif_ledger: Mapping[str, Any] | None,
+    contingency: Mapping[str, Any] | None,
+) -> None:
+    _write_json(staging / MANIFEST_FILE, manifest, "manifest")
+    _write_ndjson(staging / RAW_TRACE_FILE, raw_events, "raw_events")
+    _write_json(staging / LAYOUT_FILE, layout, "layout")
+    if derived_events is not None:
+        _write_ndjson(staging / DERIVED_FILE, derived_events, "derived_events")
+    if motif_ledger is not None:
+        _write_json(staging / MOTIF_LEDGER_FILE, motif_ledger, "motif_ledger")
+    if contingency is not None:
+        _write_json(staging / CONTINGENCY_FILE, contingency, "contingency")
+
+
+def _refuse(name: str, file: str, line: int | None, exc: Exception) -> RunBundleError:
+    reason = "holds NaN or Infinity" if isinstance(exc, ValueError) else f"is not JSON-serialisable ({exc})"
+    issue = ValidationIssue("run_bundle", UNSERIALISABLE, f"{name} {reason}",
+                            location=Location(file=file, line=line))
+    return RunBundleError("refusing to write run bundle", [issue])
+
+
+def _write_json(path: Path, obj: Any, name: str) -> None:
+    try:
+        text = dumps_json_file(obj)
+    except (ValueError, TypeError) as exc:
+        raise _refuse(name, path.name, None, exc) from None
+    with path.open("wb") as handle:
+        handle.write(text.encode("ascii"))
+        _sync(handle)
+
+
+def _write_ndjson(path: Path, events: Iterable[Any], name: str) -> None:
+    with path.open("wb") as handle:
+        batch: list[str] = []
+        for position, event in enumerate(events):
+            try:
+                batch.append(dumps_ndjson_line(event))
+            except (ValueError, TypeError) as exc:
+                raise _refuse(f"{name}[{position}]", path.name, position + 1, exc) from None
+            if len(batch) >= 256:
+                handle.write("".join(batch).encode("ascii"))
+                batch.clear()
+        handle.write("".join(batch).encode("ascii"))
+        _sync(handle)
+
+
+def _sync(handle: IO[bytes]) -> None:
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

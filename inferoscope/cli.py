@@ -1,0 +1,149 @@
+"""The ``inferoscope`` command line: ``inspect`` and ``validate``.
+
+Every failure is one line on stderr and an exit code: 0 clean, 1 issues found,
+2 usage errors or input that cannot be read at all. Set INFEROSCOPE_DEBUG=1 for tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+from .bundle.reader import BundleOpenError, RunReader
+from .summary import RunSummary
+from .textsafe import visible
+from .versions import RAW_TRACE_FILE
+from . import __version__
+from .render import inspect_view, issues_view
+
+EXIT_OK, EXIT_ISSUES, EXIT_UNREADABLE = 0, 1, 2
+PROGRESS_MIN_BYTES = 16 * 1024 * 1024
+
+
+def _consoles() -> tuple[Console, Console]:
+    return Console(highlight=False, soft_wrap=False), Console(stderr=True, highlight=False)
+
+
+def _table_box(console: Console) -> box.Box:
+    return box.ROUNDED if console.is_terminal and console.encoding.lower().startswith("utf") else box.ASCII
+
+
+@contextmanager
+def _progress(console: Console, reader: RunReader, label: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on stderr for large raw traces when stderr is a terminal."""
+    try:
+        size = reader.raw_path.stat().st_size
+    except OSError:
+        size = 0
+    if not console.is_terminal or size < PROGRESS_MIN_BYTES:
+        yield None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(visible(label, 60), total=size)
+
+        def update(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _open(run_dir: str, err: Console) -> RunReader | None:
+    try:
+        return RunReader(run_dir)
+    except BundleOpenError as exc:
+        err.print(f"inferoscope: {visible(str(exc))}", markup=False, highlight=False)
+        return None
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    out, err = _consoles()
+    reader = _open(args.run_dir, err)
+    if reader is None:
+        return EXIT_UNREADABLE
+    with _progress(err, reader, f"validating {RAW_TRACE_FILE}") as progress:
+        summary = RunSummary.of(reader, progress)
+    if args.json:
+        sys.stdout.write(json.dumps(summary.to_dict(), indent=2, sort_keys=True) + "\n")
+    else:
+        out.print(inspect_view(summary, _table_box(out)))
+    return EXIT_OK if summary.report.ok else EXIT_ISSUES
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    out, err = _consoles()
+    if args.max_issues < 0:
+        err.print("inferoscope: --max-issues must be >= 0", markup=False)
+        return EXIT_UNREADABLE
+    worst = EXIT_OK
+    results: list[dict[str, Any]] = []
+    for run_dir in args.run_dirs:
+        reader = _open(run_dir, err)
+        if reader is None:
+            worst = EXIT_UNREADABLE
+            results.append({"run_dir": run_dir, "readable": False})
+            continue
+        with _progress(err, reader, f"validating {run_dir}") as progress:
+            report = reader.validate(progress)
+        if not report.ok and worst == EXIT_OK:
+            worst = EXIT_ISSUES
+        if args.json:
+            data = report.to_dict()
+            data["issues"] = data["issues"][: args.max_issues]
+            data["truncated"] = report.total > len(data["issues"])
+            results.append({"run_dir": run_dir, "readable": True, "events": report.aggregates.events, **data})
+        else:
+            out.print(issues_view(run_dir, report, args.max_issues))
+    if args.json:
+        sys.stdout.write(json.dumps({"bundles": results}, indent=2, sort_keys=True) + "\n")
+    return worst
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inferoscope",
+        description="Capture, validate and inspect Mixture-of-Experts routing run bundles.",
+    )
+    parser.add_argument("--version", action="version", version=f"inferoscope {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    inspect = commands.add_parser("inspect", help="summarise one run bundle")
+    inspect.add_argument("run_dir", metavar="RUN_DIR")
+    inspect.add_argument("--json", action="store_true", help="machine-readable summary")
+    inspect.set_defaults(handler=cmd_inspect)
+    validate = commands.add_parser("validate", help="report every contract issue of bundles")
+    validate.add_argument("run_dirs", metavar="RUN_DIR", nargs="+")
+    validate.add_argument("--json", action="store_true", help="machine-readable issues")
+    validate.add_argument("--max-issues", type=int, default=200, metavar="N",
+                          help="show at most N issues per bundle (all are counted; default 200)")
+    validate.set_defaults(handler=cmd_validate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+        sys.stdout.flush()
+        return code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    except Exception as exc:  # never a traceback for the user; one line and an exit code
+        if os.environ.get("INFEROSCOPE_DEBUG"):
+            raise
+        message = visible(f"{type(exc).__name__}: {exc}", 300)
+        print(f"inferoscope: error: {message} (set INFEROSCOPE_DEBUG=1 for details)", file=sys.stderr)
+        return EXIT_UNREADABLE

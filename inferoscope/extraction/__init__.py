@@ -1,0 +1,32 @@
+"""Capture-side builders, the recorder, and bundle I/O: the original library's import path."""
+
+from ..bundle.loader import load_run_bundle
+from ..bundle.writer import write_run_bundle
+from ..validation import (
+    ValidationIssue,
+    validate_run_bundle_schema,
+    validate_run_bundle_semantics,
+)
+from .builders import (
+    MoELayerCaptureInput,
+    build_layer_grid_layout,
+    build_manifest,
+    build_moe_layer_trace,
+    build_token_complete_event,
+)
+from .recorder import PyTorchRunBundleRecorder, record_olmoe_generated_token
+
+__all__ = [
+    "MoELayerCaptureInput",
+    "PyTorchRunBundleRecorder",
+    "ValidationIssue",
+    "build_layer_grid_layout",
+    "build_manifest",
+    "build_moe_layer_trace",
+    "build_token_complete_event",
+    "load_run_bundle",
+    "record_olmoe_generated_token",
+    "validate_run_bundle_schema",
+    "validate_run_bundle_semantics",
+    "write_run_bundle",
+]

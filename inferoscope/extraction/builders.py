@@ -1,0 +1,172 @@
+"""Builders of manifest, raw event, layer trace and grid layout (SPEC §3, §7).
+
+The arithmetic is plain Python in a fixed order (max-subtracted exp, left-to-right sums)
+so that the numbers, and therefore the bundle bytes, equal the original library's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ..versions import (
+    ARTIFACT_VERSION_KEYS,
+    LAYOUT_SCHEMA_VERSION,
+    MANIFEST_SCHEMA_VERSION,
+    RAW_EVENT_SCHEMA_VERSION,
+)
+from .tensors import to_float_list
+
+
+@dataclass(frozen=True, slots=True)
+class MoELayerCaptureInput:
+    """One MoE layer's router logits for one token, and how many experts it activates."""
+
+    layer_index: int
+    router_logits: Any
+    num_active_experts: int
+
+
+def utc_now_rfc3339() -> str:
+    """Now, as an RFC 3339 UTC timestamp with millisecond precision."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def build_manifest(
+    *,
+    run_id: str,
+    model_id: str,
+    tokenizer_id: str,
+    prompt_text: str,
+    derivation_version: str,
+    derivation_config_id: str,
+    created_at: str | None = None,
+    generation_config: Mapping[str, Any] | None = None,
+    capture_config: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """A ``manifest/v0.1.0`` object; ``created_at`` defaults to now (UTC)."""
+    return {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "run_id": run_id,
+        "created_at": created_at if created_at is not None else utc_now_rfc3339(),
+        "model_id": model_id,
+        "tokenizer_id": tokenizer_id,
+        "prompt": {"text": prompt_text},
+        "seed": seed,
+        "generation_config": dict(generation_config or {}),
+        "capture_config": dict(capture_config or {}),
+        "artifact_versions": dict(ARTIFACT_VERSION_KEYS),
+        "derivation_version": derivation_version,
+        "derivation_config_id": derivation_config_id,
+    }
+
+
+def softmax(logits: Sequence[float]) -> list[float]:
+    """Max-subtracted softmax without temperature; refuses non-finite logits."""
+    if not logits:
+        raise ValueError("router logits must not be empty")
+    if not all(math.isfinite(value) for value in logits):
+        raise ValueError("router logits must be finite (NaN or Infinity found)")
+    peak = max(logits)
+    exps = [math.exp(value - peak) for value in logits]
+    total = sum(exps)
+    return [value / total for value in exps]
+
+
+def build_moe_layer_trace(
+    layer_input: MoELayerCaptureInput | None = None,
+    *,
+    layer_index: int | None = None,
+    router_logits: Any = None,
+    num_active_experts: int | None = None,
+) -> dict[str, Any]:
+    """The raw layer entry for one token: probabilities, top-k and sharpness numbers."""
+    if layer_input is not None:
+        layer_index = layer_input.layer_index
+        router_logits = layer_input.router_logits
+        num_active_experts = layer_input.num_active_experts
+    if layer_index is None or router_logits is None or num_active_experts is None:
+        raise TypeError("build_moe_layer_trace needs layer_index, router_logits and num_active_experts")
+    probs = softmax(to_float_list(router_logits))
+    n = len(probs)
+    k = num_active_experts
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+        raise ValueError(f"num_active_experts must be an integer in [1, {n}], got {k!r}")
+    ranking = sorted(range(n), key=lambda i: (-probs[i], i))
+    topk_indices = ranking[:k]
+    topk_probs = [probs[i] for i in topk_indices]
+    entropy = -sum(p * math.log(p) for p in probs if p > 0)
+    return {
+        "layer_index": layer_index,
+        "layer_kind": "moe",
+        "num_total_experts": n,
+        "num_active_experts": k,
+        "router_probs": probs,
+        "topk_indices": topk_indices,
+        "topk_probs": topk_probs,
+        "entropy": entropy,
+        "normalized_entropy": entropy / math.log(n) if n > 1 else 0.0,
+        "top1_prob": topk_probs[0],
+        "top1_top2_margin": topk_probs[0] - topk_probs[1] if k >= 2 else topk_probs[0],
+    }
+
+
+def build_token_complete_event(
+    *,
+    run_id: str,
+    token_index: int,
+    token_id: int,
+    token_text: str,
+    context_length: int,
+    decode_start_ms: float,
+    decode_end_ms: float,
+    layer_inputs: Iterable[MoELayerCaptureInput],
+) -> dict[str, Any]:
+    """A ``raw/v0.1.0`` ``token_complete`` event; layers keep the order given."""
+    return {
+        "event_type": "token_complete",
+        "schema_version": RAW_EVENT_SCHEMA_VERSION,
+        "run_id": run_id,
+        "token_index": token_index,
+        "token_id": token_id,
+        "token_text": token_text,
+        "context_length": context_length,
+        "timing_ms": {
+            "decode_start": float(decode_start_ms),
+            "decode_end": float(decode_end_ms),
+            "decode_duration": float(decode_end_ms) - float(decode_start_ms),
+        },
+        "layers": [build_moe_layer_trace(layer_input) for layer_input in layer_inputs],
+    }
+
+
+def build_layer_grid_layout(
+    *,
+    run_id: str,
+    layout_id: str,
+    layer_expert_counts: Iterable[tuple[int, int]],
+    layout_kind: str = "layer-grid",
+) -> dict[str, Any]:
+    """A square grid per layer: ceil(sqrt(n)) columns, x = i mod cols, y = i div cols, z = layer."""
+    layers = []
+    for layer_index, n in layer_expert_counts:
+        columns = math.isqrt(n - 1) + 1 if n > 0 else 1
+        layers.append({
+            "layer_index": layer_index,
+            "positions": [
+                {"expert_index": i, "x": float(i % columns), "y": float(i // columns),
+                 "z": float(layer_index)}
+                for i in range(n)
+            ],
+        })
+    return {
+        "schema_version": LAYOUT_SCHEMA_VERSION,
+        "run_id": run_id,
+        "layout_id": layout_id,
+        "layout_kind": layout_kind,
+        "layers": layers,
+    }

@@ -1,0 +1,104 @@
+"""One summary object for ``inspect``: the text view, the rich view and ``--json`` all read it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .bundle.reader import RunReader
+from .bundle.report import ValidationReport
+from .bundle.lines import ProgressFn
+from .versions import CONTINGENCY_FILE, DERIVED_FILE, MOTIF_LEDGER_FILE
+
+_TOP = 3
+
+
+@dataclass(slots=True)
+class RunSummary:
+    """What ``inspect`` reports about one bundle (after one validating pass)."""
+
+    run_dir: Path
+    manifest: dict[str, Any] | None
+    report: ValidationReport
+    optional_artifacts: dict[str, bool]
+
+    @classmethod
+    def of(cls, reader: RunReader, progress: ProgressFn | None = None) -> RunSummary:
+        report = reader.validate(progress)
+        present = {
+            "derived": (reader.run_dir / DERIVED_FILE).exists(),
+            "motif_ledger": (reader.run_dir / MOTIF_LEDGER_FILE).exists(),
+            "contingency": (reader.run_dir / CONTINGENCY_FILE).exists(),
+        }
+        return cls(reader.run_dir, reader.manifest, report, present)
+
+    def field(self, key: str) -> Any:
+        return (self.manifest or {}).get(key)
+
+    @property
+    def prompt_text(self) -> Any:
+        prompt = self.field("prompt")
+        return prompt.get("text") if isinstance(prompt, dict) else None
+
+    def layer_expert_counts(self) -> list[tuple[int, int]]:
+        layers = self.report.aggregates.layers
+        return [(index, layers[index].num_total_experts) for index in sorted(layers)]
+
+    def decode_duration(self) -> dict[str, float] | None:
+        agg = self.report.aggregates
+        if agg.duration_min is None or agg.duration_max is None or agg.duration_mean is None:
+            return None
+        return {"avg": agg.duration_mean, "max": agg.duration_max, "min": agg.duration_min}
+
+    def layer_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for index in sorted(self.report.aggregates.layers):
+            agg = self.report.aggregates.layers[index]
+            ranked = agg.ranked_experts()
+            rows.append({
+                **agg.to_dict(),
+                "most_loaded": [(e, int(agg.load[e])) for e in ranked[:_TOP]] if agg.tokens else [],
+                "least_loaded": [(e, int(agg.load[e])) for e in ranked[::-1][:_TOP]] if agg.tokens else [],
+            })
+        return rows
+
+    def compat_dict(self) -> dict[str, Any]:
+        """The keys the original ``python -m inferoscope.inspect --json`` printed."""
+        return {
+            "run_id": self.field("run_id"),
+            "created_at": self.field("created_at"),
+            "model_id": self.field("model_id"),
+            "tokenizer_id": self.field("tokenizer_id"),
+            "raw_events": self.report.aggregates.events,
+            "layers": len(self.report.aggregates.layers),
+            "layer_expert_counts": [
+                {"layer_index": index, "num_total_experts": n} for index, n in self.layer_expert_counts()
+            ],
+            "optional_artifacts": dict(self.optional_artifacts),
+            "prompt_text": self.prompt_text,
+            "decode_duration_ms": self.decode_duration(),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every original key plus ours (seed, schema versions, per-layer stats, validation)."""
+        data = self.compat_dict()
+        durations = self.decode_duration()
+        data.update({
+            "run_dir": str(self.run_dir),
+            "seed": self.field("seed"),
+            "schema_version": self.field("schema_version"),
+            "derivation_version": self.field("derivation_version"),
+            "derivation_config_id": self.field("derivation_config_id"),
+            "generation_config": self.field("generation_config"),
+            "capture_config": self.field("capture_config"),
+            "decode_tokens_per_s": 1000.0 / durations["avg"] if durations and durations["avg"] > 0 else None,
+            "layer_stats": self.layer_rows(),
+            "validation": {
+                "ok": self.report.ok,
+                "issue_count": self.report.total,
+                "error_count": self.report.error_count,
+                "counts_by_code": self.report.counts_by_code(),
+            },
+        })
+        return data

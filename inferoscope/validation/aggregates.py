@@ -1,0 +1,96 @@
+"""Run-level numbers gathered during the validation pass, so nothing is read twice."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(slots=True)
+class LayerAggregate:
+    """Per MoE layer over the whole run: expert load of top-k picks and entropy means."""
+
+    layer_index: int
+    num_total_experts: int
+    num_active_experts: int
+    tokens: int = 0
+    entropy_sum: float = 0.0
+    normalized_entropy_sum: float = 0.0
+    load: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    top1_load: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def mean_entropy(self) -> float | None:
+        return self.entropy_sum / self.tokens if self.tokens else None
+
+    @property
+    def mean_normalized_entropy(self) -> float | None:
+        return self.normalized_entropy_sum / self.tokens if self.tokens else None
+
+    def never_selected(self) -> list[int]:
+        return [int(i) for i in np.flatnonzero(self.load == 0)]
+
+    def ranked_experts(self) -> list[int]:
+        """Experts by descending load, ties to the lower index."""
+        return [int(i) for i in np.lexsort((np.arange(self.load.size), -self.load))]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layer_index": self.layer_index,
+            "num_total_experts": self.num_total_experts,
+            "num_active_experts": self.num_active_experts,
+            "tokens": self.tokens,
+            "mean_entropy": self.mean_entropy,
+            "mean_normalized_entropy": self.mean_normalized_entropy,
+            "expert_load": self.load.tolist(),
+            "top1_load": self.top1_load.tolist(),
+            "never_selected": self.never_selected(),
+        }
+
+
+@dataclass(slots=True)
+class RunAggregates:
+    """Aggregates of one pass over raw_trace.ndjson."""
+
+    events: int = 0
+    readable_events: int = 0
+    layers: dict[int, LayerAggregate] = field(default_factory=dict)
+    duration_min: float | None = None
+    duration_max: float | None = None
+    duration_sum: float = 0.0
+    duration_count: int = 0
+
+    def add_durations(self, durations: np.ndarray) -> None:
+        if durations.size == 0:
+            return
+        low, high = float(durations.min()), float(durations.max())
+        self.duration_min = low if self.duration_min is None else min(self.duration_min, low)
+        self.duration_max = high if self.duration_max is None else max(self.duration_max, high)
+        for value in durations.tolist():  # in file order, as a plain Python sum would
+            self.duration_sum += value
+        self.duration_count += int(durations.size)
+
+    def add_layer_block(
+        self, layer_index: int, n: int, k: int, topk: np.ndarray, entropy: np.ndarray,
+        normalized_entropy: np.ndarray,
+    ) -> None:
+        """Fold in a block of layers whose top-k rows are known to be in range."""
+        agg = self.layers.get(layer_index)
+        if agg is None:
+            agg = LayerAggregate(layer_index, n, k, load=np.zeros(n, dtype=np.int64),
+                                 top1_load=np.zeros(n, dtype=np.int64))
+            self.layers[layer_index] = agg
+        if agg.num_total_experts != n or topk.shape[0] == 0:
+            return
+        agg.tokens += int(topk.shape[0])
+        agg.entropy_sum += float(entropy.sum())
+        agg.normalized_entropy_sum += float(normalized_entropy.sum())
+        if topk.shape[1]:
+            agg.load += np.bincount(topk.ravel(), minlength=n)[:n]
+            agg.top1_load += np.bincount(topk[:, 0], minlength=n)[:n]
+
+    @property
+    def duration_mean(self) -> float | None:
+        return self.duration_sum / self.duration_count if self.duration_count else None

@@ -1,0 +1,184 @@
+"""Typed views of a raw ``token_complete`` event, and how to get one from bytes or a dict.
+
+The msgspec Structs encode the raw-event schema (unknown fields forbidden, consts, ranges),
+so a successful typed decode implies the reference schema accepts the event. Anything the
+typed decode refuses goes to the reference path (jsonschema), which gives the verdict and
+every problem; the typed path never accepts what the reference refuses (tests prove it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from ..jsonfmt import is_finite_number
+
+Prob = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+PosInt = Annotated[int, msgspec.Meta(ge=1)]
+NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1)]
+NonNegFloat = Annotated[float, msgspec.Meta(ge=0.0)]
+
+
+class Timing(msgspec.Struct, forbid_unknown_fields=True):
+    decode_start: float
+    decode_end: float
+    decode_duration: NonNegFloat
+
+
+class Layer(msgspec.Struct, forbid_unknown_fields=True):
+    layer_index: NonNegInt
+    layer_kind: Literal["moe"]
+    num_total_experts: PosInt
+    num_active_experts: PosInt
+    router_probs: Annotated[list[Prob], msgspec.Meta(min_length=1)]
+    topk_indices: list[NonNegInt]
+    topk_probs: list[Prob]
+    entropy: NonNegFloat
+    normalized_entropy: Prob
+    top1_prob: Prob
+    top1_top2_margin: Prob
+
+
+class RawEvent(msgspec.Struct, forbid_unknown_fields=True):
+    event_type: Literal["token_complete"]
+    schema_version: Literal["raw/v0.1.0"]
+    run_id: NonEmptyStr
+    token_index: NonNegInt
+    token_id: int
+    token_text: str
+    context_length: NonNegInt
+    timing_ms: Timing
+    layers: Annotated[list[Layer], msgspec.Meta(min_length=1)]
+
+
+RAW_EVENT_DECODER = msgspec.json.Decoder(RawEvent)
+
+
+@dataclass(slots=True)
+class EventView:
+    """What the semantic checks need of one event, whichever path it was read by.
+
+    ``layers`` holds only the layers whose types are sound enough to check; ``layer_indices``
+    holds every layer's index as written (for duplicate detection).
+    """
+
+    position: int
+    line: int | None
+    token_index: int | None
+    run_id: str | None
+    schema_version: str | None
+    timing: tuple[float, float, float] | None
+    layer_indices: list[object]
+    layers: list[Layer]
+    unsound_layers: list[tuple[object, str]] = field(default_factory=list)
+
+    @property
+    def where_token(self) -> int:
+        return self.token_index if self.token_index is not None else self.position
+
+
+def view_of_struct(event: RawEvent, position: int, line: int | None) -> EventView:
+    timing = event.timing_ms
+    return EventView(
+        position=position,
+        line=line,
+        token_index=event.token_index,
+        run_id=event.run_id,
+        schema_version=event.schema_version,
+        timing=(timing.decode_start, timing.decode_end, timing.decode_duration),
+        layer_indices=[layer.layer_index for layer in event.layers],
+        layers=event.layers,
+    )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_INT_FIELDS = ("layer_index", "num_total_experts", "num_active_experts")
+_NUMBER_FIELDS = ("entropy", "normalized_entropy", "top1_prob", "top1_top2_margin")
+
+
+def _layer_problem(layer: dict[str, Any]) -> str | None:
+    for name in _INT_FIELDS:
+        if not _is_int(layer.get(name)):
+            return f"{name} is not an integer"
+    for name in _NUMBER_FIELDS:
+        if _number(layer.get(name)) is None:
+            return f"{name} is not a finite number"
+    for name in ("router_probs", "topk_probs"):
+        values = layer.get(name)
+        if not isinstance(values, list) or any(_number(v) is None for v in values):
+            return f"{name} is not a list of finite numbers"
+    indices = layer.get("topk_indices")
+    if not isinstance(indices, list) or not all(_is_int(v) for v in indices):
+        return "topk_indices is not a list of integers"
+    if not layer.get("router_probs"):
+        return "router_probs is empty"
+    return None
+
+
+def _number(value: object) -> float | None:
+    if not is_finite_number(value):
+        return None
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except OverflowError:
+        return None
+
+
+def view_of_dict(event: object, position: int, line: int | None) -> EventView:
+    """A view of a possibly schema-invalid event: only type-sound parts are kept."""
+    data = event if isinstance(event, dict) else {}
+    token_index = data.get("token_index")
+    timing_obj = data.get("timing_ms")
+    timing: tuple[float, float, float] | None = None
+    if isinstance(timing_obj, dict):
+        parts = [_number(timing_obj.get(k)) for k in ("decode_start", "decode_end", "decode_duration")]
+        if all(p is not None for p in parts):
+            timing = (parts[0], parts[1], parts[2])  # type: ignore[assignment]
+    layers_obj = data.get("layers")
+    layer_indices: list[object] = []
+    layers: list[Layer] = []
+    unsound: list[tuple[object, str]] = []
+    if isinstance(layers_obj, list):
+        for item in layers_obj:
+            if not isinstance(item, dict):
+                layer_indices.append(None)
+                continue
+            layer_indices.append(item.get("layer_index"))
+            problem = _layer_problem(item)
+            if problem is not None:
+                unsound.append((item.get("layer_index"), problem))
+                continue
+            layers.append(
+                Layer(
+                    layer_index=item["layer_index"],
+                    layer_kind=item.get("layer_kind"),  # type: ignore[arg-type]
+                    num_total_experts=item["num_total_experts"],
+                    num_active_experts=item["num_active_experts"],
+                    router_probs=[float(v) for v in item["router_probs"]],
+                    topk_indices=list(item["topk_indices"]),
+                    topk_probs=[float(v) for v in item["topk_probs"]],
+                    entropy=float(item["entropy"]),
+                    normalized_entropy=float(item["normalized_entropy"]),
+                    top1_prob=float(item["top1_prob"]),
+                    top1_top2_margin=float(item["top1_top2_margin"]),
+                )
+            )
+    run_id = data.get("run_id")
+    version = data.get("schema_version")
+    return EventView(
+        position=position,
+        line=line,
+        token_index=token_index if _is_int(token_index) else None,
+        run_id=run_id if isinstance(run_id, str) else None,
+        schema_version=version if isinstance(version, str) else None,
+        timing=timing,
+        layer_indices=layer_indices,
+        layers=layers,
+        unsound_layers=unsound,
+    )
