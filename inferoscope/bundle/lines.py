@@ -9,29 +9,28 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 import numpy as np
 
-BLOCK_SIZE = 8 * 1024 * 1024
+BLOCK_SIZE = 1024 * 1024
 MAX_LINE_BYTES = 256 * 1024 * 1024
 _WHITESPACE = b" \t\r\n"
 
 ProgressFn = Callable[[int, int], None]
 
 
-@dataclass(frozen=True, slots=True)
-class Line:
-    """One non-blank line: 1-based ``number``, byte ``start`` and ``end`` (excluding ``\\n``)."""
+class Line(NamedTuple):
+    """One non-blank line: 1-based ``number``, byte ``start`` and ``end`` (excluding ``\\n``).
+
+    ``data`` is None when the line is longer than MAX_LINE_BYTES. A tuple: millions are made.
+    """
 
     number: int
     start: int
     end: int
-    data: bytes | memoryview | None  # None when the line is longer than MAX_LINE_BYTES
-
-    @property
-    def too_long(self) -> bool:
-        return self.data is None
+    data: bytes | memoryview | None
 
 
 def _is_blank(data: bytes | memoryview) -> bool:
@@ -42,12 +41,17 @@ def iter_lines(
     path: Path,
     *,
     start_offset: int = 0,
+    end_offset: int | None = None,
     first_line_number: int = 1,
     progress: ProgressFn | None = None,
     block_size: int = BLOCK_SIZE,
+    stats: dict[str, int] | None = None,
 ) -> Iterator[Line]:
-    """Every non-blank line of ``path`` from ``start_offset`` on."""
-    total = path.stat().st_size
+    """Every non-blank line of ``path`` in ``[start_offset, end_offset)``.
+
+    ``stats["next_line"]`` is set, at the end, to the number the next line would get.
+    """
+    total = path.stat().st_size if end_offset is None else end_offset
     with path.open("rb") as handle:
         handle.seek(start_offset)
         number = first_line_number
@@ -56,13 +60,16 @@ def iter_lines(
         pending_start = start_offset
         offset = start_offset
         while True:
-            block = handle.read(block_size)
+            block = handle.read(block_size if end_offset is None else min(block_size, end_offset - offset))
             if not block:
                 break
-            newlines = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
             view = memoryview(block)
             cursor = 0
-            for nl in newlines.tolist():
+            find = block.find
+            while True:
+                nl = find(b"\n", cursor)
+                if nl < 0:
+                    break
                 if pending:
                     data: bytes | memoryview | None = None
                     if pending_size + nl <= MAX_LINE_BYTES:
@@ -93,6 +100,9 @@ def iter_lines(
             data = b"".join(pending) if pending_size <= MAX_LINE_BYTES else None
             if data is None or not _is_blank(data):
                 yield Line(number, pending_start, offset, data)
+            number += 1
+        if stats is not None:
+            stats["next_line"] = number
 
 
 @dataclass(slots=True)
@@ -105,6 +115,17 @@ class LineIndex:
 
     def __len__(self) -> int:
         return int(self.starts.size)
+
+    @staticmethod
+    def concat(parts: list[LineIndex], line_offsets: list[int]) -> LineIndex:
+        """Join per-segment indexes, shifting each segment's line numbers."""
+        if not parts:
+            return LineIndexBuilder().build()
+        return LineIndex(
+            np.concatenate([p.starts for p in parts]),
+            np.concatenate([p.ends for p in parts]),
+            np.concatenate([p.numbers + off for p, off in zip(parts, line_offsets, strict=True)]),
+        )
 
 
 class LineIndexBuilder:
@@ -126,6 +147,26 @@ class LineIndexBuilder:
             np.array(self._ends, dtype=np.int64),
             np.array(self._numbers, dtype=np.int64),
         )
+
+
+def split_points(path: Path, parts: int) -> list[int]:
+    """Byte offsets that cut ``path`` into ``parts`` ranges, each starting after a ``\\n``."""
+    size = path.stat().st_size
+    cuts = [0]
+    with path.open("rb") as handle:
+        for part in range(1, parts):
+            handle.seek(max(size * part // parts, cuts[-1]))
+            while True:
+                chunk = handle.read(1 << 16)
+                if not chunk:
+                    cuts.append(size)
+                    break
+                found = chunk.find(b"\n")
+                if found >= 0:
+                    cuts.append(handle.tell() - len(chunk) + found + 1)
+                    break
+    cuts.append(size)
+    return sorted(set(cuts)) if len(set(cuts)) > 1 else [0, size]
 
 
 def build_line_index(path: Path, progress: ProgressFn | None = None) -> LineIndex:

@@ -32,9 +32,10 @@ from ..versions import (
 )
 from .files import JSON_PARSE_ERROR, file_problem, parse_line, read_json_object
 from .lines import Line, LineIndex, LineIndexBuilder, ProgressFn, iter_lines
+from .scan import scan_raw_trace
 from .report import DEFAULT_MAX_KEPT_ISSUES, ValidationReport
 
-DEFAULT_CHUNK_EVENTS = 512
+DEFAULT_CHUNK_EVENTS = 128
 
 Stage = Callable[[str], None]
 
@@ -71,6 +72,7 @@ class RunReader:
             self.run_dir / LAYOUT_FILE, "layout", required=True)
         self.raw_problem = file_problem(self.raw_path, "run_bundle", required=True)
         self._index: LineIndex | None = None
+        self.workers: int | None = None  # processes for validate(); None: one per core for big files
 
     # -- random access ---------------------------------------------------------------------
     @property
@@ -168,32 +170,12 @@ class RunReader:
 
     def _scan_raw(self, report: ValidationReport, checks: RunChecks, progress: ProgressFn | None,
                   chunk_events: int) -> None:
-        builder = LineIndexBuilder() if self._index is None else None
-        views: list[EventView] = []
-        line_issues: list[ValidationIssue] = []
-        aggregates = report.aggregates
-
-        def flush() -> None:
-            issues = line_issues + check_event_chunk(views, aggregates) + checks.observe_raw(views)
-            issues.sort(key=_line_order)
-            report.add(issues)
-            views.clear()
-            line_issues.clear()
-
-        position = 0
-        for line in iter_lines(self.raw_path, progress=progress):
-            if builder is not None:
-                builder.add(line)
-            view, issues = read_raw_line(line, position)
-            views.append(view)
-            line_issues.extend(issues)
-            position += 1
-            if len(views) >= chunk_events:
-                flush()
-        flush()
-        aggregates.events = position
-        if builder is not None:
-            self._index = builder.build()
+        result = scan_raw_trace(self.raw_path, self.manifest, chunk_events=chunk_events,
+                                max_kept=report.max_kept, progress=progress, workers=self.workers)
+        report.absorb(result.report, lambda issue: issue)
+        checks.absorb(result.checks, 0)
+        if self._index is None:
+            self._index = result.index
 
     def _scan_derived(self, report: ValidationReport, checks: RunChecks) -> None:
         path = self.run_dir / DERIVED_FILE
@@ -225,20 +207,20 @@ class RunReader:
 def read_raw_line(line: Line, position: int) -> tuple[EventView, list[ValidationIssue]]:
     """One raw line as an EventView plus its parse and schema issues (typed path first)."""
     if line.data is None:
-        return _unreadable(line, position), [_too_long(RAW_TRACE_FILE, line, "raw_event", position)]
+        return _unreadable(line, position), [_too_long(RAW_TRACE_FILE, line, "raw_event", None)]
     try:
         event = RAW_EVENT_DECODER.decode(line.data)
     except (msgspec.ValidationError, msgspec.DecodeError):
         pass
     else:
         return view_of_struct(event, position, line.number), []
-    obj, issues = parse_line(line.data, RAW_TRACE_FILE, line.number, "raw_event", position)
+    obj, issues = parse_line(line.data, RAW_TRACE_FILE, line.number, "raw_event", None)
     if obj is None:
         return _unreadable(line, position), issues
     view = view_of_dict(obj, position, line.number)
     issues = schema_issues(obj, "raw_event", name=f"raw_events[{position}]", scope="raw_event",
                            location=Location(file=RAW_TRACE_FILE, line=line.number,
-                                             token_index=view.where_token))
+                                             token_index=view.token_index))
     return view, issues
 
 
@@ -252,8 +234,3 @@ def _too_long(file: str, line: Line, scope: str, position: int | None) -> Valida
         f"{file} line {line.number}: line is {line.end - line.start} bytes, over the reader's limit",
         location=Location(file=file, line=line.number, token_index=position),
     )
-
-
-def _line_order(issue: ValidationIssue) -> tuple[int, int]:
-    location = issue.location
-    return (location.line or 0, -1 if location.layer_index is None else location.layer_index)

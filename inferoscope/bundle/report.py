@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,15 @@ class ValidationReport:
                 self.error_count += 1
             if len(self.issues) < self.max_kept:
                 self.issues.append(issue)
+
+    def absorb(self, other: ValidationReport, transform: Callable[[ValidationIssue], ValidationIssue]) -> None:
+        """Append another report's issues (through ``transform``), counts and aggregates."""
+        room = max(0, self.max_kept - len(self.issues))
+        self.issues.extend(transform(issue) for issue in other.issues[:room])
+        self.counts.update(other.counts)
+        self.total += other.total
+        self.error_count += other.error_count
+        self.aggregates.absorb(other.aggregates)
 
     @property
     def truncated(self) -> bool:

@@ -91,6 +91,28 @@ class RunAggregates:
             agg.load += np.bincount(topk.ravel(), minlength=n)[:n]
             agg.top1_load += np.bincount(topk[:, 0], minlength=n)[:n]
 
+    def absorb(self, other: RunAggregates) -> None:
+        """Fold in the aggregates of a later part of the same file."""
+        self.events += other.events
+        self.readable_events += other.readable_events
+        if other.duration_count:
+            self.duration_min = other.duration_min if self.duration_min is None else min(
+                self.duration_min, other.duration_min or 0.0)
+            self.duration_max = other.duration_max if self.duration_max is None else max(
+                self.duration_max, other.duration_max or 0.0)
+            self.duration_sum += other.duration_sum
+            self.duration_count += other.duration_count
+        for index, theirs in other.layers.items():
+            mine = self.layers.get(index)
+            if mine is None:
+                self.layers[index] = theirs
+            elif mine.num_total_experts == theirs.num_total_experts:
+                mine.tokens += theirs.tokens
+                mine.entropy_sum += theirs.entropy_sum
+                mine.normalized_entropy_sum += theirs.normalized_entropy_sum
+                mine.load += theirs.load
+                mine.top1_load += theirs.top1_load
+
     @property
     def duration_mean(self) -> float | None:
         return self.duration_sum / self.duration_count if self.duration_count else None

@@ -60,8 +60,9 @@ class RunChecks:
         self._token_chunks: list[np.ndarray] = []
         self._line_chunks: list[np.ndarray] = []
         self._events = 0
-        self.layer_experts: dict[int, tuple[int, int]] = {}  # layer -> (n, first token)
-        self._inconsistent: dict[int, tuple[int, int, int | None]] = {}
+        self.layer_experts: dict[int, tuple[int, int | None]] = {}  # layer -> (n, first token)
+        self.layer_first_line: dict[int, int | None] = {}
+        self._inconsistent: dict[int, tuple[int, int | None, int | None]] = {}
         self._raw_tokens: np.ndarray | None = None
         self._raw_known: np.ndarray | None = None
         self._derived_seen: set[int] = set()
@@ -123,20 +124,60 @@ class RunChecks:
         self._token_chunks.append(tokens)
         self._line_chunks.append(lines)
         self._events += len(views)
+        last_signature: bytes | None = None
         for view in views:
-            where = Location(file=file, line=view.line, token_index=view.where_token)
+            where = Location(file=file, line=view.line, token_index=view.token_index)
             if view.run_id is not None and view.run_id != self.run_id:
                 issues += self._run_id_issue("raw_event", view.run_id, where)
             if view.schema_version is not None:
                 issues += self._version_issue("raw_event", view.schema_version, where)
-            for layer in view.layers:
-                seen = self.layer_experts.get(layer.layer_index)
+            if view.dense is not None:
+                if view.dense.signature == last_signature:
+                    continue  # same layers and counts as the event before: nothing new to learn
+                last_signature = view.dense.signature
+                shapes = [(int(row[0]), int(row[1])) for row in view.dense.meta]
+            else:
+                last_signature = None
+                shapes = [(layer.layer_index, layer.num_total_experts) for layer in view.layers]
+            for layer_index, n in shapes:
+                seen = self.layer_experts.get(layer_index)
                 if seen is None:
-                    self.layer_experts[layer.layer_index] = (layer.num_total_experts, view.where_token)
-                elif seen[0] != layer.num_total_experts and layer.layer_index not in self._inconsistent:
-                    self._inconsistent[layer.layer_index] = (
-                        layer.num_total_experts, view.where_token, view.line)
+                    self.layer_experts[layer_index] = (n, view.token_index)
+                    self.layer_first_line[layer_index] = view.line
+                elif seen[0] != n and layer_index not in self._inconsistent:
+                    self._inconsistent[layer_index] = (n, view.token_index, view.line)
         return issues
+
+    def absorb(self, other: RunChecks, line_offset: int) -> None:
+        """Append the raw-trace state of the next segment of the same file."""
+        self._token_chunks += other._token_chunks
+        self._line_chunks += [np.where(lines > 0, lines + line_offset, lines) for lines in other._line_chunks]
+        self._events += other._events
+        self._raw_tokens = None
+        for layer_index, (n, token) in other.layer_experts.items():
+            mine = self.layer_experts.get(layer_index)
+            theirs_bad = other._inconsistent.get(layer_index)
+            if mine is None:
+                self.layer_experts[layer_index] = (n, token)
+                self.layer_first_line[layer_index] = self._first_line(other, layer_index, line_offset)
+                if theirs_bad is not None:
+                    self._inconsistent[layer_index] = self._shift(theirs_bad, line_offset)
+            elif layer_index in self._inconsistent:
+                continue
+            elif mine[0] != n:
+                self._inconsistent[layer_index] = (n, token, self._first_line(other, layer_index, line_offset))
+            elif theirs_bad is not None:
+                self._inconsistent[layer_index] = self._shift(theirs_bad, line_offset)
+
+    @staticmethod
+    def _shift(entry: tuple[int, int | None, int | None], offset: int) -> tuple[int, int | None, int | None]:
+        n, token, line = entry
+        return (n, token, None if line is None else line + offset)
+
+    @staticmethod
+    def _first_line(other: RunChecks, layer_index: int, offset: int) -> int | None:
+        line = other.layer_first_line.get(layer_index)
+        return None if line is None else line + offset
 
     def raw_token_indices(self) -> np.ndarray:
         if self._raw_tokens is None:
@@ -191,7 +232,7 @@ class RunChecks:
                     code="raw_layer_expert_count_inconsistent",
                     message=(
                         f"layer {layer_index} has num_total_experts {first_n} in earlier events "
-                        f"but {n} from token {token} on"
+                        f"but {n} from {'line ' + str(line) if token is None else 'token ' + str(token)} on"
                     ),
                     location=Location(file=file, line=line, token_index=token, layer_index=layer_index),
                 )

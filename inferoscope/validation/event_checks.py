@@ -10,7 +10,7 @@ import numpy as np
 from ..versions import RAW_TRACE_FILE
 from .aggregates import RunAggregates
 from .issues import Location, ValidationIssue, layer_scope
-from .layer_checks import TOL, build_block, check_block
+from .layer_checks import TOL, LayerBlock, build_block, check_block
 from .raw_event import EventView, Layer
 
 
@@ -22,12 +22,64 @@ def check_event_chunk(
     """All per-event and per-layer issues of ``views``; folds them into ``aggregates``."""
     issues: list[ValidationIssue] = []
     _check_durations(views, issues, aggregates, file)
-    _check_duplicate_layers(views, issues, file)
+    dense_groups: dict[bytes, list[int]] = defaultdict(list)
+    sparse: list[int] = []
+    for row, view in enumerate(views):
+        if view.dense is not None:
+            dense_groups[view.dense.signature].append(row)
+        else:
+            sparse.append(row)
+    _check_duplicate_layers(views, sparse, dense_groups, issues, file)
+    blocks: list[LayerBlock] = []
+    for rows in dense_groups.values():
+        blocks += _dense_blocks(views, rows)
+    if sparse:
+        blocks += _keyed_blocks(views, sparse)
+    for block in blocks:
+        _check_one_block(block, views, issues, aggregates, file)
+    return issues
+
+
+def _dense_blocks(views: Sequence[EventView], rows: list[int]) -> list[LayerBlock]:
+    """Events of one signature stacked; one block for all layers when they share n and k."""
+    dense = [views[row].dense for row in rows]
+    meta = dense[0].meta  # type: ignore[union-attr]
+    rp = np.stack([d.rp for d in dense])  # type: ignore[union-attr]
+    ti = np.stack([d.ti for d in dense])  # type: ignore[union-attr]
+    tp = np.stack([d.tp for d in dense])  # type: ignore[union-attr]
+    scalars = np.stack([d.scalars for d in dense])  # type: ignore[union-attr]
+    count, width = rp.shape[0], rp.shape[1]
+    event_rows = np.asarray(rows, dtype=np.int64)
+    if (meta[:, 1] == meta[0, 1]).all() and (meta[:, 2] == meta[0, 2]).all():
+        spans = [np.arange(width)]
+    else:
+        spans = [np.array([j]) for j in range(width)]
+    blocks = []
+    for span in spans:
+        m = span.size
+        flat = scalars[:, span].reshape(count * m, 4)
+        blocks.append(LayerBlock(
+            layer_indices=np.tile(meta[span, 0], count),
+            n=int(meta[span[0], 1]),
+            k=int(meta[span[0], 2]),
+            rows=np.repeat(event_rows, m),
+            rp=rp[:, span].reshape(count * m, -1),
+            ti=ti[:, span].reshape(count * m, -1),
+            tp=tp[:, span].reshape(count * m, -1),
+            entropy=flat[:, 0],
+            normalized_entropy=flat[:, 1],
+            top1_prob=flat[:, 2],
+            margin=flat[:, 3],
+        ))
+    return blocks
+
+
+def _keyed_blocks(views: Sequence[EventView], rows_to_check: list[int]) -> list[LayerBlock]:
     groups: dict[tuple[int, int, int, int, int, int], tuple[list[int], list[Layer]]] = defaultdict(
         lambda: ([], [])
     )
-    for row, view in enumerate(views):
-        for layer in view.layers:
+    for row in rows_to_check:
+        for layer in views[row].layers:
             key = (
                 layer.layer_index,
                 layer.num_total_experts,
@@ -39,33 +91,43 @@ def check_event_chunk(
             rows, layers = groups[key]
             rows.append(row)
             layers.append(layer)
-    for (layer_index, n, k, *_), (rows, layers) in sorted(groups.items()):
-        block = build_block(layer_index, n, k, rows, layers)
-        flagged = np.zeros(len(rows), dtype=bool)
-        for finding in check_block(block):
-            flagged[finding.row] = True
-            view = views[rows[finding.row]]
-            issues.append(
-                ValidationIssue(
-                    scope=layer_scope(layer_index),
-                    code=finding.code,
-                    message=finding.message,
-                    location=Location(
-                        file=file,
-                        line=view.line,
-                        token_index=view.where_token,
-                        layer_index=layer_index,
-                        expert_index=finding.expert_index,
-                    ),
-                )
+    return [
+        build_block(layer_index, n, k, rows, layers)
+        for (layer_index, n, k, *_), (rows, layers) in sorted(groups.items())
+    ]
+
+
+def _check_one_block(
+    block: LayerBlock, views: Sequence[EventView], issues: list[ValidationIssue],
+    aggregates: RunAggregates | None, file: str | None,
+) -> None:
+    n, k = block.n, block.k
+    flagged = np.zeros(block.rows.size, dtype=bool)
+    for finding in check_block(block):
+        flagged[finding.row] = True
+        view = views[int(block.rows[finding.row])]
+        layer_index = int(block.layer_indices[finding.row])
+        issues.append(
+            ValidationIssue(
+                scope=layer_scope(layer_index),
+                code=finding.code,
+                message=finding.message,
+                location=Location(
+                    file=file,
+                    line=view.line,
+                    token_index=view.token_index,
+                    layer_index=layer_index,
+                    expert_index=finding.expert_index,
+                ),
             )
-        if aggregates is not None and block.rp.shape[1] == n and block.ti.shape[1] == k:
-            in_range = ((block.ti >= 0) & (block.ti < n)).all(axis=1) & ~flagged
-            aggregates.add_layer_block(
-                layer_index, n, k, block.ti[in_range], block.entropy[in_range],
-                block.normalized_entropy[in_range],
-            )
-    return issues
+        )
+    if aggregates is None or block.rp.shape[1] != n or block.ti.shape[1] != k:
+        return
+    usable = ((block.ti >= 0) & (block.ti < n)).all(axis=1) & ~flagged
+    for layer_index in np.unique(block.layer_indices).tolist():
+        mask = usable & (block.layer_indices == layer_index)
+        aggregates.add_layer_block(
+            layer_index, n, k, block.ti[mask], block.entropy[mask], block.normalized_entropy[mask])
 
 
 def _check_durations(
@@ -87,7 +149,7 @@ def _check_durations(
                     f"timing_ms.decode_duration is {timing[r, 2]:.9g} but decode_end - decode_start "
                     f"is {expected[r]:.9g}"
                 ),
-                location=Location(file=file, line=view.line, token_index=view.where_token),
+                location=Location(file=file, line=view.line, token_index=view.token_index),
             )
         )
     if aggregates is not None:
@@ -95,27 +157,41 @@ def _check_durations(
 
 
 def _check_duplicate_layers(
-    views: Sequence[EventView], issues: list[ValidationIssue], file: str | None
+    views: Sequence[EventView], sparse: list[int], dense_groups: dict[bytes, list[int]],
+    issues: list[ValidationIssue], file: str | None,
 ) -> None:
-    for view in views:
-        indices = view.layer_indices
-        if len(set(map(repr, indices))) == len(indices):
-            continue
-        seen: set[str] = set()
-        for value in indices:
-            key = repr(value)
-            if key in seen and value is not None:
-                issues.append(
-                    ValidationIssue(
-                        scope=layer_scope(value),
-                        code="duplicate_layer_index",
-                        message=f"layer_index {value!r} appears more than once in this event",
-                        location=Location(
-                            file=file,
-                            line=view.line,
-                            token_index=view.where_token,
-                            layer_index=value if isinstance(value, int) else None,
-                        ),
-                    )
+    for rows in dense_groups.values():
+        indices = views[rows[0]].dense.meta[:, 0].tolist()  # type: ignore[union-attr]
+        if len(set(indices)) != len(indices):
+            for row in rows:
+                _report_duplicates(views[row], indices, issues, file)
+    for row in sparse:
+        indices = views[row].layer_indices
+        try:
+            if len(set(indices)) == len(indices):
+                continue
+        except TypeError:  # an unhashable layer_index from a schema-broken dict
+            pass
+        _report_duplicates(views[row], indices, issues, file)
+
+
+def _report_duplicates(view: EventView, indices: list[object], issues: list[ValidationIssue],
+                       file: str | None) -> None:
+    seen: set[str] = set()
+    for value in indices:
+        key = repr(value)
+        if key in seen and value is not None:
+            issues.append(
+                ValidationIssue(
+                    scope=layer_scope(value),
+                    code="duplicate_layer_index",
+                    message=f"layer_index {value!r} appears more than once in this event",
+                    location=Location(
+                        file=file,
+                        line=view.line,
+                        token_index=view.token_index,
+                        layer_index=value if isinstance(value, int) else None,
+                    ),
                 )
-            seen.add(key)
+            )
+        seen.add(key)

@@ -21,9 +21,9 @@ _INDEX_CAP = 2**62  # larger indices are out of bounds anyway; keeps int64 array
 
 @dataclass(slots=True)
 class LayerBlock:
-    """Same-shaped layers of several events; row r belongs to event ``rows[r]``."""
+    """Same-shaped layers of several events; row r is layer ``layer_indices[r]`` of event ``rows[r]``."""
 
-    layer_index: int
+    layer_indices: np.ndarray
     n: int
     k: int
     rows: np.ndarray
@@ -47,7 +47,7 @@ class Finding:
 
 
 def build_block(layer_index: int, n: int, k: int, rows: Sequence[int], layers: Sequence[Layer]) -> LayerBlock:
-    """Stack layers that share a shape key into arrays."""
+    """Stack layers that share a shape key into arrays; ValueError if their lengths differ."""
     try:
         ti = np.array([layer.topk_indices for layer in layers], dtype=np.int64)
     except OverflowError:
@@ -62,23 +62,18 @@ def build_block(layer_index: int, n: int, k: int, rows: Sequence[int], layers: S
         ],
         dtype=np.float64,
     )
-    count = len(layers)
-
-    def floats(values: list[list[float]]) -> np.ndarray:
-        if not values or not values[0]:
-            return np.zeros((count, 0), dtype=np.float64)
-        return np.array(values, dtype=np.float64)
-
-    if ti.size == 0:
-        ti = np.zeros((count, 0), dtype=np.int64)
+    rp = np.array([layer.router_probs for layer in layers], dtype=np.float64)
+    tp = np.array([layer.topk_probs for layer in layers], dtype=np.float64)
+    if rp.ndim != 2 or tp.ndim != 2 or ti.ndim != 2:
+        raise ValueError("layers of one block must share their array lengths")
     return LayerBlock(
-        layer_index=layer_index,
+        layer_indices=np.full(len(layers), layer_index, dtype=np.int64),
         n=n,
         k=k,
         rows=np.asarray(rows, dtype=np.int64),
-        rp=floats([layer.router_probs for layer in layers]),
+        rp=rp,
         ti=ti,
-        tp=floats([layer.topk_probs for layer in layers]),
+        tp=tp,
         entropy=scalars[:, 0],
         normalized_entropy=scalars[:, 1],
         top1_prob=scalars[:, 2],
@@ -194,9 +189,10 @@ def _check_selection(block: LayerBlock, eligible: np.ndarray) -> Iterator[Findin
 
 def _check_entropy(block: LayerBlock) -> Iterator[Finding]:
     rp = block.rp
-    positive = rp > 0
-    terms = np.where(positive, rp * np.log(np.where(positive, rp, 1.0)), 0.0)
-    entropy = -terms.sum(axis=1)
+    logs = np.zeros_like(rp)
+    np.log(rp, out=logs, where=rp > 0)
+    logs *= rp
+    entropy = -logs.sum(axis=1)
     for r in np.flatnonzero(np.abs(block.entropy - entropy) > TOL):
         yield Finding(int(r), "entropy_mismatch",
                       f"entropy {_g(block.entropy[r])} but -sum p ln p is {_g(entropy[r])}")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import msgspec
+import numpy as np
 
 from ..jsonfmt import is_finite_number
 
@@ -22,13 +23,13 @@ NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1)]
 NonNegFloat = Annotated[float, msgspec.Meta(ge=0.0)]
 
 
-class Timing(msgspec.Struct, forbid_unknown_fields=True):
+class Timing(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     decode_start: float
     decode_end: float
     decode_duration: NonNegFloat
 
 
-class Layer(msgspec.Struct, forbid_unknown_fields=True):
+class Layer(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     layer_index: NonNegInt
     layer_kind: Literal["moe"]
     num_total_experts: PosInt
@@ -42,7 +43,7 @@ class Layer(msgspec.Struct, forbid_unknown_fields=True):
     top1_top2_margin: Prob
 
 
-class RawEvent(msgspec.Struct, forbid_unknown_fields=True):
+class RawEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     event_type: Literal["token_complete"]
     schema_version: Literal["raw/v0.1.0"]
     run_id: NonEmptyStr
@@ -55,6 +56,40 @@ class RawEvent(msgspec.Struct, forbid_unknown_fields=True):
 
 
 RAW_EVENT_DECODER = msgspec.json.Decoder(RawEvent)
+
+
+@dataclass(slots=True)
+class DenseLayers:
+    """An event's layers as arrays, made right after decoding (while the floats are hot in
+    cache) when every layer has the same array lengths; then the Python lists are dropped."""
+
+    meta: np.ndarray  # [L, 3] int64: layer_index, num_total_experts, num_active_experts
+    rp: np.ndarray  # [L, len(router_probs)]
+    ti: np.ndarray  # [L, len(topk_indices)] int64
+    tp: np.ndarray  # [L, len(topk_probs)]
+    scalars: np.ndarray  # [L, 4]: entropy, normalized_entropy, top1_prob, top1_top2_margin
+    signature: bytes  # equal signatures: same layers, same shapes (stackable)
+
+
+def densify(layers: list[Layer]) -> DenseLayers | None:
+    """Arrays of ``layers``, or None when their lengths differ (the per-layer path handles it)."""
+    if not layers:
+        return None
+    try:
+        meta = np.array(
+            [(la.layer_index, la.num_total_experts, la.num_active_experts) for la in layers], dtype=np.int64)
+        rp = np.array([la.router_probs for la in layers], dtype=np.float64)
+        ti = np.array([la.topk_indices for la in layers], dtype=np.int64)
+        tp = np.array([la.topk_probs for la in layers], dtype=np.float64)
+        scalars = np.array(
+            [(la.entropy, la.normalized_entropy, la.top1_prob, la.top1_top2_margin) for la in layers],
+            dtype=np.float64)
+    except (ValueError, OverflowError):
+        return None
+    if rp.ndim != 2 or ti.ndim != 2 or tp.ndim != 2:
+        return None
+    shape = np.array([rp.shape[1], ti.shape[1], tp.shape[1]], dtype=np.int64)
+    return DenseLayers(meta, rp, ti, tp, scalars, meta.tobytes() + shape.tobytes())
 
 
 @dataclass(slots=True)
@@ -74,14 +109,12 @@ class EventView:
     layer_indices: list[object]
     layers: list[Layer]
     unsound_layers: list[tuple[object, str]] = field(default_factory=list)
-
-    @property
-    def where_token(self) -> int:
-        return self.token_index if self.token_index is not None else self.position
+    dense: DenseLayers | None = None
 
 
 def view_of_struct(event: RawEvent, position: int, line: int | None) -> EventView:
     timing = event.timing_ms
+    dense = densify(event.layers)
     return EventView(
         position=position,
         line=line,
@@ -89,8 +122,9 @@ def view_of_struct(event: RawEvent, position: int, line: int | None) -> EventVie
         run_id=event.run_id,
         schema_version=event.schema_version,
         timing=(timing.decode_start, timing.decode_end, timing.decode_duration),
-        layer_indices=[layer.layer_index for layer in event.layers],
-        layers=event.layers,
+        layer_indices=[] if dense is not None else [layer.layer_index for layer in event.layers],
+        layers=[] if dense is not None else event.layers,
+        dense=dense,
     )
 
 
