@@ -94,9 +94,9 @@ def parse_line(data: bytes | memoryview, file: str, line: int, scope: str, token
     try:
         obj = parse_json_bytes(data)
     except JSONParseError as exc:
-        return None, [ValidationIssue(scope, JSON_PARSE_ERROR, f"{file} line {line}: {exc}", location=where)]
+        return None, [ValidationIssue(scope, JSON_PARSE_ERROR, str(exc), location=where)]
     if not isinstance(obj, dict):
         return None, [ValidationIssue(scope, JSON_PARSE_ERROR,
-                                      f"{file} line {line}: must be a JSON object, not {_json_kind(obj)}",
+                                      f"must be a JSON object, not {_json_kind(obj)}",
                                       location=where)]
     return obj, []

@@ -31,7 +31,7 @@ from ..versions import (
     RAW_TRACE_FILE,
 )
 from .files import JSON_PARSE_ERROR, file_problem, parse_line, read_json_object
-from .lines import Line, LineIndex, LineIndexBuilder, ProgressFn, iter_lines
+from .lines import MAX_LINE_BYTES, Line, LineIndex, LineIndexBuilder, ProgressFn, iter_lines
 from .scan import scan_raw_trace
 from .report import DEFAULT_MAX_KEPT_ISSUES, ValidationReport
 
@@ -231,6 +231,6 @@ def _unreadable(line: Line, position: int) -> EventView:
 def _too_long(file: str, line: Line, scope: str, position: int | None) -> ValidationIssue:
     return ValidationIssue(
         scope, JSON_PARSE_ERROR,
-        f"{file} line {line.number}: line is {line.end - line.start} bytes, over the reader's limit",
+        f"line is {line.end - line.start} bytes, over the reader's limit of {MAX_LINE_BYTES}",
         location=Location(file=file, line=line.number, token_index=position),
     )

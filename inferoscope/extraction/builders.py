@@ -109,7 +109,8 @@ def build_moe_layer_trace(
         "topk_indices": topk_indices,
         "topk_probs": topk_probs,
         "entropy": entropy,
-        "normalized_entropy": entropy / math.log(n) if n > 1 else 0.0,
+        # a uniform router can round to 1 + 1 ulp; the schema caps the value at 1
+        "normalized_entropy": min(entropy / math.log(n), 1.0) if n > 1 else 0.0,
         "top1_prob": topk_probs[0],
         "top1_top2_margin": topk_probs[0] - topk_probs[1] if k >= 2 else topk_probs[0],
     }

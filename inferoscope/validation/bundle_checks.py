@@ -277,10 +277,12 @@ class RunChecks:
             positions = positions_by_layer.get(layer_index)
             if positions is None or len(positions) != n:
                 found = "no entry" if positions is None else f"{len(positions)} positions"
+                first_line = self.layer_first_line.get(layer_index)
+                user = f" (first used at {RAW_TRACE_FILE} line {first_line})" if first_line else ""
                 issues.append(ValidationIssue(
                     scope="run_bundle", code="layout_expert_count_mismatch",
-                    message=f"layout layer {layer_index} must place {n} experts (raw events use {n}); "
-                            f"it has {found}", location=at))
+                    message=f"layout layer {layer_index} must place {n} experts as the raw events do"
+                            f"{user}; it has {found}", location=at))
             if positions is None:
                 continue
             experts = {p.get("expert_index") for p in positions if isinstance(p, Mapping)}
