@@ -40,11 +40,18 @@ def generate(folder: Path, tokens: int, seed: int = 7) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     run_id = folder.name
     manifest = build_manifest(
-        run_id=run_id, created_at="2026-11-26T12:00:00Z", model_id="bench/olmoe-shaped",
-        tokenizer_id="bench/olmoe-shaped", prompt_text="benchmark", seed=seed,
-        derivation_version="motifs/v0.1.0-alpha", derivation_config_id="motifs/default-alpha")
-    layout = build_layer_grid_layout(run_id=run_id, layout_id="default-grid",
-                                     layer_expert_counts=[(i, EXPERTS) for i in range(LAYERS)])
+        run_id=run_id,
+        created_at="2026-11-26T12:00:00Z",
+        model_id="bench/olmoe-shaped",
+        tokenizer_id="bench/olmoe-shaped",
+        prompt_text="benchmark",
+        seed=seed,
+        derivation_version="motifs/v0.1.0-alpha",
+        derivation_config_id="motifs/default-alpha",
+    )
+    layout = build_layer_grid_layout(
+        run_id=run_id, layout_id="default-grid", layer_expert_counts=[(i, EXPERTS) for i in range(LAYERS)]
+    )
     rng = np.random.default_rng(seed)
     encoder = msgspec.json.Encoder()
     partial = folder / "raw_trace.ndjson.partial"
@@ -62,21 +69,34 @@ def generate(folder: Path, tokens: int, seed: int = 7) -> Path:
                 t = start + i
                 layers = [
                     {
-                        "entropy": float(entropy[i, l]), "layer_index": l, "layer_kind": "moe",
-                        "normalized_entropy": float(entropy[i, l] / math.log(EXPERTS)),
-                        "num_active_experts": TOP_K, "num_total_experts": EXPERTS,
-                        "router_probs": probs[i, l].tolist(), "top1_prob": float(top[i, l, 0]),
-                        "top1_top2_margin": float(top[i, l, 0] - top[i, l, 1]),
-                        "topk_indices": order[i, l].tolist(), "topk_probs": top[i, l].tolist(),
+                        "entropy": float(entropy[i, li]),
+                        "layer_index": li,
+                        "layer_kind": "moe",
+                        "normalized_entropy": float(entropy[i, li] / math.log(EXPERTS)),
+                        "num_active_experts": TOP_K,
+                        "num_total_experts": EXPERTS,
+                        "router_probs": probs[i, li].tolist(),
+                        "top1_prob": float(top[i, li, 0]),
+                        "top1_top2_margin": float(top[i, li, 0] - top[i, li, 1]),
+                        "topk_indices": order[i, li].tolist(),
+                        "topk_probs": top[i, li].tolist(),
                     }
-                    for l in range(LAYERS)
+                    for li in range(LAYERS)
                 ]
                 event = {
-                    "context_length": 12 + t, "event_type": "token_complete", "layers": layers,
-                    "run_id": run_id, "schema_version": "raw/v0.1.0",
-                    "timing_ms": {"decode_duration": 12.5, "decode_end": 25.0 * t + 12.5,
-                                  "decode_start": 25.0 * t},
-                    "token_id": int(rng.integers(0, 50280)), "token_index": t, "token_text": f" tok{t}",
+                    "context_length": 12 + t,
+                    "event_type": "token_complete",
+                    "layers": layers,
+                    "run_id": run_id,
+                    "schema_version": "raw/v0.1.0",
+                    "timing_ms": {
+                        "decode_duration": 12.5,
+                        "decode_end": 25.0 * t + 12.5,
+                        "decode_start": 25.0 * t,
+                    },
+                    "token_id": int(rng.integers(0, 50280)),
+                    "token_index": t,
+                    "token_text": f" tok{t}",
                 }
                 lines.append(encoder.encode(event))
             handle.write(b"\n".join(lines) + b"\n")
@@ -112,7 +132,7 @@ def naive_validate(folder: Path) -> int:
                 problems += len(set(idx)) != len(idx)
                 problems += any(not 0 <= i < n for i in idx)
                 problems += abs(sum(probs) - 1.0) > 1e-6
-                problems += any(abs(p - probs[i]) > 1e-6 for i, p in zip(idx, tp))
+                problems += any(abs(p - probs[i]) > 1e-6 for i, p in zip(idx, tp, strict=False))
                 chosen = set(idx)
                 smallest = min(probs[i] for i in idx)
                 problems += any(probs[j] > smallest + 1e-6 for j in range(n) if j not in chosen)
@@ -163,13 +183,16 @@ def measure(kind: str, folder: Path) -> dict[str, float]:
 
 
 def run_child(kind: str, folder: Path) -> dict[str, float]:
-    out = subprocess.run([sys.executable, __file__, "--child", kind, str(folder)],
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", kind, str(folder)], check=True, capture_output=True, text=True
+    )
     return json.loads(out.stdout)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", default="300,5000,50000")
     parser.add_argument("--naive-size", type=int, default=300)
     parser.add_argument("--out", default=str(ROOT / ".bench"))
@@ -181,12 +204,12 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     out = Path(args.out)
     folders = {}
-    for size in sorted(set(sizes + [args.naive_size])):
+    for size in sorted({*sizes, args.naive_size}):
         start = time.perf_counter()
         folders[size] = generate(out / f"olmoe-{size}", size)
         mb = (folders[size] / "raw_trace.ndjson").stat().st_size / 2**20
-        print(f"bundle {size:>6} tokens: {mb:8.1f} MiB raw trace (ready in {time.perf_counter() - start:.1f} s)",
-              flush=True)
+        ready = time.perf_counter() - start
+        print(f"bundle {size:>6} tokens: {mb:8.1f} MiB raw trace (ready in {ready:.1f} s)", flush=True)
     rows = []
     naive = run_child("naive", folders[args.naive_size])
     naive_rate = naive["tokens"] / naive["seconds"]
@@ -194,19 +217,23 @@ def main() -> None:
     for size in sizes:
         if size == args.naive_size and size < 1000:
             continue
-        rows.append((f"inferoscope RunReader.validate", run_child("reader", folders[size])))
+        rows.append(("inferoscope RunReader.validate", run_child("reader", folders[size])))
     print()
     print(f"{'validator':<32}{'tokens':>8}{'seconds':>10}{'tokens/s':>11}{'peak RSS MiB':>14}{'x naive':>9}")
     for name, row in rows:
         rate = row["tokens"] / row["seconds"]
-        print(f"{name:<32}{int(row['tokens']):>8}{row['seconds']:>10.2f}{rate:>11.0f}"
-              f"{row['peak_rss_mb']:>14.0f}{rate / naive_rate:>9.0f}")
+        print(
+            f"{name:<32}{int(row['tokens']):>8}{row['seconds']:>10.2f}{rate:>11.0f}"
+            f"{row['peak_rss_mb']:>14.0f}{rate / naive_rate:>9.0f}"
+        )
     print()
     print(f"{'open + read token 0':<32}{'tokens':>8}{'ms':>10}{'peak RSS MiB':>14}")
     for size in sorted(folders):
         row = run_child("open", folders[size])
-        print(f"{'RunReader(dir).event(0)':<32}{int(row['tokens']):>8}{row['seconds'] * 1000:>10.1f}"
-              f"{row['peak_rss_mb']:>14.0f}")
+        print(
+            f"{'RunReader(dir).event(0)':<32}{int(row['tokens']):>8}{row['seconds'] * 1000:>10.1f}"
+            f"{row['peak_rss_mb']:>14.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -18,19 +18,23 @@ from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
+from . import __version__
 from .bundle.reader import BundleOpenError, RunReader
+from .render import inspect_view, issues_view
 from .summary import RunSummary
 from .textsafe import visible
 from .versions import RAW_TRACE_FILE
-from . import __version__
-from .render import inspect_view, issues_view
 
 EXIT_OK, EXIT_ISSUES, EXIT_UNREADABLE = 0, 1, 2
 PROGRESS_MIN_BYTES = 16 * 1024 * 1024
 
 
 def _consoles() -> tuple[Console, Console]:
-    return Console(highlight=False, soft_wrap=False), Console(stderr=True, highlight=False)
+    """stdout and stderr consoles; piped output gets a fixed width instead of 80 columns."""
+    out = Console(highlight=False)
+    if not out.is_terminal and "COLUMNS" not in os.environ:
+        out = Console(highlight=False, width=120)
+    return out, Console(stderr=True, highlight=False)
 
 
 def _table_box(console: Console) -> box.Box:
@@ -102,7 +106,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             data["truncated"] = report.total > len(data["issues"])
             results.append({"run_dir": run_dir, "readable": True, "events": report.aggregates.events, **data})
         else:
-            out.print(issues_view(run_dir, report, args.max_issues))
+            out.print(issues_view(run_dir, report, args.max_issues), soft_wrap=True)
     if args.json:
         sys.stdout.write(json.dumps({"bundles": results}, indent=2, sort_keys=True) + "\n")
     return worst
@@ -122,8 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="report every contract issue of bundles")
     validate.add_argument("run_dirs", metavar="RUN_DIR", nargs="+")
     validate.add_argument("--json", action="store_true", help="machine-readable issues")
-    validate.add_argument("--max-issues", type=int, default=200, metavar="N",
-                          help="show at most N issues per bundle (all are counted; default 200)")
+    validate.add_argument(
+        "--max-issues",
+        type=int,
+        default=200,
+        metavar="N",
+        help="show at most N issues per bundle (all are counted; default 200)",
+    )
     validate.set_defaults(handler=cmd_validate)
     return parser
 

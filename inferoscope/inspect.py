@@ -22,10 +22,13 @@ def format_text(summary: RunSummary) -> str:
     """The plain ``key: value`` lines."""
     data = summary.compat_dict()
     counts = ", ".join(f"{i}={n}" for i, n in summary.layer_expert_counts()) or "none"
-    optional = " ".join(f"{key}={'yes' if present else 'no'}" for key, present in data["optional_artifacts"].items())
+    optional = " ".join(
+        f"{key}={'yes' if present else 'no'}" for key, present in data["optional_artifacts"].items()
+    )
     duration = data["decode_duration_ms"]
     duration_text = (
-        "none" if duration is None
+        "none"
+        if duration is None
         else f"min={duration['min']!r} avg={duration['avg']!r} max={duration['max']!r}"
     )
 
@@ -48,8 +51,9 @@ def format_text(summary: RunSummary) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m inferoscope.inspect",
-                                     description="Summarise a run bundle.")
+    parser = argparse.ArgumentParser(
+        prog="python -m inferoscope.inspect", description="Summarise a run bundle."
+    )
     parser.add_argument("run_dir")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
@@ -59,8 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(visible(str(exc)), file=sys.stderr)
         return 1
     if not summary.report.ok:
-        error = RunBundleError(f"run bundle {args.run_dir} failed validation", summary.report.issues,
-                               summary.report.counts_by_code())
+        error = RunBundleError(
+            f"run bundle {args.run_dir} failed validation",
+            summary.report.issues,
+            summary.report.counts_by_code(),
+        )
         print(error, file=sys.stderr)
         return 1
     if args.json:

@@ -37,8 +37,13 @@ def inspect_view(summary: RunSummary, table_box: box.Box) -> RenderableType:
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
     facts.add_column()
-    for label, key in (("run", "run_id"), ("model", "model_id"), ("tokenizer", "tokenizer_id"),
-                       ("created", "created_at"), ("seed", "seed")):
+    for label, key in (
+        ("run", "run_id"),
+        ("model", "model_id"),
+        ("tokenizer", "tokenizer_id"),
+        ("created", "created_at"),
+        ("seed", "seed"),
+    ):
         facts.add_row(label, _text(data[key]))
     facts.add_row("prompt", _text(summary.prompt_text, 160))
     facts.add_row("events", Text(str(data["raw_events"])))
@@ -48,23 +53,37 @@ def inspect_view(summary: RunSummary, table_box: box.Box) -> RenderableType:
         facts.add_row("decode ms", Text("—"))
     else:
         rate = data["decode_tokens_per_s"]
-        facts.add_row("decode ms", Text(
-            f"min {duration['min']:.3f}  avg {duration['avg']:.3f}  max {duration['max']:.3f}"
-            + (f"  ({rate:.1f} tokens/s)" if rate else "")))
+        facts.add_row(
+            "decode ms",
+            Text(
+                f"min {duration['min']:.3f}  avg {duration['avg']:.3f}  max {duration['max']:.3f}"
+                + (f"  ({rate:.1f} tokens/s)" if rate else "")
+            ),
+        )
     present = [name for name, here in data["optional_artifacts"].items() if here]
     facts.add_row("artifacts", Text(", ".join(present) if present else "none (raw only)"))
 
     layers = Table(title="Per-layer routing", box=table_box, title_justify="left")
-    for header, justify in (("layer", "right"), ("experts", "right"), ("top-k", "right"),
-                            ("mean H/ln n", "right"), ("most loaded", "left"),
-                            ("least loaded", "left"), ("never selected", "left")):
+    for header, justify in (
+        ("layer", "right"),
+        ("experts", "right"),
+        ("top-k", "right"),
+        ("mean H/ln n", "right"),
+        ("most loaded", "left"),
+        ("least loaded", "left"),
+        ("never selected", "left"),
+    ):
         layers.add_column(header, justify=justify)  # type: ignore[arg-type]
     for row in summary.layer_rows():
         mean = row["mean_normalized_entropy"]
         layers.add_row(
-            str(row["layer_index"]), str(row["num_total_experts"]), str(row["num_active_experts"]),
+            str(row["layer_index"]),
+            str(row["num_total_experts"]),
+            str(row["num_active_experts"]),
             "—" if mean is None else f"{mean:.4f}",
-            _experts(row["most_loaded"]), _experts(row["least_loaded"]), _never(row["never_selected"]),
+            _experts(row["most_loaded"]),
+            _experts(row["least_loaded"]),
+            _never(row["never_selected"]),
         )
     parts: list[RenderableType] = [facts, Text()]
     if summary.layer_rows():
@@ -76,8 +95,12 @@ def inspect_view(summary: RunSummary, table_box: box.Box) -> RenderableType:
 def validation_status(report: ValidationReport, table_box: box.Box) -> RenderableType:
     if report.ok and report.total == 0:
         return Text("validation: clean", style="bold green")
-    counts = Table(title=f"validation: {report.total} issue(s)", box=table_box, title_justify="left",
-                   title_style="bold red")
+    counts = Table(
+        title=f"validation: {report.total} issue(s)",
+        box=table_box,
+        title_justify="left",
+        title_style="bold red",
+    )
     counts.add_column("code")
     counts.add_column("count", justify="right")
     for code, count in report.counts_by_code().items():

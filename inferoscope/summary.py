@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .bundle.lines import ProgressFn
 from .bundle.reader import RunReader
 from .bundle.report import ValidationReport
-from .bundle.lines import ProgressFn
 from .versions import CONTINGENCY_FILE, DERIVED_FILE, MOTIF_LEDGER_FILE
 
 _TOP = 3
@@ -56,11 +56,15 @@ class RunSummary:
         for index in sorted(self.report.aggregates.layers):
             agg = self.report.aggregates.layers[index]
             ranked = agg.ranked_experts()
-            rows.append({
-                **agg.to_dict(),
-                "most_loaded": [(e, int(agg.load[e])) for e in ranked[:_TOP]] if agg.tokens else [],
-                "least_loaded": [(e, int(agg.load[e])) for e in ranked[::-1][:_TOP]] if agg.tokens else [],
-            })
+            rows.append(
+                {
+                    **agg.to_dict(),
+                    "most_loaded": [(e, int(agg.load[e])) for e in ranked[:_TOP]] if agg.tokens else [],
+                    "least_loaded": [(e, int(agg.load[e])) for e in ranked[::-1][:_TOP]]
+                    if agg.tokens
+                    else [],
+                }
+            )
         return rows
 
     def compat_dict(self) -> dict[str, Any]:
@@ -84,21 +88,25 @@ class RunSummary:
         """Every original key plus ours (seed, schema versions, per-layer stats, validation)."""
         data = self.compat_dict()
         durations = self.decode_duration()
-        data.update({
-            "run_dir": str(self.run_dir),
-            "seed": self.field("seed"),
-            "schema_version": self.field("schema_version"),
-            "derivation_version": self.field("derivation_version"),
-            "derivation_config_id": self.field("derivation_config_id"),
-            "generation_config": self.field("generation_config"),
-            "capture_config": self.field("capture_config"),
-            "decode_tokens_per_s": 1000.0 / durations["avg"] if durations and durations["avg"] > 0 else None,
-            "layer_stats": self.layer_rows(),
-            "validation": {
-                "ok": self.report.ok,
-                "issue_count": self.report.total,
-                "error_count": self.report.error_count,
-                "counts_by_code": self.report.counts_by_code(),
-            },
-        })
+        data.update(
+            {
+                "run_dir": str(self.run_dir),
+                "seed": self.field("seed"),
+                "schema_version": self.field("schema_version"),
+                "derivation_version": self.field("derivation_version"),
+                "derivation_config_id": self.field("derivation_config_id"),
+                "generation_config": self.field("generation_config"),
+                "capture_config": self.field("capture_config"),
+                "decode_tokens_per_s": 1000.0 / durations["avg"]
+                if durations and durations["avg"] > 0
+                else None,
+                "layer_stats": self.layer_rows(),
+                "validation": {
+                    "ok": self.report.ok,
+                    "issue_count": self.report.total,
+                    "error_count": self.report.error_count,
+                    "counts_by_code": self.report.counts_by_code(),
+                },
+            }
+        )
         return data

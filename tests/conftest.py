@@ -25,35 +25,53 @@ DATA = Path(__file__).parent / "data"
 
 
 def make_bundle_parts(
-    tokens: int = 4, layers: int = 2, experts: int = 8, top_k: int = 2, seed: int = 0,
-    run_id: str = "test-run", token_texts: list[str] | None = None,
+    tokens: int = 4,
+    layers: int = 2,
+    experts: int = 8,
+    top_k: int = 2,
+    seed: int = 0,
+    run_id: str = "test-run",
+    token_texts: list[str] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
     """A valid manifest, raw events and layout from seeded random logits."""
     rng = np.random.default_rng(seed)
     logits = rng.standard_normal((tokens, layers, experts))
     manifest = build_manifest(
-        run_id=run_id, created_at="2026-11-26T12:00:00Z", model_id="test/model",
-        tokenizer_id="test/tokenizer", prompt_text="Once upon a time",
-        derivation_version="motifs/v0.1.0-alpha", derivation_config_id="motifs/default-alpha",
+        run_id=run_id,
+        created_at="2026-11-26T12:00:00Z",
+        model_id="test/model",
+        tokenizer_id="test/tokenizer",
+        prompt_text="Once upon a time",
+        derivation_version="motifs/v0.1.0-alpha",
+        derivation_config_id="motifs/default-alpha",
         seed=seed,
     )
     events = [
         build_token_complete_event(
-            run_id=run_id, token_index=t, token_id=100 + t,
+            run_id=run_id,
+            token_index=t,
+            token_id=100 + t,
             token_text=token_texts[t] if token_texts else f" tok{t}",
-            context_length=5 + t, decode_start_ms=10.0 * t, decode_end_ms=10.0 * t + 7.5,
-            layer_inputs=[MoELayerCaptureInput(layer, logits[t, layer].tolist(), top_k)
-                          for layer in range(layers)],
+            context_length=5 + t,
+            decode_start_ms=10.0 * t,
+            decode_end_ms=10.0 * t + 7.5,
+            layer_inputs=[
+                MoELayerCaptureInput(layer, logits[t, layer].tolist(), top_k) for layer in range(layers)
+            ],
         )
         for t in range(tokens)
     ]
-    layout = build_layer_grid_layout(run_id=run_id, layout_id="default-grid",
-                                     layer_expert_counts=[(layer, experts) for layer in range(layers)])
+    layout = build_layer_grid_layout(
+        run_id=run_id,
+        layout_id="default-grid",
+        layer_expert_counts=[(layer, experts) for layer in range(layers)],
+    )
     return manifest, events, layout
 
 
-def write_raw_bundle(folder: Path, manifest: Any, events: list[Any], layout: Any,
-                     raw_lines: list[str] | None = None) -> Path:
+def write_raw_bundle(
+    folder: Path, manifest: Any, events: list[Any], layout: Any, raw_lines: list[str] | None = None
+) -> Path:
     """Write a bundle *without* validation (for broken bundles) in the contract's byte format."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

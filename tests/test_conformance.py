@@ -68,6 +68,7 @@ def test_invalid_upstream_bundle_reports_the_expected_codes_and_scopes(name: str
 
 def _load_loose(folder: Path) -> dict:
     """Parse a bundle's files without validating them (for calling the semantic validator)."""
+
     def read(name: str) -> object:
         path = folder / name
         return parse_json_bytes(path.read_bytes()) if path.exists() else None
@@ -79,19 +80,26 @@ def _load_loose(folder: Path) -> dict:
         return [parse_json_bytes(line.encode()) for line in path.read_text().splitlines() if line.strip()]
 
     return {
-        "manifest": read("manifest.json"), "raw_events": read_lines("raw_trace.ndjson"),
-        "layout": read("layout.json"), "derived_events": read_lines("derived.ndjson"),
-        "motif_ledger": read("motif_ledger.json"), "contingency": read("contingency.json"),
+        "manifest": read("manifest.json"),
+        "raw_events": read_lines("raw_trace.ndjson"),
+        "layout": read("layout.json"),
+        "derived_events": read_lines("derived.ndjson"),
+        "motif_ledger": read("motif_ledger.json"),
+        "contingency": read("contingency.json"),
     }
 
 
-@pytest.mark.parametrize(
-    "name", [n for n in INVALID_BUNDLES if _expected(n)["load_fails_at"] != "parse"])
+@pytest.mark.parametrize("name", [n for n in INVALID_BUNDLES if _expected(n)["load_fails_at"] != "parse"])
 def test_semantic_validator_called_directly_gives_the_upstream_codes_in_scope(name: str) -> None:
     parts = _load_loose(INVALID / name)
     issues = validate_run_bundle_semantics(
-        parts["manifest"], parts["raw_events"], parts["layout"], parts["derived_events"],
-        parts["motif_ledger"], parts["contingency"])
+        parts["manifest"],
+        parts["raw_events"],
+        parts["layout"],
+        parts["derived_events"],
+        parts["motif_ledger"],
+        parts["contingency"],
+    )
     found = [(issue.scope, issue.code) for issue in issues]
     for item in _expected(name)["semantic_issues"]:
         assert (item["scope"], item["code"]) in found

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import copy
-import os
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,11 @@ from inferoscope.validation.schema import is_schema_valid
 
 from .conftest import write_raw_bundle
 
-SETTINGS = settings(max_examples=int(os.environ.get("INFEROSCOPE_HYPOTHESIS_EXAMPLES", "100")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=int(os.environ.get("INFEROSCOPE_HYPOTHESIS_EXAMPLES", "100")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 logit = st.floats(min_value=-30, max_value=30, allow_nan=False, allow_infinity=False)
 
 
@@ -34,23 +38,46 @@ def bundles(draw: st.DrawFn) -> tuple[dict[str, Any], list[dict[str, Any]], dict
     tokens = draw(st.integers(0, 5))
     shapes = draw(st.lists(st.tuples(st.integers(1, 9), st.integers(1, 9)), min_size=1, max_size=3))
     shapes = [(n, min(k, n)) for n, k in shapes]
-    run_id = draw(st.text(st.characters(blacklist_characters="/\\:\x00", blacklist_categories=("Cs",)),
-                          min_size=1, max_size=12).filter(lambda s: s not in (".", "..")))
+    run_id = draw(
+        st.text(
+            st.characters(blacklist_characters="/\\:\x00", blacklist_categories=("Cs",)),
+            min_size=1,
+            max_size=12,
+        ).filter(lambda s: s not in (".", ".."))
+    )
     texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=8)
-    manifest = build_manifest(run_id=run_id, created_at="2026-11-26T12:00:00Z", model_id="m", tokenizer_id="t",
-                              prompt_text=draw(texts), derivation_version="d", derivation_config_id="c",
-                              seed=draw(st.none() | st.integers(-(2**70), 2**70)))
+    manifest = build_manifest(
+        run_id=run_id,
+        created_at="2026-11-26T12:00:00Z",
+        model_id="m",
+        tokenizer_id="t",
+        prompt_text=draw(texts),
+        derivation_version="d",
+        derivation_config_id="c",
+        seed=draw(st.none() | st.integers(-(2**70), 2**70)),
+    )
     events = []
     for t in range(tokens):
-        layers = [MoELayerCaptureInput(i, draw(st.lists(logit, min_size=n, max_size=n)), k)
-                  for i, (n, k) in enumerate(shapes)]
+        layers = [
+            MoELayerCaptureInput(i, draw(st.lists(logit, min_size=n, max_size=n)), k)
+            for i, (n, k) in enumerate(shapes)
+        ]
         start = draw(st.floats(0, 1e6))
-        events.append(build_token_complete_event(
-            run_id=run_id, token_index=t, token_id=draw(st.integers(-(2**70), 2**70)),
-            token_text=draw(texts), context_length=t, decode_start_ms=start,
-            decode_end_ms=start + draw(st.floats(0, 1e3)), layer_inputs=layers))
-    layout = build_layer_grid_layout(run_id=run_id, layout_id="g",
-                                     layer_expert_counts=[(i, n) for i, (n, _) in enumerate(shapes)])
+        events.append(
+            build_token_complete_event(
+                run_id=run_id,
+                token_index=t,
+                token_id=draw(st.integers(-(2**70), 2**70)),
+                token_text=draw(texts),
+                context_length=t,
+                decode_start_ms=start,
+                decode_end_ms=start + draw(st.floats(0, 1e3)),
+                layer_inputs=layers,
+            )
+        )
+    layout = build_layer_grid_layout(
+        run_id=run_id, layout_id="g", layer_expert_counts=[(i, n) for i, (n, _) in enumerate(shapes)]
+    )
     return manifest, events, layout
 
 
@@ -117,7 +144,9 @@ def _mutate(event: dict[str, Any], path: tuple[Any, ...], how: str) -> bool:
 
 @SETTINGS
 @given(bundles().filter(lambda p: len(p[1]) > 0), st.data())
-def test_every_single_mutation_of_a_valid_event_is_caught(parts: tuple[Any, Any, Any], data: st.DataObject) -> None:
+def test_every_single_mutation_of_a_valid_event_is_caught(
+    parts: tuple[Any, Any, Any], data: st.DataObject
+) -> None:
     manifest, events, layout = parts
     victim = data.draw(st.integers(0, len(events) - 1))
     mutated = copy.deepcopy(events)
@@ -136,14 +165,20 @@ def test_every_single_mutation_of_a_valid_event_is_caught(parts: tuple[Any, Any,
     assert any(i.location.line == line or f"line {line})" in i.message for i in report.issues), (path, how)
 
 
-json_leaf = (st.none() | st.booleans() | st.integers(-(2**66), 2**66)
-             | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=4))
+json_leaf = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**66), 2**66)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=4)
+)
 
 
 @SETTINGS
 @given(bundles().filter(lambda p: len(p[1]) > 0), st.data())
-def test_fast_typed_decode_never_accepts_what_the_reference_rejects(parts: tuple[Any, Any, Any],
-                                                                     data: st.DataObject) -> None:
+def test_fast_typed_decode_never_accepts_what_the_reference_rejects(
+    parts: tuple[Any, Any, Any], data: st.DataObject
+) -> None:
     _manifest, events, _layout = parts
     event = copy.deepcopy(events[0])
     for _ in range(data.draw(st.integers(0, 3))):
@@ -164,8 +199,9 @@ def test_fast_typed_decode_never_accepts_what_the_reference_rejects(parts: tuple
 
 @SETTINGS
 @given(bundles().filter(lambda p: len(p[1]) > 0), st.data())
-def test_reader_schema_verdict_equals_the_reference_on_mutated_lines(parts: tuple[Any, Any, Any],
-                                                                     data: st.DataObject) -> None:
+def test_reader_schema_verdict_equals_the_reference_on_mutated_lines(
+    parts: tuple[Any, Any, Any], data: st.DataObject
+) -> None:
     manifest, events, layout = parts
     event = copy.deepcopy(events[0])
     paths = [p for p in _paths(event) if p]

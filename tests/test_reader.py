@@ -41,8 +41,13 @@ def test_token_zero_is_read_without_building_the_index() -> None:
 
 def test_blank_lines_and_crlf_are_skipped_but_lines_keep_their_numbers(tmp_path: Path) -> None:
     manifest, events, layout = make_bundle_parts(tokens=3)
-    raw = [json.dumps(events[0], sort_keys=True) + "\r", "", "   \t", json.dumps(events[1], sort_keys=True),
-           json.dumps(events[2] | {"token_index": 7}, sort_keys=True)]
+    raw = [
+        json.dumps(events[0], sort_keys=True) + "\r",
+        "",
+        "   \t",
+        json.dumps(events[1], sort_keys=True),
+        json.dumps(events[2] | {"token_index": 7}, sort_keys=True),
+    ]
     folder = write_raw_bundle(tmp_path / "b", manifest, events, layout, raw_lines=raw)
     reader = RunReader(folder)
     report = reader.validate()
@@ -173,8 +178,12 @@ def test_split_scan_over_two_workers_equals_the_single_pass(tmp_path: Path) -> N
     assert np.array_equal(two.index.starts, one.index.starts)
     for index, agg in one.report.aggregates.layers.items():
         assert np.array_equal(agg.load, two.report.aggregates.layers[index].load)
-    assert {i.code for i in one.report.issues} >= {"entropy_mismatch", "duplicate_topk_index",
-                                                  "json_parse_error", "router_probs_length_mismatch"}
+    assert {i.code for i in one.report.issues} >= {
+        "entropy_mismatch",
+        "duplicate_topk_index",
+        "json_parse_error",
+        "router_probs_length_mismatch",
+    }
 
 
 def test_aggregates_count_every_top_k_selection() -> None:

@@ -38,13 +38,19 @@ LAYER_MUTATIONS: dict[str, tuple[Callable[[Layer], None], int | None]] = {
     "topk_length_mismatch": (lambda la: la["topk_probs"].pop(), None),
     "duplicate_topk_index": (lambda la: la["topk_indices"].__setitem__(1, la["topk_indices"][0]), "top0"),
     "topk_index_out_of_bounds": (lambda la: la["topk_indices"].__setitem__(1, 8), None),
-    "router_probs_sum_mismatch": (lambda la: la["router_probs"].__setitem__(7, la["router_probs"][7] / 2), None),
+    "router_probs_sum_mismatch": (
+        lambda la: la["router_probs"].__setitem__(7, la["router_probs"][7] / 2),
+        None,
+    ),
     "topk_prob_mismatch": (lambda la: la["topk_probs"].__setitem__(1, la["topk_probs"][1] * 0.9), "top1"),
     "topk_selection_mismatch": (_swap_top, None),
     "top1_prob_mismatch": (lambda la: la.update(top1_prob=la["top1_prob"] - 0.01), "top0"),
     "top1_top2_margin_mismatch": (lambda la: la.update(top1_top2_margin=la["top1_top2_margin"] + 0.01), None),
     "entropy_mismatch": (lambda la: la.update(entropy=la["entropy"] + 0.01), None),
-    "normalized_entropy_mismatch": (lambda la: la.update(normalized_entropy=la["normalized_entropy"] / 2), None),
+    "normalized_entropy_mismatch": (
+        lambda la: la.update(normalized_entropy=la["normalized_entropy"] / 2),
+        None,
+    ),
 }
 
 
@@ -91,8 +97,14 @@ def test_ties_may_come_in_any_order(tmp_path: Path) -> None:
     manifest, events, layout = make_bundle_parts(tokens=1, experts=4, top_k=2)
     layer = events[0]["layers"][0]
     layer["router_probs"] = [0.25, 0.25, 0.25, 0.25]
-    layer.update(topk_indices=[3, 1], topk_probs=[0.25, 0.25], top1_prob=0.25, top1_top2_margin=0.0,
-                 entropy=1.3862943611198906, normalized_entropy=1.0)
+    layer.update(
+        topk_indices=[3, 1],
+        topk_probs=[0.25, 0.25],
+        top1_prob=0.25,
+        top1_top2_margin=0.0,
+        entropy=1.3862943611198906,
+        normalized_entropy=1.0,
+    )
     for issues in _both_paths(tmp_path, manifest, events, layout):
         assert issues == []
 
@@ -149,14 +161,23 @@ def test_a_layer_missing_from_the_layout_names_the_raw_line_that_uses_it(tmp_pat
 def test_derived_artifacts_are_checked_against_manifest_and_raw(tmp_path: Path) -> None:
     manifest, events, layout = make_bundle_parts(tokens=2)
     derived = [
-        {"event_type": "token_derived", "schema_version": "derived/v0.1.0-provisional", "run_id": "test-run",
-         "token_index": t, "derivation_version": v, "derivation_config_id": "motifs/default-alpha",
-         "derived_payload": {}}
+        {
+            "event_type": "token_derived",
+            "schema_version": "derived/v0.1.0-provisional",
+            "run_id": "test-run",
+            "token_index": t,
+            "derivation_version": v,
+            "derivation_config_id": "motifs/default-alpha",
+            "derived_payload": {},
+        }
         for t, v in ((0, "motifs/v0.1.0-alpha"), (0, "motifs/v0.1.0-alpha"), (5, "other"))
     ]
     issues = validate_run_bundle_semantics(manifest, events, layout, derived)
     assert sorted(i.code for i in issues) == [
-        "derivation_version_mismatch", "derived_token_index_missing_from_raw", "duplicate_derived_token_index"]
+        "derivation_version_mismatch",
+        "derived_token_index_missing_from_raw",
+        "duplicate_derived_token_index",
+    ]
 
 
 def test_unknown_profile_is_refused() -> None:

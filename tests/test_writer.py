@@ -24,19 +24,28 @@ def _rebuild_fixture_b(root: Path) -> Path:
     logits = rng.standard_normal((64, 16, 64))
     token_ids = rng.integers(0, 50280, size=64)
     recorder = PyTorchRunBundleRecorder(
-        run_id="olmoe-64tok-seed7", created_at="2026-03-24T12:00:00Z",
-        model_id="allenai/OLMoE-1B-7B-0125", tokenizer_id="allenai/OLMoE-1B-7B-0125",
-        prompt_text="The quick brown fox", seed=7, derivation_version="motifs/v0.1.0-alpha",
+        run_id="olmoe-64tok-seed7",
+        created_at="2026-03-24T12:00:00Z",
+        model_id="allenai/OLMoE-1B-7B-0125",
+        tokenizer_id="allenai/OLMoE-1B-7B-0125",
+        prompt_text="The quick brown fox",
+        seed=7,
+        derivation_version="motifs/v0.1.0-alpha",
         derivation_config_id="motifs/default-alpha",
         generation_config={"max_new_tokens": 64, "do_sample": False},
-        capture_config={"trace_level": "full-router-probs",
-                        "logits_source": "numpy.default_rng(7).standard_normal"},
+        capture_config={
+            "trace_level": "full-router-probs",
+            "logits_source": "numpy.default_rng(7).standard_normal",
+        },
     )
     for t in range(64):
         start = 100 + 25 * t
         recorder.record_generated_token(
-            token_id=int(token_ids[t]), token_text=f" tok{t}", context_length=12 + t,
-            decode_start_ms=start, decode_end_ms=start + 12.5 + 0.25 * (t % 4),
+            token_id=int(token_ids[t]),
+            token_text=f" tok{t}",
+            context_length=12 + t,
+            decode_start_ms=start,
+            decode_end_ms=start + 12.5 + 0.25 * (t % 4),
             layer_inputs=[MoELayerCaptureInput(layer, logits[t, layer].tolist(), 8) for layer in range(16)],
         )
     return recorder.write_bundle(root)
@@ -55,10 +64,11 @@ def test_rebuilt_bundle_is_byte_identical_to_the_original_librarys(tmp_path: Pat
     [("readme_example_build.py", ["demo-run", "[0, 1]"]), ("readme_example_recorder.py", ["0", "[0, 1]"])],
 )
 def test_original_readme_examples_run_unchanged(script: str, expected: list[str]) -> None:
-    result = subprocess.run([sys.executable, str(DATA / script)], capture_output=True, text=True,
-                            check=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(DATA / script)], capture_output=True, text=True, check=True, timeout=120
+    )
     lines = result.stdout.splitlines()
-    assert lines[-len(expected):][1:] == expected[1:]
+    assert lines[-len(expected) :][1:] == expected[1:]
     assert lines[-len(expected)].endswith(expected[0])
 
 
@@ -71,7 +81,9 @@ def test_existing_target_is_refused_and_left_untouched(tmp_path: Path) -> None:
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
 
 
-@pytest.mark.parametrize("run_id", ["../evil", "/abs", "//srv/x", "C:x", "a:b", "a//b", "a/./b", "a/..", "a\\b", ""])
+@pytest.mark.parametrize(
+    "run_id", ["../evil", "/abs", "//srv/x", "C:x", "a:b", "a//b", "a/./b", "a/..", "a\\b", ""]
+)
 def test_run_id_that_would_escape_the_root_is_refused(tmp_path: Path, run_id: str) -> None:
     root = tmp_path / "root"
     root.mkdir()
@@ -121,7 +133,9 @@ def test_nan_is_refused_on_write_and_nothing_is_left(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_failure_mid_write_removes_the_staging_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failure_mid_write_removes_the_staging_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     manifest, events, layout = make_bundle_parts()
 
     def disk_full(*_args: object) -> None:

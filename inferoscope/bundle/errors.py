@@ -13,7 +13,9 @@ _SHOWN = 20
 class RunBundleError(ValueError):
     """A bundle (on disk or about to be written) that breaks the contract."""
 
-    def __init__(self, what: str, issues: Sequence[ValidationIssue], counts: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, what: str, issues: Sequence[ValidationIssue], counts: dict[str, int] | None = None
+    ) -> None:
         self.issues = list(issues)
         self.counts = counts if counts is not None else count_by_code(self.issues)
         total = sum(self.counts.values())

@@ -25,13 +25,15 @@ def file_problem(path: Path, scope: str, *, required: bool) -> ValidationIssue |
                 return None
             return ValidationIssue(scope, MISSING_FILE, f"{path.name} is missing", location=where)
         if not path.is_file():
-            return ValidationIssue(scope, UNREADABLE_FILE, f"{path.name} is not a regular file",
-                                   location=where)
+            return ValidationIssue(
+                scope, UNREADABLE_FILE, f"{path.name} is not a regular file", location=where
+            )
         with path.open("rb"):
             pass
     except OSError as exc:
-        return ValidationIssue(scope, UNREADABLE_FILE, f"{path.name} cannot be read: {_os_reason(exc)}",
-                               location=where)
+        return ValidationIssue(
+            scope, UNREADABLE_FILE, f"{path.name} cannot be read: {_os_reason(exc)}", location=where
+        )
     return None
 
 
@@ -41,7 +43,9 @@ def _os_reason(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
-def read_json_object(path: Path, scope: str, *, required: bool) -> tuple[dict[str, Any] | None, list[ValidationIssue]]:
+def read_json_object(
+    path: Path, scope: str, *, required: bool
+) -> tuple[dict[str, Any] | None, list[ValidationIssue]]:
     """Parse a one-object JSON file; on any problem return None and a located issue."""
     problem = file_problem(path, scope, required=required)
     if problem is not None:
@@ -52,23 +56,39 @@ def read_json_object(path: Path, scope: str, *, required: bool) -> tuple[dict[st
     try:
         size = path.stat().st_size
         if size > MAX_JSON_FILE_BYTES:
-            return None, [ValidationIssue(scope, UNREADABLE_FILE,
-                                          f"{path.name} is {size} bytes; the limit is {MAX_JSON_FILE_BYTES}",
-                                          location=where)]
+            return None, [
+                ValidationIssue(
+                    scope,
+                    UNREADABLE_FILE,
+                    f"{path.name} is {size} bytes; the limit is {MAX_JSON_FILE_BYTES}",
+                    location=where,
+                )
+            ]
         data = path.read_bytes()
     except OSError as exc:
-        return None, [ValidationIssue(scope, UNREADABLE_FILE, f"{path.name} cannot be read: {_os_reason(exc)}",
-                                      location=where)]
+        return None, [
+            ValidationIssue(
+                scope, UNREADABLE_FILE, f"{path.name} cannot be read: {_os_reason(exc)}", location=where
+            )
+        ]
     try:
         obj = parse_json_bytes(data)
     except JSONParseError as exc:
         line = _line_of(data, exc)
-        return None, [ValidationIssue(scope, JSON_PARSE_ERROR, f"{path.name}: {exc}",
-                                      location=Location(file=path.name, line=line))]
+        return None, [
+            ValidationIssue(
+                scope, JSON_PARSE_ERROR, f"{path.name}: {exc}", location=Location(file=path.name, line=line)
+            )
+        ]
     if not isinstance(obj, dict):
-        return None, [ValidationIssue(scope, JSON_PARSE_ERROR,
-                                      f"{path.name} must hold one JSON object, not {_json_kind(obj)}",
-                                      location=where)]
+        return None, [
+            ValidationIssue(
+                scope,
+                JSON_PARSE_ERROR,
+                f"{path.name} must hold one JSON object, not {_json_kind(obj)}",
+                location=where,
+            )
+        ]
     return obj, []
 
 
@@ -88,7 +108,9 @@ def _json_kind(obj: object) -> str:
     return "a number"
 
 
-def parse_line(data: bytes | memoryview, file: str, line: int, scope: str, token_index: int | None) -> tuple[dict[str, Any] | None, list[ValidationIssue]]:
+def parse_line(
+    data: bytes | memoryview, file: str, line: int, scope: str, token_index: int | None
+) -> tuple[dict[str, Any] | None, list[ValidationIssue]]:
     """One NDJSON line as an object, or a located ``json_parse_error``."""
     where = Location(file=file, line=line, token_index=token_index)
     try:
@@ -96,7 +118,9 @@ def parse_line(data: bytes | memoryview, file: str, line: int, scope: str, token
     except JSONParseError as exc:
         return None, [ValidationIssue(scope, JSON_PARSE_ERROR, str(exc), location=where)]
     if not isinstance(obj, dict):
-        return None, [ValidationIssue(scope, JSON_PARSE_ERROR,
-                                      f"must be a JSON object, not {_json_kind(obj)}",
-                                      location=where)]
+        return None, [
+            ValidationIssue(
+                scope, JSON_PARSE_ERROR, f"must be a JSON object, not {_json_kind(obj)}", location=where
+            )
+        ]
     return obj, []

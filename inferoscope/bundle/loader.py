@@ -26,13 +26,15 @@ def load_run_bundle(run_dir: Path | str) -> dict[str, Any]:
         raise RunBundleError(f"run bundle cannot be opened: {exc}", []) from None
     report: ValidationReport = reader.validate()
     if not report.ok:
-        raise RunBundleError(f"run bundle {run_dir} failed validation", report.issues,
-                             report.counts_by_code())
+        raise RunBundleError(
+            f"run bundle {run_dir} failed validation", report.issues, report.counts_by_code()
+        )
     base = Path(run_dir)
     derived_path = base / DERIVED_FILE
     derived = (
         [parse_json_bytes(line.data) for line in iter_lines(derived_path) if line.data is not None]
-        if derived_path.exists() else []
+        if derived_path.exists()
+        else []
     )
     return {
         "manifest": reader.manifest,

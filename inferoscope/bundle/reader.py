@@ -18,7 +18,6 @@ import msgspec
 
 from ..jsonfmt import JSONParseError, parse_json_bytes
 from ..validation.bundle_checks import RunChecks, manifest_semantic_issues
-from ..validation.event_checks import check_event_chunk
 from ..validation.issues import Location, ValidationIssue
 from ..validation.raw_event import RAW_EVENT_DECODER, EventView, view_of_dict, view_of_struct
 from ..validation.schema import schema_issues
@@ -32,8 +31,8 @@ from ..versions import (
 )
 from .files import JSON_PARSE_ERROR, file_problem, parse_line, read_json_object
 from .lines import MAX_LINE_BYTES, Line, LineIndex, LineIndexBuilder, ProgressFn, iter_lines
-from .scan import scan_raw_trace
 from .report import DEFAULT_MAX_KEPT_ISSUES, ValidationReport
+from .scan import scan_raw_trace
 
 DEFAULT_CHUNK_EVENTS = 128
 
@@ -67,9 +66,11 @@ class RunReader:
             raise BundleOpenError(f"{self.run_dir}: permission denied") from None
         self.raw_path = self.run_dir / RAW_TRACE_FILE
         self.manifest, self.manifest_issues = read_json_object(
-            self.run_dir / MANIFEST_FILE, "manifest", required=True)
+            self.run_dir / MANIFEST_FILE, "manifest", required=True
+        )
         self.layout, self.layout_issues = read_json_object(
-            self.run_dir / LAYOUT_FILE, "layout", required=True)
+            self.run_dir / LAYOUT_FILE, "layout", required=True
+        )
         self.raw_problem = file_problem(self.raw_path, "run_bundle", required=True)
         self._index: LineIndex | None = None
         self.workers: int | None = None  # processes for validate(); None: one per core for big files
@@ -143,14 +144,24 @@ class RunReader:
         report = ValidationReport(max_kept=max_kept)
         report.add(self.manifest_issues)
         if self.manifest is not None:
-            report.add(schema_issues(self.manifest, "manifest", name="manifest", scope="manifest",
-                                     location=Location(file=MANIFEST_FILE)))
+            report.add(
+                schema_issues(
+                    self.manifest,
+                    "manifest",
+                    name="manifest",
+                    scope="manifest",
+                    location=Location(file=MANIFEST_FILE),
+                )
+            )
             report.add(manifest_semantic_issues(self.manifest))
         checks = RunChecks(self.manifest)
         report.add(self.layout_issues)
         if self.layout is not None:
-            report.add(schema_issues(self.layout, "layout", name="layout", scope="layout",
-                                     location=Location(file=LAYOUT_FILE)))
+            report.add(
+                schema_issues(
+                    self.layout, "layout", name="layout", scope="layout", location=Location(file=LAYOUT_FILE)
+                )
+            )
         if self.raw_problem is not None:
             report.add([self.raw_problem])
         else:
@@ -163,15 +174,23 @@ class RunReader:
             obj, issues = read_json_object(self.run_dir / file, artifact, required=False)
             report.add(issues)
             if obj is not None:
-                report.add(schema_issues(obj, artifact, name=artifact, scope=artifact,
-                                         location=Location(file=file)))
+                report.add(
+                    schema_issues(obj, artifact, name=artifact, scope=artifact, location=Location(file=file))
+                )
                 report.add(checks.check_provisional_object(artifact, obj))
         return report
 
-    def _scan_raw(self, report: ValidationReport, checks: RunChecks, progress: ProgressFn | None,
-                  chunk_events: int) -> None:
-        result = scan_raw_trace(self.raw_path, self.manifest, chunk_events=chunk_events,
-                                max_kept=report.max_kept, progress=progress, workers=self.workers)
+    def _scan_raw(
+        self, report: ValidationReport, checks: RunChecks, progress: ProgressFn | None, chunk_events: int
+    ) -> None:
+        result = scan_raw_trace(
+            self.raw_path,
+            self.manifest,
+            chunk_events=chunk_events,
+            max_kept=report.max_kept,
+            progress=progress,
+            workers=self.workers,
+        )
         report.absorb(result.report, lambda issue: issue)
         checks.absorb(result.checks, 0)
         if self._index is None:
@@ -194,9 +213,15 @@ class RunReader:
             report.add(issues)
             if obj is None:
                 continue
-            report.add(schema_issues(obj, "derived_event", name=f"derived_events[{position}]",
-                                     scope="derived_event",
-                                     location=Location(file=DERIVED_FILE, line=line.number)))
+            report.add(
+                schema_issues(
+                    obj,
+                    "derived_event",
+                    name=f"derived_events[{position}]",
+                    scope="derived_event",
+                    location=Location(file=DERIVED_FILE, line=line.number),
+                )
+            )
             chunk.append((line.number, obj))
             if len(chunk) >= 4096:
                 report.add(checks.check_derived_events(chunk))
@@ -218,9 +243,13 @@ def read_raw_line(line: Line, position: int) -> tuple[EventView, list[Validation
     if obj is None:
         return _unreadable(line, position), issues
     view = view_of_dict(obj, position, line.number)
-    issues = schema_issues(obj, "raw_event", name=f"raw_events[{position}]", scope="raw_event",
-                           location=Location(file=RAW_TRACE_FILE, line=line.number,
-                                             token_index=view.token_index))
+    issues = schema_issues(
+        obj,
+        "raw_event",
+        name=f"raw_events[{position}]",
+        scope="raw_event",
+        location=Location(file=RAW_TRACE_FILE, line=line.number, token_index=view.token_index),
+    )
     return view, issues
 
 
@@ -230,7 +259,8 @@ def _unreadable(line: Line, position: int) -> EventView:
 
 def _too_long(file: str, line: Line, scope: str, position: int | None) -> ValidationIssue:
     return ValidationIssue(
-        scope, JSON_PARSE_ERROR,
+        scope,
+        JSON_PARSE_ERROR,
         f"line is {line.end - line.start} bytes, over the reader's limit of {MAX_LINE_BYTES}",
         location=Location(file=file, line=line.number, token_index=position),
     )

@@ -33,7 +33,9 @@ class ValidationReport:
             if len(self.issues) < self.max_kept:
                 self.issues.append(issue)
 
-    def absorb(self, other: ValidationReport, transform: Callable[[ValidationIssue], ValidationIssue]) -> None:
+    def absorb(
+        self, other: ValidationReport, transform: Callable[[ValidationIssue], ValidationIssue]
+    ) -> None:
         """Append another report's issues (through ``transform``), counts and aggregates."""
         room = max(0, self.max_kept - len(self.issues))
         self.issues.extend(transform(issue) for issue in other.issues[:room])

@@ -10,6 +10,7 @@ while this process takes the first, and the results are merged with line numbers
 from __future__ import annotations
 
 import gc
+import itertools
 import multiprocessing
 import os
 import threading
@@ -118,8 +119,9 @@ def _usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _child(conn: Any, counter: Any, path: Path, manifest: Any, start: int, end: int,
-           chunk_events: int, max_kept: int) -> None:
+def _child(
+    conn: Any, counter: Any, path: Path, manifest: Any, start: int, end: int, chunk_events: int, max_kept: int
+) -> None:
     def progress(done: int, _total: int) -> None:
         counter.value = done - start
 
@@ -132,19 +134,29 @@ def _child(conn: Any, counter: Any, path: Path, manifest: Any, start: int, end: 
 
 
 def _scan_parallel(
-    path: Path, manifest: Mapping[str, Any] | None, cuts: list[int], chunk_events: int,
-    max_kept: int, progress: ProgressFn | None,
+    path: Path,
+    manifest: Mapping[str, Any] | None,
+    cuts: list[int],
+    chunk_events: int,
+    max_kept: int,
+    progress: ProgressFn | None,
 ) -> SegmentResult:
-    method = "fork" if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods() \
+    method = (
+        "fork"
+        if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
         else "spawn"
-    ctx = multiprocessing.get_context(method)
+    )
+    ctx: Any = multiprocessing.get_context(method)
     total = cuts[-1]
     children = []
-    for start, end in zip(cuts[1:-1], cuts[2:], strict=True):
+    for start, end in itertools.pairwise(cuts[1:]):
         receiver, sender = ctx.Pipe(duplex=False)
         counter = ctx.Value("q", 0, lock=False)
-        process = ctx.Process(target=_child, args=(sender, counter, path, dict(manifest or {}), start, end,
-                                                   chunk_events, max_kept), daemon=True)
+        process = ctx.Process(
+            target=_child,
+            args=(sender, counter, path, dict(manifest or {}), start, end, chunk_events, max_kept),
+            daemon=True,
+        )
         process.start()
         sender.close()
         children.append((receiver, counter, process, start, end))
@@ -154,7 +166,7 @@ def _scan_parallel(
             progress(done + sum(int(c.value) for _, c, *_ in children), total)
 
     results = [scan_segment(path, manifest, 0, cuts[1], chunk_events, max_kept, own_progress)]
-    for receiver, counter, process, start, end in children:
+    for receiver, _counter, process, start, end in children:
         result: Any = None
         while result is None:
             if receiver.poll(0.1):
@@ -172,8 +184,9 @@ def _scan_parallel(
     return merge_segments(results, manifest, max_kept)
 
 
-def merge_segments(results: list[SegmentResult], manifest: Mapping[str, Any] | None,
-                   max_kept: int) -> SegmentResult:
+def merge_segments(
+    results: list[SegmentResult], manifest: Mapping[str, Any] | None, max_kept: int
+) -> SegmentResult:
     """One result for the whole file, in file order, with absolute line numbers."""
     report = ValidationReport(max_kept=max_kept)
     checks = RunChecks(manifest)

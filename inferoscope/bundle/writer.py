@@ -58,8 +58,9 @@ def write_run_bundle(
         _write_files(staging, manifest, raw_events, layout, derived_events, motif_ledger, contingency)
         report = RunReader(staging).validate()
         if not report.ok:
-            raise RunBundleError(f"refusing to write run bundle {run_id!r}", report.issues,
-                                 report.counts_by_code())
+            raise RunBundleError(
+                f"refusing to write run bundle {run_id!r}", report.issues, report.counts_by_code()
+            )
         if target.exists() or target.is_symlink():
             raise FileExistsError(f"run bundle target already exists: {target}")
         os.rename(staging, target)
@@ -109,8 +110,9 @@ def _write_files(
 
 def _refuse(name: str, file: str, line: int | None, exc: Exception) -> RunBundleError:
     reason = "holds NaN or Infinity" if isinstance(exc, ValueError) else f"is not JSON-serialisable ({exc})"
-    issue = ValidationIssue("run_bundle", UNSERIALISABLE, f"{name} {reason}",
-                            location=Location(file=file, line=line))
+    issue = ValidationIssue(
+        "run_bundle", UNSERIALISABLE, f"{name} {reason}", location=Location(file=file, line=line)
+    )
     return RunBundleError("refusing to write run bundle", [issue])
 
 

@@ -156,14 +156,20 @@ def build_layer_grid_layout(
     layers = []
     for layer_index, n in layer_expert_counts:
         columns = math.isqrt(n - 1) + 1 if n > 0 else 1
-        layers.append({
-            "layer_index": layer_index,
-            "positions": [
-                {"expert_index": i, "x": float(i % columns), "y": float(i // columns),
-                 "z": float(layer_index)}
-                for i in range(n)
-            ],
-        })
+        layers.append(
+            {
+                "layer_index": layer_index,
+                "positions": [
+                    {
+                        "expert_index": i,
+                        "x": float(i % columns),
+                        "y": float(i // columns),
+                        "z": float(layer_index),
+                    }
+                    for i in range(n)
+                ],
+            }
+        )
     return {
         "schema_version": LAYOUT_SCHEMA_VERSION,
         "run_id": run_id,

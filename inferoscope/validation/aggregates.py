@@ -73,14 +73,20 @@ class RunAggregates:
         self.duration_count += int(durations.size)
 
     def add_layer_block(
-        self, layer_index: int, n: int, k: int, topk: np.ndarray, entropy: np.ndarray,
+        self,
+        layer_index: int,
+        n: int,
+        k: int,
+        topk: np.ndarray,
+        entropy: np.ndarray,
         normalized_entropy: np.ndarray,
     ) -> None:
         """Fold in a block of layers whose top-k rows are known to be in range."""
         agg = self.layers.get(layer_index)
         if agg is None:
-            agg = LayerAggregate(layer_index, n, k, load=np.zeros(n, dtype=np.int64),
-                                 top1_load=np.zeros(n, dtype=np.int64))
+            agg = LayerAggregate(
+                layer_index, n, k, load=np.zeros(n, dtype=np.int64), top1_load=np.zeros(n, dtype=np.int64)
+            )
             self.layers[layer_index] = agg
         if agg.num_total_experts != n or topk.shape[0] == 0:
             return
@@ -96,10 +102,16 @@ class RunAggregates:
         self.events += other.events
         self.readable_events += other.readable_events
         if other.duration_count:
-            self.duration_min = other.duration_min if self.duration_min is None else min(
-                self.duration_min, other.duration_min or 0.0)
-            self.duration_max = other.duration_max if self.duration_max is None else max(
-                self.duration_max, other.duration_max or 0.0)
+            self.duration_min = (
+                other.duration_min
+                if self.duration_min is None
+                else min(self.duration_min, other.duration_min or 0.0)
+            )
+            self.duration_max = (
+                other.duration_max
+                if self.duration_max is None
+                else max(self.duration_max, other.duration_max or 0.0)
+            )
             self.duration_sum += other.duration_sum
             self.duration_count += other.duration_count
         for index, theirs in other.layers.items():

@@ -7,7 +7,7 @@ and line numbers (16 bytes a token), so it works the same for 5 and 5,000,000 to
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -28,7 +28,7 @@ FULL_RUN = "full_run"
 PROFILES = (FULL_RUN,)
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -89,14 +89,15 @@ class RunChecks:
                 scope="run_bundle",
                 code=f"{artifact}_schema_version_mismatch",
                 message=(
-                    f"{artifact} schema_version {value!r} differs from the manifest's declared "
-                    f"{declared!r}"
+                    f"{artifact} schema_version {value!r} differs from the manifest's declared {declared!r}"
                 ),
                 location=location,
             )
         ]
 
-    def _derivation_issues(self, artifact: str, obj: Mapping[str, Any], location: Location) -> list[ValidationIssue]:
+    def _derivation_issues(
+        self, artifact: str, obj: Mapping[str, Any], location: Location
+    ) -> list[ValidationIssue]:
         issues: list[ValidationIssue] = []
         for key, code in (
             ("derivation_version", "derivation_version_mismatch"),
@@ -118,8 +119,9 @@ class RunChecks:
     def observe_raw(self, views: Sequence[EventView], file: str = RAW_TRACE_FILE) -> list[ValidationIssue]:
         """Record a chunk of raw events (in file order) and return its cross-file issues."""
         issues: list[ValidationIssue] = []
-        tokens = np.array([-1 if v.token_index is None else min(v.token_index, 2**62) for v in views],
-                          dtype=np.int64)
+        tokens = np.array(
+            [-1 if v.token_index is None else min(v.token_index, 2**62) for v in views], dtype=np.int64
+        )
         lines = np.array([-1 if v.line is None else v.line for v in views], dtype=np.int64)
         self._token_chunks.append(tokens)
         self._line_chunks.append(lines)
@@ -165,7 +167,11 @@ class RunChecks:
             elif layer_index in self._inconsistent:
                 continue
             elif mine[0] != n:
-                self._inconsistent[layer_index] = (n, token, self._first_line(other, layer_index, line_offset))
+                self._inconsistent[layer_index] = (
+                    n,
+                    token,
+                    self._first_line(other, layer_index, line_offset),
+                )
             elif theirs_bad is not None:
                 self._inconsistent[layer_index] = self._shift(theirs_bad, line_offset)
 
@@ -203,8 +209,11 @@ class RunChecks:
                         scope="run_bundle",
                         code="duplicate_raw_token_index",
                         message=f"token_index {int(tokens[position])} appears more than once",
-                        location=Location(file=file, line=int(lines[position]) if lines[position] > 0 else None,
-                                          token_index=int(tokens[position])),
+                        location=Location(
+                            file=file,
+                            line=int(lines[position]) if lines[position] > 0 else None,
+                            token_index=int(tokens[position]),
+                        ),
                     )
                 )
             expected = np.arange(tokens.size)
@@ -220,8 +229,11 @@ class RunChecks:
                             f"{int(wrong.sum())} event(s) out of place, the first is event {first} "
                             f"with token_index {int(tokens[first])}"
                         ),
-                        location=Location(file=file, line=int(lines[first]) if lines[first] > 0 else None,
-                                          token_index=int(tokens[first])),
+                        location=Location(
+                            file=file,
+                            line=int(lines[first]) if lines[first] > 0 else None,
+                            token_index=int(tokens[first]),
+                        ),
                     )
                 )
         for layer_index, (n, token, line) in sorted(self._inconsistent.items()):
@@ -255,9 +267,14 @@ class RunChecks:
             positions = positions if isinstance(positions, list) else []
             at = Location(file=file, layer_index=layer_index, json_path=f"$.layers[{number}]")
             if layer_index in positions_by_layer:
-                issues.append(ValidationIssue(
-                    scope=f"layout.layer[{layer_index}]", code="duplicate_layer_index",
-                    message=f"layout lists layer {layer_index} more than once", location=at))
+                issues.append(
+                    ValidationIssue(
+                        scope=f"layout.layer[{layer_index}]",
+                        code="duplicate_layer_index",
+                        message=f"layout lists layer {layer_index} more than once",
+                        location=at,
+                    )
+                )
                 continue
             positions_by_layer[layer_index] = positions
             seen: set[int] = set()
@@ -266,11 +283,19 @@ class RunChecks:
                 if not _is_int(expert):
                     continue
                 if expert in seen:
-                    issues.append(ValidationIssue(
-                        scope=f"layout.layer[{layer_index}]", code="duplicate_expert_index",
-                        message=f"layout layer {layer_index} places expert {expert} more than once",
-                        location=Location(file=file, layer_index=layer_index, expert_index=expert,
-                                          json_path=f"$.layers[{number}]")))
+                    issues.append(
+                        ValidationIssue(
+                            scope=f"layout.layer[{layer_index}]",
+                            code="duplicate_expert_index",
+                            message=f"layout layer {layer_index} places expert {expert} more than once",
+                            location=Location(
+                                file=file,
+                                layer_index=layer_index,
+                                expert_index=expert,
+                                json_path=f"$.layers[{number}]",
+                            ),
+                        )
+                    )
                 seen.add(expert)
         for layer_index, (n, _token) in sorted(self.layer_experts.items()):
             at = Location(file=file, layer_index=layer_index)
@@ -279,18 +304,27 @@ class RunChecks:
                 found = "no entry" if positions is None else f"{len(positions)} positions"
                 first_line = self.layer_first_line.get(layer_index)
                 user = f" (first used at {RAW_TRACE_FILE} line {first_line})" if first_line else ""
-                issues.append(ValidationIssue(
-                    scope="run_bundle", code="layout_expert_count_mismatch",
-                    message=f"layout layer {layer_index} must place {n} experts as the raw events do"
-                            f"{user}; it has {found}", location=at))
+                issues.append(
+                    ValidationIssue(
+                        scope="run_bundle",
+                        code="layout_expert_count_mismatch",
+                        message=f"layout layer {layer_index} must place {n} experts as the raw events do"
+                        f"{user}; it has {found}",
+                        location=at,
+                    )
+                )
             if positions is None:
                 continue
             experts = {p.get("expert_index") for p in positions if isinstance(p, Mapping)}
             if experts != set(range(n)) or len(positions) != n:
-                issues.append(ValidationIssue(
-                    scope="run_bundle", code="layout_expert_index_set_mismatch",
-                    message=f"layout layer {layer_index} expert indices are not exactly 0..{n - 1}",
-                    location=at))
+                issues.append(
+                    ValidationIssue(
+                        scope="run_bundle",
+                        code="layout_expert_index_set_mismatch",
+                        message=f"layout layer {layer_index} expert indices are not exactly 0..{n - 1}",
+                        location=at,
+                    )
+                )
         return issues
 
     # -- derived artifacts ----------------------------------------------------------------
@@ -315,15 +349,25 @@ class RunChecks:
             if not _is_int(token):
                 continue
             if token in seen:
-                issues.append(ValidationIssue(
-                    scope="run_bundle", code="duplicate_derived_token_index",
-                    message=f"derived token_index {token} appears more than once", location=where))
+                issues.append(
+                    ValidationIssue(
+                        scope="run_bundle",
+                        code="duplicate_derived_token_index",
+                        message=f"derived token_index {token} appears more than once",
+                        location=where,
+                    )
+                )
             seen.add(token)
             position = int(np.searchsorted(raw_known, token)) if token < 2**62 else raw_known.size
             if position >= raw_known.size or raw_known[position] != token:
-                issues.append(ValidationIssue(
-                    scope="run_bundle", code="derived_token_index_missing_from_raw",
-                    message=f"derived token_index {token} has no raw event", location=where))
+                issues.append(
+                    ValidationIssue(
+                        scope="run_bundle",
+                        code="derived_token_index_missing_from_raw",
+                        message=f"derived token_index {token} has no raw event",
+                        location=where,
+                    )
+                )
         return issues
 
     def check_provisional_object(self, artifact: str, obj: Mapping[str, Any]) -> list[ValidationIssue]:

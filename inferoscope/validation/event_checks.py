@@ -58,19 +58,21 @@ def _dense_blocks(views: Sequence[EventView], rows: list[int]) -> list[LayerBloc
     for span in spans:
         m = span.size
         flat = scalars[:, span].reshape(count * m, 4)
-        blocks.append(LayerBlock(
-            layer_indices=np.tile(meta[span, 0], count),
-            n=int(meta[span[0], 1]),
-            k=int(meta[span[0], 2]),
-            rows=np.repeat(event_rows, m),
-            rp=rp[:, span].reshape(count * m, -1),
-            ti=ti[:, span].reshape(count * m, -1),
-            tp=tp[:, span].reshape(count * m, -1),
-            entropy=flat[:, 0],
-            normalized_entropy=flat[:, 1],
-            top1_prob=flat[:, 2],
-            margin=flat[:, 3],
-        ))
+        blocks.append(
+            LayerBlock(
+                layer_indices=np.tile(meta[span, 0], count),
+                n=int(meta[span[0], 1]),
+                k=int(meta[span[0], 2]),
+                rows=np.repeat(event_rows, m),
+                rp=rp[:, span].reshape(count * m, -1),
+                ti=ti[:, span].reshape(count * m, -1),
+                tp=tp[:, span].reshape(count * m, -1),
+                entropy=flat[:, 0],
+                normalized_entropy=flat[:, 1],
+                top1_prob=flat[:, 2],
+                margin=flat[:, 3],
+            )
+        )
     return blocks
 
 
@@ -98,8 +100,11 @@ def _keyed_blocks(views: Sequence[EventView], rows_to_check: list[int]) -> list[
 
 
 def _check_one_block(
-    block: LayerBlock, views: Sequence[EventView], issues: list[ValidationIssue],
-    aggregates: RunAggregates | None, file: str | None,
+    block: LayerBlock,
+    views: Sequence[EventView],
+    issues: list[ValidationIssue],
+    aggregates: RunAggregates | None,
+    file: str | None,
 ) -> None:
     n, k = block.n, block.k
     flagged = np.zeros(block.rows.size, dtype=bool)
@@ -127,11 +132,14 @@ def _check_one_block(
     for layer_index in np.unique(block.layer_indices).tolist():
         mask = usable & (block.layer_indices == layer_index)
         aggregates.add_layer_block(
-            layer_index, n, k, block.ti[mask], block.entropy[mask], block.normalized_entropy[mask])
+            layer_index, n, k, block.ti[mask], block.entropy[mask], block.normalized_entropy[mask]
+        )
 
 
 def _check_durations(
-    views: Sequence[EventView], issues: list[ValidationIssue], aggregates: RunAggregates | None,
+    views: Sequence[EventView],
+    issues: list[ValidationIssue],
+    aggregates: RunAggregates | None,
     file: str | None,
 ) -> None:
     timed = [view for view in views if view.timing is not None]
@@ -157,8 +165,11 @@ def _check_durations(
 
 
 def _check_duplicate_layers(
-    views: Sequence[EventView], sparse: list[int], dense_groups: dict[bytes, list[int]],
-    issues: list[ValidationIssue], file: str | None,
+    views: Sequence[EventView],
+    sparse: list[int],
+    dense_groups: dict[bytes, list[int]],
+    issues: list[ValidationIssue],
+    file: str | None,
 ) -> None:
     for rows in dense_groups.values():
         indices = views[rows[0]].dense.meta[:, 0].tolist()  # type: ignore[union-attr]
@@ -175,8 +186,9 @@ def _check_duplicate_layers(
         _report_duplicates(views[row], indices, issues, file)
 
 
-def _report_duplicates(view: EventView, indices: list[object], issues: list[ValidationIssue],
-                       file: str | None) -> None:
+def _report_duplicates(
+    view: EventView, indices: list[object], issues: list[ValidationIssue], file: str | None
+) -> None:
     seen: set[str] = set()
     for value in indices:
         key = repr(value)

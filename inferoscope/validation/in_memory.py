@@ -41,25 +41,44 @@ def validate_run_bundle_schema(
     contingency: Any = None,
 ) -> list[ValidationIssue]:
     """Every schema problem of every artifact, each a located ``schema_violation``."""
-    issues = schema_issues(manifest, "manifest", name="manifest", scope="manifest",
-                           location=Location(file=MANIFEST_FILE))
+    issues = schema_issues(
+        manifest, "manifest", name="manifest", scope="manifest", location=Location(file=MANIFEST_FILE)
+    )
     for position, event in enumerate(raw_events):
         issues += schema_issues(
-            event, "raw_event", name=f"raw_events[{position}]", scope="raw_event",
-            location=Location(file=RAW_TRACE_FILE, line=position + 1,
-                              token_index=_token_of(event, position)))
-    issues += schema_issues(layout, "layout", name="layout", scope="layout",
-                            location=Location(file=LAYOUT_FILE))
+            event,
+            "raw_event",
+            name=f"raw_events[{position}]",
+            scope="raw_event",
+            location=Location(file=RAW_TRACE_FILE, line=position + 1, token_index=_token_of(event, position)),
+        )
+    issues += schema_issues(
+        layout, "layout", name="layout", scope="layout", location=Location(file=LAYOUT_FILE)
+    )
     for position, event in enumerate(derived_events or ()):
         issues += schema_issues(
-            event, "derived_event", name=f"derived_events[{position}]", scope="derived_event",
-            location=Location(file=DERIVED_FILE, line=position + 1))
+            event,
+            "derived_event",
+            name=f"derived_events[{position}]",
+            scope="derived_event",
+            location=Location(file=DERIVED_FILE, line=position + 1),
+        )
     if motif_ledger is not None:
-        issues += schema_issues(motif_ledger, "motif_ledger", name="motif_ledger",
-                                scope="motif_ledger", location=Location(file=MOTIF_LEDGER_FILE))
+        issues += schema_issues(
+            motif_ledger,
+            "motif_ledger",
+            name="motif_ledger",
+            scope="motif_ledger",
+            location=Location(file=MOTIF_LEDGER_FILE),
+        )
     if contingency is not None:
-        issues += schema_issues(contingency, "contingency", name="contingency",
-                                scope="contingency", location=Location(file=CONTINGENCY_FILE))
+        issues += schema_issues(
+            contingency,
+            "contingency",
+            name="contingency",
+            scope="contingency",
+            location=Location(file=CONTINGENCY_FILE),
+        )
     return issues
 
 
@@ -82,7 +101,7 @@ def validate_run_bundle_semantics(
     for start in range(0, len(raw_events), _CHUNK):
         views = [
             view_of_dict(event, start + offset, start + offset + 1)
-            for offset, event in enumerate(raw_events[start:start + _CHUNK])
+            for offset, event in enumerate(raw_events[start : start + _CHUNK])
         ]
         issues += check_event_chunk(views) + checks.observe_raw(views)
     issues += checks.finish_raw()
@@ -90,7 +109,8 @@ def validate_run_bundle_semantics(
         issues += checks.check_layout(layout)
     if derived_events:
         issues += checks.check_derived_events(
-            [(position + 1, event) for position, event in enumerate(derived_events)])
+            [(position + 1, event) for position, event in enumerate(derived_events)]
+        )
     for artifact, obj in (("motif_ledger", motif_ledger), ("contingency", contingency)):
         if isinstance(obj, Mapping):
             issues += checks.check_provisional_object(artifact, obj)
@@ -108,5 +128,4 @@ def validate_run_bundle(
     """Schema issues, then semantic issues: everything, nothing hidden behind a first failure."""
     return validate_run_bundle_schema(
         manifest, raw_events, layout, derived_events, motif_ledger, contingency
-    ) + validate_run_bundle_semantics(
-        manifest, raw_events, layout, derived_events, motif_ledger, contingency)
+    ) + validate_run_bundle_semantics(manifest, raw_events, layout, derived_events, motif_ledger, contingency)

@@ -93,59 +93,78 @@ def check_block(block: LayerBlock) -> Iterator[Finding]:
     every = range(count)
     if n_rp != n:
         for r in every:
-            yield Finding(r, "router_probs_length_mismatch",
-                          f"router_probs has {n_rp} entries but num_total_experts is {n}")
+            yield Finding(
+                r,
+                "router_probs_length_mismatch",
+                f"router_probs has {n_rp} entries but num_total_experts is {n}",
+            )
     if k < 1:
         for r in every:
-            yield Finding(r, "num_active_experts_must_be_positive",
-                          f"num_active_experts is {k}; it must be at least 1")
+            yield Finding(
+                r, "num_active_experts_must_be_positive", f"num_active_experts is {k}; it must be at least 1"
+            )
     if k > n:
         for r in every:
-            yield Finding(r, "num_active_experts_exceeds_num_total_experts",
-                          f"num_active_experts {k} exceeds num_total_experts {n}")
+            yield Finding(
+                r,
+                "num_active_experts_exceeds_num_total_experts",
+                f"num_active_experts {k} exceeds num_total_experts {n}",
+            )
     if len_ti != k or len_tp != k:
         for r in every:
-            yield Finding(r, "topk_length_mismatch",
-                          f"topk_indices has {len_ti} and topk_probs {len_tp} entries; "
-                          f"num_active_experts is {k}")
+            yield Finding(
+                r,
+                "topk_length_mismatch",
+                f"topk_indices has {len_ti} and topk_probs {len_tp} entries; num_active_experts is {k}",
+            )
     if len_ti != len_tp:
         for r in every:
-            yield Finding(r, "topk_length_mismatch",
-                          f"topk_indices ({len_ti}) and topk_probs ({len_tp}) differ in length")
+            yield Finding(
+                r,
+                "topk_length_mismatch",
+                f"topk_indices ({len_ti}) and topk_probs ({len_tp}) differ in length",
+            )
     duplicate = np.zeros(count, dtype=bool)
     if len_ti >= 2:
         ordered = np.sort(ti, axis=1)
         same = ordered[:, 1:] == ordered[:, :-1]
         duplicate = same.any(axis=1)
-        for r in np.flatnonzero(duplicate):
+        for r in np.flatnonzero(duplicate).tolist():
             value = int(ordered[r, 1:][same[r]][0])
-            yield Finding(int(r), "duplicate_topk_index",
-                          f"topk_indices repeats expert {value}", value)
+            yield Finding(int(r), "duplicate_topk_index", f"topk_indices repeats expert {value}", value)
     outside = (ti < 0) | (ti >= n)
     out_of_bounds = outside.any(axis=1)
-    for r in np.flatnonzero(out_of_bounds):
+    for r in np.flatnonzero(out_of_bounds).tolist():
         value = int(ti[r][outside[r]][0])
-        yield Finding(int(r), "topk_index_out_of_bounds",
-                      f"topk index {value} is outside [0, {n})")
+        yield Finding(int(r), "topk_index_out_of_bounds", f"topk index {value} is outside [0, {n})")
     yield from _check_topk_probs(block, min(len_ti, len_tp))
     if len_ti == k and len_tp == k and n_rp == n and k >= 1:
         yield from _check_selection(block, ~duplicate & ~out_of_bounds)
     if n_rp == n:
         total = rp.sum(axis=1)
-        for r in np.flatnonzero(np.abs(total - 1.0) > TOL):
-            yield Finding(int(r), "router_probs_sum_mismatch",
-                          f"router_probs sum to {_g(total[r])}, not 1 (tolerance {TOL:g})")
+        for r in np.flatnonzero(np.abs(total - 1.0) > TOL).tolist():
+            yield Finding(
+                int(r),
+                "router_probs_sum_mismatch",
+                f"router_probs sum to {_g(total[r])}, not 1 (tolerance {TOL:g})",
+            )
     peak = rp.max(axis=1)
-    for r in np.flatnonzero(np.abs(block.top1_prob - peak) > TOL):
-        yield Finding(int(r), "top1_prob_mismatch",
-                      f"top1_prob {_g(block.top1_prob[r])} but the largest router prob is "
-                      f"{_g(peak[r])}", int(np.argmax(rp[r])))
+    for r in np.flatnonzero(np.abs(block.top1_prob - peak) > TOL).tolist():
+        yield Finding(
+            int(r),
+            "top1_prob_mismatch",
+            f"top1_prob {_g(block.top1_prob[r])} but the largest router prob is {_g(peak[r])}",
+            int(np.argmax(rp[r])),
+        )
     if len_tp >= 2:
         expected = tp[:, 0] - tp[:, 1]
-        for r in np.flatnonzero(np.abs(block.margin - expected) > TOL):
-            yield Finding(int(r), "top1_top2_margin_mismatch",
-                          f"top1_top2_margin {_g(block.margin[r])} but topk_probs[0] - topk_probs[1] "
-                          f"is {_g(expected[r])}")
+        for r in np.flatnonzero(np.abs(block.margin - expected) > TOL).tolist():
+            yield Finding(
+                int(r),
+                "top1_top2_margin_mismatch",
+                f"top1_top2_margin {_g(block.margin[r])} but topk_probs[0] - topk_probs[1] "
+                f"is {_g(expected[r])}",
+            )
     if n > 1:
         yield from _check_entropy(block)
 
@@ -157,12 +176,15 @@ def _check_topk_probs(block: LayerBlock, m: int) -> Iterator[Finding]:
     usable = (idx >= 0) & (idx < rp.shape[1])
     gathered = np.take_along_axis(rp, np.where(usable, idx, 0), axis=1)
     wrong = usable & (np.abs(block.tp[:, :m] - gathered) > TOL)
-    for r in np.flatnonzero(wrong.any(axis=1)):
+    for r in np.flatnonzero(wrong.any(axis=1)).tolist():
         j = int(np.flatnonzero(wrong[r])[0])
         expert = int(idx[r, j])
-        yield Finding(int(r), "topk_prob_mismatch",
-                      f"topk_probs[{j}] is {_g(block.tp[r, j])} but router_probs[{expert}] is "
-                      f"{_g(gathered[r, j])}", expert)
+        yield Finding(
+            int(r),
+            "topk_prob_mismatch",
+            f"topk_probs[{j}] is {_g(block.tp[r, j])} but router_probs[{expert}] is {_g(gathered[r, j])}",
+            expert,
+        )
 
 
 def _check_selection(block: LayerBlock, eligible: np.ndarray) -> Iterator[Finding]:
@@ -171,19 +193,21 @@ def _check_selection(block: LayerBlock, eligible: np.ndarray) -> Iterator[Findin
     rp, ti = block.rp, block.ti
     safe_ti = np.where(eligible[:, None], ti, np.arange(ti.shape[1])[None, :] % rp.shape[1])
     selected = np.take_along_axis(rp, safe_ti, axis=1)
-    rising = (selected[:, 1:] > selected[:, :-1] + TOL).any(axis=1)
+    rising = np.asarray((selected[:, 1:] > selected[:, :-1] + TOL).any(axis=1))
     masked = rp.copy()
     np.put_along_axis(masked, safe_ti, -np.inf, axis=1)
     best_unselected = masked.max(axis=1)
     beaten = best_unselected > selected.min(axis=1) + TOL
-    for r in np.flatnonzero(eligible & (rising | beaten)):
+    for r in np.flatnonzero(eligible & (rising | beaten)).tolist():
         if rising[r]:
             message = "selected experts' probabilities are not in non-increasing order"
             expert = None
         else:
             expert = int(np.argmax(masked[r]))
-            message = (f"unselected expert {expert} (p={_g(best_unselected[r])}) beats the smallest "
-                       f"selected probability {_g(selected[r].min())}")
+            message = (
+                f"unselected expert {expert} (p={_g(best_unselected[r])}) beats the smallest "
+                f"selected probability {_g(selected[r].min())}"
+            )
         yield Finding(int(r), "topk_selection_mismatch", message, expert)
 
 
@@ -193,11 +217,15 @@ def _check_entropy(block: LayerBlock) -> Iterator[Finding]:
     np.log(rp, out=logs, where=rp > 0)
     logs *= rp
     entropy = -logs.sum(axis=1)
-    for r in np.flatnonzero(np.abs(block.entropy - entropy) > TOL):
-        yield Finding(int(r), "entropy_mismatch",
-                      f"entropy {_g(block.entropy[r])} but -sum p ln p is {_g(entropy[r])}")
+    for r in np.flatnonzero(np.abs(block.entropy - entropy) > TOL).tolist():
+        yield Finding(
+            int(r), "entropy_mismatch", f"entropy {_g(block.entropy[r])} but -sum p ln p is {_g(entropy[r])}"
+        )
     normalized = entropy / np.log(block.n)
-    for r in np.flatnonzero(np.abs(block.normalized_entropy - normalized) > TOL):
-        yield Finding(int(r), "normalized_entropy_mismatch",
-                      f"normalized_entropy {_g(block.normalized_entropy[r])} but entropy / ln({block.n}) "
-                      f"is {_g(normalized[r])}")
+    for r in np.flatnonzero(np.abs(block.normalized_entropy - normalized) > TOL).tolist():
+        yield Finding(
+            int(r),
+            "normalized_entropy_mismatch",
+            f"normalized_entropy {_g(block.normalized_entropy[r])} but entropy / ln({block.n}) "
+            f"is {_g(normalized[r])}",
+        )

@@ -77,13 +77,15 @@ def densify(layers: list[Layer]) -> DenseLayers | None:
         return None
     try:
         meta = np.array(
-            [(la.layer_index, la.num_total_experts, la.num_active_experts) for la in layers], dtype=np.int64)
+            [(la.layer_index, la.num_total_experts, la.num_active_experts) for la in layers], dtype=np.int64
+        )
         rp = np.array([la.router_probs for la in layers], dtype=np.float64)
         ti = np.array([la.topk_indices for la in layers], dtype=np.int64)
         tp = np.array([la.topk_probs for la in layers], dtype=np.float64)
         scalars = np.array(
             [(la.entropy, la.normalized_entropy, la.top1_prob, la.top1_top2_margin) for la in layers],
-            dtype=np.float64)
+            dtype=np.float64,
+        )
     except (ValueError, OverflowError):
         return None
     if rp.ndim != 2 or ti.ndim != 2 or tp.ndim != 2:

@@ -32,15 +32,15 @@ def _is_integer(_checker: object, instance: object) -> bool:
 _TYPE_CHECKER = Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer)
 _FORMAT_CHECKER = FormatChecker(formats=())
 _FORMAT_CHECKER.checks("date-time")(is_rfc3339_date_time)
-_StrictValidator = jsonschema.validators.extend(Draft202012Validator, type_checker=_TYPE_CHECKER)
+_StrictValidator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
+    Draft202012Validator, type_checker=_TYPE_CHECKER
+)
 
 
 @cache
 def reference_validator(artifact: str) -> Draft202012Validator:
     """The cached jsonschema validator of one artifact kind."""
-    validator: Draft202012Validator = _StrictValidator(
-        load_schema(artifact), format_checker=_FORMAT_CHECKER
-    )
+    validator: Draft202012Validator = _StrictValidator(load_schema(artifact), format_checker=_FORMAT_CHECKER)
     return validator
 
 
@@ -79,15 +79,16 @@ def _error_order(error: SchemaError) -> tuple[str, str]:
 def _describe(error: SchemaError) -> Iterable[tuple[Sequence[Any], str]]:
     path = list(error.absolute_path)
     keyword = error.validator
-    value = error.validator_value
-    instance = error.instance
+    value: Any = error.validator_value
+    instance: Any = error.instance
     if keyword == "required" and isinstance(instance, dict):
         for key in value:
             if key not in instance:
                 yield [*path, key], "is required"
         return
     if keyword == "additionalProperties" and isinstance(instance, dict):
-        allowed = error.schema.get("properties", {})
+        schema: Any = error.schema
+        allowed = schema.get("properties", {})
         for key in sorted(k for k in instance if k not in allowed):
             yield [*path, key], "is not allowed by the schema"
         return

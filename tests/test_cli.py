@@ -1,0 +1,163 @@
+"""The command line as a person (or a script) uses it: exit codes, one-line errors, safe text."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import FIXTURES, INVALID, VALID, make_bundle_parts, write_raw_bundle
+
+B = VALID / "b_olmoe_64tok_16x64_top8"
+ORIGINAL_KEYS = {
+    "run_id",
+    "created_at",
+    "model_id",
+    "tokenizer_id",
+    "raw_events",
+    "layers",
+    "layer_expert_counts",
+    "optional_artifacts",
+    "prompt_text",
+    "decode_duration_ms",
+}
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR", "COLUMNS")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, env=full_env, timeout=120, check=False
+    )
+
+
+def test_compat_inspect_is_byte_identical_to_the_original() -> None:
+    assert run("inferoscope.inspect", str(B)).stdout == (FIXTURES / "inspect_b.txt").read_text()
+    assert run("inferoscope.inspect", "--json", str(B)).stdout == (FIXTURES / "inspect_b.json").read_text()
+
+
+def test_compat_inspect_exit_codes() -> None:
+    bad = run("inferoscope.inspect", str(INVALID / "topk_prob_mismatch"))
+    assert bad.returncode == 1 and "topk_prob_mismatch" in bad.stderr and bad.stdout == ""
+    assert run("inferoscope.inspect").returncode == 2
+    missing = run("inferoscope.inspect", "/no/such/run")
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+
+
+def test_inspect_shows_provenance_layers_and_a_clean_verdict_piped() -> None:
+    result = run("inferoscope", "inspect", str(B))
+    assert result.returncode == 0
+    out = result.stdout
+    for text in (
+        "olmoe-64tok-seed7",
+        "allenai/OLMoE-1B-7B-0125",
+        "The quick brown fox",
+        "validation: clean",
+        "Per-layer routing",
+        "12.875",
+    ):
+        assert text in out
+    assert "\x1b" not in out
+    assert all(ord(ch) < 128 for ch in out.replace("—", "")), "piped output uses ASCII boxes"
+
+
+def test_inspect_json_keeps_every_original_key_and_adds_ours() -> None:
+    data = json.loads(run("inferoscope", "inspect", "--json", str(B)).stdout)
+    original = json.loads((FIXTURES / "inspect_b.json").read_text())
+    assert {k: data[k] for k in ORIGINAL_KEYS} == original
+    assert data["validation"] == {"ok": True, "issue_count": 0, "error_count": 0, "counts_by_code": {}}
+    layer0 = data["layer_stats"][0]
+    assert sum(layer0["expert_load"]) == 64 * 8 and layer0["num_active_experts"] == 8
+
+
+def test_inspect_of_a_broken_bundle_still_summarises_and_exits_1() -> None:
+    result = run("inferoscope", "inspect", str(INVALID / "decode_duration_mismatch"))
+    assert result.returncode == 1
+    assert "decode_duration_mismatch" in result.stdout and "1 issue" in result.stdout
+
+
+def test_validate_lists_every_issue_with_its_location_and_exits_1() -> None:
+    result = run("inferoscope", "validate", str(INVALID / "schema__probability_above_one"))
+    assert result.returncode == 1
+    for code in (
+        "schema_violation",
+        "router_probs_sum_mismatch",
+        "topk_prob_mismatch",
+        "top1_prob_mismatch",
+        "entropy_mismatch",
+        "normalized_entropy_mismatch",
+    ):
+        assert code in result.stdout
+    assert "raw_trace.ndjson line 1, token 0, layer 0" in result.stdout
+
+
+def test_validate_clean_bundles_exit_0_and_json_is_complete() -> None:
+    result = run(
+        "inferoscope", "validate", "--json", str(VALID / "a_readme_demo"), str(VALID / "e_empty_raw_trace")
+    )
+    assert result.returncode == 0
+    data = json.loads(result.stdout)
+    assert [b["ok"] for b in data["bundles"]] == [True, True]
+    assert [b["events"] for b in data["bundles"]] == [1, 0]
+
+
+def test_validate_max_issues_caps_what_is_shown_but_counts_everything(tmp_path: Path) -> None:
+    manifest, events, layout = make_bundle_parts(tokens=30)
+    for event in events:
+        event["timing_ms"]["decode_duration"] = 1000.0
+    folder = write_raw_bundle(tmp_path / "b", manifest, events, layout)
+    data = json.loads(run("inferoscope", "validate", "--json", "--max-issues", "5", str(folder)).stdout)
+    bundle = data["bundles"][0]
+    assert bundle["issue_count"] == 30 and len(bundle["issues"]) == 5 and bundle["truncated"]
+    text = run("inferoscope", "validate", "--max-issues", "5", str(folder)).stdout
+    assert "25 more not shown" in text
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["validate", "/no/such/run"], ["inspect", "/no/such/run"], ["validate", "--max-issues", "-1", str(B)]],
+)
+def test_unreadable_input_is_one_line_on_stderr_and_exit_2(args: list[str]) -> None:
+    result = run("inferoscope", *args)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_usage_errors_exit_2() -> None:
+    assert run("inferoscope").returncode == 2
+    assert run("inferoscope", "frobnicate").returncode == 2
+
+
+def test_hostile_bundle_text_never_reaches_the_terminal(tmp_path: Path) -> None:
+    manifest, events, layout = make_bundle_parts(tokens=2, run_id="evil")
+    manifest["model_id"] = "[bold red]x[/] \x1b[2J\x1b]52;c;SGVsbG8=\x07"
+    manifest["prompt"]["text"] = "line1\nline2\ttab \u202e"
+    events[0]["run_id"] = "\x1b[31mred"
+    folder = write_raw_bundle(tmp_path / "b", manifest, events, layout)
+    for args in (
+        ["inferoscope", "inspect", str(folder)],
+        ["inferoscope", "validate", str(folder)],
+        ["inferoscope.inspect", str(folder)],
+    ):
+        result = run(*args, env={"FORCE_COLOR": "1", "TERM": "xterm-256color"})
+        for stream in (result.stdout, result.stderr):
+            assert "\x1b[2J" not in stream and "\x1b]52" not in stream and "\x07" not in stream
+            assert "\u202e" not in stream and "\x1b[31mred" not in stream
+    shown = run("inferoscope", "inspect", str(folder)).stdout
+    assert "[bold red]x[/]" in shown and "\\x1b[2J" in shown and "\\x1b]52;c;SGVsbG8=\\x07" in shown
+    assert "line1\\nline2\\ttab \\u202e" in shown
+
+
+def test_no_color_gives_no_colour_codes() -> None:
+    result = run(
+        "inferoscope",
+        "validate",
+        str(INVALID / "run_id_mismatch"),
+        env={"FORCE_COLOR": "1", "NO_COLOR": "1", "TERM": "xterm-256color"},
+    )
+    assert result.returncode == 1
+    assert "\x1b[31" not in result.stdout and "\x1b[32" not in result.stdout and "38;" not in result.stdout
