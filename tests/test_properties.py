@@ -211,3 +211,33 @@ def test_reader_schema_verdict_equals_the_reference_on_mutated_lines(
         report = RunReader(folder).validate()
     ours = any(i.code == "schema_violation" and i.location.line == 1 for i in report.issues)
     assert ours == (not is_schema_valid(event, "raw_event"))
+
+
+layout_leaf = (
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 2**65)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=3)
+    | st.just([])
+    | st.just({})
+)
+
+
+@SETTINGS
+@given(bundles(), st.data())
+def test_fast_layout_check_never_accepts_what_the_reference_rejects(
+    parts: tuple[Any, Any, Any], data: st.DataObject
+) -> None:
+    from inferoscope.validation.layout_struct import layout_conforms
+
+    assert layout_conforms(json.loads(json.dumps(parts[2])))
+    layout = copy.deepcopy(parts[2])
+    for _ in range(data.draw(st.integers(0, 2))):
+        path = data.draw(st.sampled_from([p for p in _paths(layout) if p]))
+        if data.draw(st.booleans()):
+            _set(layout, path, data.draw(layout_leaf))
+        elif isinstance(_get(layout, path[:-1]), dict):
+            del _get(layout, path[:-1])[path[-1]]
+    layout = json.loads(json.dumps(layout))
+    assert not layout_conforms(layout) or is_schema_valid(layout, "layout")

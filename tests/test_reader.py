@@ -219,3 +219,16 @@ def test_strict_loader_names_every_code(tmp_path: Path) -> None:
         load_run_bundle(folder)
     assert "top1_prob_mismatch" in str(caught.value) and "run_id_mismatch" in str(caught.value)
     assert "raw_trace.ndjson line 3" in str(caught.value)
+
+
+def test_huge_declared_counts_are_checked_without_allocating_them(tmp_path: Path) -> None:
+    manifest, events, layout = make_bundle_parts(tokens=3, layers=1)
+    events[2]["layers"][0]["num_total_experts"] = 10**15
+    events[0]["layers"][0]["layer_index"] = 2**70
+    folder = write_raw_bundle(tmp_path / "b", manifest, events, layout)
+    codes = {i.code for i in RunReader(folder).validate().issues}
+    assert {
+        "router_probs_length_mismatch",
+        "raw_layer_expert_count_inconsistent",
+        "layout_expert_count_mismatch",
+    } <= codes

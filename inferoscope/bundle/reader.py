@@ -19,6 +19,7 @@ import msgspec
 from ..jsonfmt import JSONParseError, parse_json_bytes
 from ..validation.bundle_checks import RunChecks, manifest_semantic_issues
 from ..validation.issues import Location, ValidationIssue
+from ..validation.layout_struct import layout_conforms
 from ..validation.raw_event import RAW_EVENT_DECODER, EventView, view_of_dict, view_of_struct
 from ..validation.schema import schema_issues
 from ..versions import (
@@ -156,7 +157,7 @@ class RunReader:
             report.add(manifest_semantic_issues(self.manifest))
         checks = RunChecks(self.manifest)
         report.add(self.layout_issues)
-        if self.layout is not None:
+        if self.layout is not None and not layout_conforms(self.layout):
             report.add(
                 schema_issues(
                     self.layout, "layout", name="layout", scope="layout", location=Location(file=LAYOUT_FILE)

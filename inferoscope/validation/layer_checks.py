@@ -67,7 +67,7 @@ def build_block(layer_index: int, n: int, k: int, rows: Sequence[int], layers: S
     if rp.ndim != 2 or tp.ndim != 2 or ti.ndim != 2:
         raise ValueError("layers of one block must share their array lengths")
     return LayerBlock(
-        layer_indices=np.full(len(layers), layer_index, dtype=np.int64),
+        layer_indices=np.full(len(layers), layer_index, dtype=np.int64 if layer_index < 2**63 else object),
         n=n,
         k=k,
         rows=np.asarray(rows, dtype=np.int64),
@@ -194,21 +194,23 @@ def _check_selection(block: LayerBlock, eligible: np.ndarray) -> Iterator[Findin
     safe_ti = np.where(eligible[:, None], ti, np.arange(ti.shape[1])[None, :] % rp.shape[1])
     selected = np.take_along_axis(rp, safe_ti, axis=1)
     rising = np.asarray((selected[:, 1:] > selected[:, :-1] + TOL).any(axis=1))
-    masked = rp.copy()
-    np.put_along_axis(masked, safe_ti, -np.inf, axis=1)
-    best_unselected = masked.max(axis=1)
-    beaten = best_unselected > selected.min(axis=1) + TOL
+    # an unselected expert beats the smallest selected one exactly when more experts clear
+    # that bar than selected ones do (indices are distinct here)
+    bar = selected.min(axis=1) + TOL
+    beaten = (rp > bar[:, None]).sum(axis=1) > (selected > bar[:, None]).sum(axis=1)
     for r in np.flatnonzero(eligible & (rising | beaten)).tolist():
         if rising[r]:
             message = "selected experts' probabilities are not in non-increasing order"
             expert = None
         else:
-            expert = int(np.argmax(masked[r]))
+            masked = rp[r].copy()
+            masked[safe_ti[r]] = -np.inf
+            expert = int(np.argmax(masked))
             message = (
-                f"unselected expert {expert} (p={_g(best_unselected[r])}) beats the smallest "
+                f"unselected expert {expert} (p={_g(masked[expert])}) beats the smallest "
                 f"selected probability {_g(selected[r].min())}"
             )
-        yield Finding(int(r), "topk_selection_mismatch", message, expert)
+        yield Finding(r, "topk_selection_mismatch", message, expert)
 
 
 def _check_entropy(block: LayerBlock) -> Iterator[Finding]:

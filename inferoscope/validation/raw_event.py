@@ -72,26 +72,45 @@ class DenseLayers:
 
 
 def densify(layers: list[Layer]) -> DenseLayers | None:
-    """Arrays of ``layers``, or None when their lengths differ (the per-layer path handles it)."""
+    """Arrays of ``layers``, or None when their lengths differ (the per-layer path handles it).
+
+    Two flat lists (integers, floats) and two numpy conversions per event: numpy's cost is
+    per element, while nested small lists cost per list.
+    """
     if not layers:
         return None
+    first = layers[0]
+    n, k, k2 = len(first.router_probs), len(first.topk_indices), len(first.topk_probs)
+    ints: list[int] = []
+    floats: list[float] = []
+    for la in layers:
+        if len(la.router_probs) != n or len(la.topk_indices) != k or len(la.topk_probs) != k2:
+            return None
+        ints.append(la.layer_index)
+        ints.append(la.num_total_experts)
+        ints.append(la.num_active_experts)
+        ints += la.topk_indices
+        floats += la.router_probs
+        floats += la.topk_probs
+        floats.append(la.entropy)
+        floats.append(la.normalized_entropy)
+        floats.append(la.top1_prob)
+        floats.append(la.top1_top2_margin)
     try:
-        meta = np.array(
-            [(la.layer_index, la.num_total_experts, la.num_active_experts) for la in layers], dtype=np.int64
-        )
-        rp = np.array([la.router_probs for la in layers], dtype=np.float64)
-        ti = np.array([la.topk_indices for la in layers], dtype=np.int64)
-        tp = np.array([la.topk_probs for la in layers], dtype=np.float64)
-        scalars = np.array(
-            [(la.entropy, la.normalized_entropy, la.top1_prob, la.top1_top2_margin) for la in layers],
-            dtype=np.float64,
-        )
-    except (ValueError, OverflowError):
+        int_rows = np.array(ints, dtype=np.int64).reshape(len(layers), 3 + k)
+    except OverflowError:
         return None
-    if rp.ndim != 2 or ti.ndim != 2 or tp.ndim != 2:
-        return None
-    shape = np.array([rp.shape[1], ti.shape[1], tp.shape[1]], dtype=np.int64)
-    return DenseLayers(meta, rp, ti, tp, scalars, meta.tobytes() + shape.tobytes())
+    float_rows = np.array(floats, dtype=np.float64).reshape(len(layers), n + k2 + 4)
+    meta = np.ascontiguousarray(int_rows[:, :3])
+    shape = np.array([n, k, k2], dtype=np.int64)
+    return DenseLayers(
+        meta=meta,
+        rp=float_rows[:, :n],
+        ti=int_rows[:, 3:],
+        tp=float_rows[:, n : n + k2],
+        scalars=float_rows[:, n + k2 :],
+        signature=meta.tobytes() + shape.tobytes(),
+    )
 
 
 @dataclass(slots=True)
