@@ -162,11 +162,13 @@ def measure(kind: str, folder: Path) -> dict[str, float]:
         start = time.perf_counter()
         problems = naive_validate(folder)
         elapsed = time.perf_counter() - start
-    elif kind == "reader":
+    elif kind in ("reader", "reader1"):
         from inferoscope import RunReader
 
         start = time.perf_counter()
-        report = RunReader(folder).validate()
+        reader = RunReader(folder)
+        reader.workers = 1 if kind == "reader1" else None
+        report = reader.validate()
         elapsed = time.perf_counter() - start
         problems = report.total
     elif kind == "open":
@@ -218,6 +220,7 @@ def main() -> None:
         if size == args.naive_size and size < 1000:
             continue
         rows.append(("inferoscope RunReader.validate", run_child("reader", folders[size])))
+    rows.append(("  same, one process only", run_child("reader1", folders[max(sizes)])))
     print()
     print(f"{'validator':<32}{'tokens':>8}{'seconds':>10}{'tokens/s':>11}{'peak RSS MiB':>14}{'x naive':>9}")
     for name, row in rows:

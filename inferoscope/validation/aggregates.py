@@ -72,30 +72,42 @@ class RunAggregates:
             self.duration_sum += value
         self.duration_count += int(durations.size)
 
-    def add_layer_block(
+    def add_rows(
         self,
-        layer_index: int,
+        layer_indices: np.ndarray,
         n: int,
         k: int,
         topk: np.ndarray,
         entropy: np.ndarray,
         normalized_entropy: np.ndarray,
     ) -> None:
-        """Fold in a block of layers whose top-k rows are known to be in range."""
-        agg = self.layers.get(layer_index)
-        if agg is None:
-            agg = LayerAggregate(
-                layer_index, n, k, load=np.zeros(n, dtype=np.int64), top1_load=np.zeros(n, dtype=np.int64)
-            )
-            self.layers[layer_index] = agg
-        if agg.num_total_experts != n or topk.shape[0] == 0:
+        """Fold in rows of several layers at once (one bincount for all of them)."""
+        if layer_indices.size == 0:
             return
-        agg.tokens += int(topk.shape[0])
-        agg.entropy_sum += float(entropy.sum())
-        agg.normalized_entropy_sum += float(normalized_entropy.sum())
+        layers, inverse = np.unique(layer_indices, return_inverse=True)
+        inverse = inverse.astype(np.int64)
+        count = len(layers)
+        tokens = np.bincount(inverse, minlength=count)
+        entropy_sums = np.bincount(inverse, weights=entropy, minlength=count)
+        normalized_sums = np.bincount(inverse, weights=normalized_entropy, minlength=count)
         if topk.shape[1]:
-            agg.load += np.bincount(topk.ravel(), minlength=n)[:n]
-            agg.top1_load += np.bincount(topk[:, 0], minlength=n)[:n]
+            load = np.bincount((inverse[:, None] * n + topk).ravel(), minlength=count * n).reshape(count, n)
+            top1 = np.bincount(inverse * n + topk[:, 0], minlength=count * n).reshape(count, n)
+        for u, layer_index in enumerate(layers.tolist()):
+            agg = self.layers.get(layer_index)
+            if agg is None:
+                agg = LayerAggregate(
+                    layer_index, n, k, load=np.zeros(n, dtype=np.int64), top1_load=np.zeros(n, dtype=np.int64)
+                )
+                self.layers[layer_index] = agg
+            if agg.num_total_experts != n:
+                continue
+            agg.tokens += int(tokens[u])
+            agg.entropy_sum += float(entropy_sums[u])
+            agg.normalized_entropy_sum += float(normalized_sums[u])
+            if topk.shape[1]:
+                agg.load += load[u]
+                agg.top1_load += top1[u]
 
     def absorb(self, other: RunAggregates) -> None:
         """Fold in the aggregates of a later part of the same file."""

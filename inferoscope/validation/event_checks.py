@@ -42,35 +42,32 @@ def check_event_chunk(
 
 def _dense_blocks(views: Sequence[EventView], rows: list[int]) -> list[LayerBlock]:
     """Events of one signature stacked; one block for all layers when they share n and k."""
-    dense = [views[row].dense for row in rows]
-    meta = dense[0].meta  # type: ignore[union-attr]
-    rp = np.stack([d.rp for d in dense])  # type: ignore[union-attr]
-    ti = np.stack([d.ti for d in dense])  # type: ignore[union-attr]
-    tp = np.stack([d.tp for d in dense])  # type: ignore[union-attr]
-    scalars = np.stack([d.scalars for d in dense])  # type: ignore[union-attr]
-    count, width = rp.shape[0], rp.shape[1]
+    dense = [d for d in (views[row].dense for row in rows) if d is not None]
+    first = dense[0]
+    meta, n, k2 = first.meta, first.n, first.k2
+    floats = np.stack([d.floats for d in dense])  # [G, L, n + k2 + 4], contiguous
+    ints = np.stack([d.ints for d in dense])  # [G, L, 3 + k]
+    count, width = floats.shape[0], floats.shape[1]
     event_rows = np.asarray(rows, dtype=np.int64)
     if (meta[:, 1] == meta[0, 1]).all() and (meta[:, 2] == meta[0, 2]).all():
-        spans = [np.arange(width)]
+        parts = [(floats.reshape(count * width, -1), ints.reshape(count * width, -1), meta[:, 0], width)]
     else:
-        spans = [np.array([j]) for j in range(width)]
+        parts = [(floats[:, j], ints[:, j], meta[j : j + 1, 0], 1) for j in range(width)]
     blocks = []
-    for span in spans:
-        m = span.size
-        flat = scalars[:, span].reshape(count * m, 4)
+    for f, i, layer_indices, m in parts:
         blocks.append(
             LayerBlock(
-                layer_indices=np.tile(meta[span, 0], count),
-                n=int(meta[span[0], 1]),
-                k=int(meta[span[0], 2]),
+                layer_indices=np.tile(layer_indices, count),
+                n=int(i[0, 1]),
+                k=int(i[0, 2]),
                 rows=np.repeat(event_rows, m),
-                rp=rp[:, span].reshape(count * m, -1),
-                ti=ti[:, span].reshape(count * m, -1),
-                tp=tp[:, span].reshape(count * m, -1),
-                entropy=flat[:, 0],
-                normalized_entropy=flat[:, 1],
-                top1_prob=flat[:, 2],
-                margin=flat[:, 3],
+                rp=f[:, :n],
+                ti=i[:, 3:],
+                tp=f[:, n : n + k2],
+                entropy=f[:, n + k2],
+                normalized_entropy=f[:, n + k2 + 1],
+                top1_prob=f[:, n + k2 + 2],
+                margin=f[:, n + k2 + 3],
             )
         )
     return blocks
@@ -129,11 +126,14 @@ def _check_one_block(
     if aggregates is None or block.rp.shape[1] != n or block.ti.shape[1] != k:
         return
     usable = ((block.ti >= 0) & (block.ti < n)).all(axis=1) & ~flagged
-    for layer_index in np.unique(block.layer_indices).tolist():
-        mask = usable & (block.layer_indices == layer_index)
-        aggregates.add_layer_block(
-            layer_index, n, k, block.ti[mask], block.entropy[mask], block.normalized_entropy[mask]
-        )
+    aggregates.add_rows(
+        block.layer_indices[usable],
+        n,
+        k,
+        block.ti[usable],
+        block.entropy[usable],
+        block.normalized_entropy[usable],
+    )
 
 
 def _check_durations(

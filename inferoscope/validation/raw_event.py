@@ -64,11 +64,29 @@ class DenseLayers:
     cache) when every layer has the same array lengths; then the Python lists are dropped."""
 
     meta: np.ndarray  # [L, 3] int64: layer_index, num_total_experts, num_active_experts
-    rp: np.ndarray  # [L, len(router_probs)]
-    ti: np.ndarray  # [L, len(topk_indices)] int64
-    tp: np.ndarray  # [L, len(topk_probs)]
-    scalars: np.ndarray  # [L, 4]: entropy, normalized_entropy, top1_prob, top1_top2_margin
+    ints: np.ndarray  # [L, 3 + k] int64: meta, then topk_indices
+    floats: np.ndarray  # [L, n + k2 + 4]: router_probs, topk_probs, then the four scalars
+    n: int
+    k: int
+    k2: int
     signature: bytes  # equal signatures: same layers, same shapes (stackable)
+
+    @property
+    def rp(self) -> np.ndarray:
+        return self.floats[:, : self.n]
+
+    @property
+    def ti(self) -> np.ndarray:
+        return self.ints[:, 3:]
+
+    @property
+    def tp(self) -> np.ndarray:
+        return self.floats[:, self.n : self.n + self.k2]
+
+    @property
+    def scalars(self) -> np.ndarray:
+        """entropy, normalized_entropy, top1_prob, top1_top2_margin per layer."""
+        return self.floats[:, self.n + self.k2 :]
 
 
 def densify(layers: list[Layer]) -> DenseLayers | None:
@@ -103,14 +121,7 @@ def densify(layers: list[Layer]) -> DenseLayers | None:
     float_rows = np.array(floats, dtype=np.float64).reshape(len(layers), n + k2 + 4)
     meta = np.ascontiguousarray(int_rows[:, :3])
     shape = np.array([n, k, k2], dtype=np.int64)
-    return DenseLayers(
-        meta=meta,
-        rp=float_rows[:, :n],
-        ti=int_rows[:, 3:],
-        tp=float_rows[:, n : n + k2],
-        scalars=float_rows[:, n + k2 :],
-        signature=meta.tobytes() + shape.tobytes(),
-    )
+    return DenseLayers(meta, int_rows, float_rows, n, k, k2, meta.tobytes() + shape.tobytes())
 
 
 @dataclass(slots=True)
