@@ -232,3 +232,24 @@ def test_huge_declared_counts_are_checked_without_allocating_them(tmp_path: Path
         "raw_layer_expert_count_inconsistent",
         "layout_expert_count_mismatch",
     } <= codes
+
+
+def test_validation_from_a_worker_thread_spawns_instead_of_forking(tmp_path: Path) -> None:
+    import threading
+
+    manifest, events, layout = make_bundle_parts(tokens=20)
+    events[15]["layers"][0]["entropy"] += 1.0
+    folder = write_raw_bundle(tmp_path / "b", manifest, events, layout)
+    results = []
+
+    def work() -> None:
+        results.append(
+            scan_raw_trace(folder / "raw_trace.ndjson", manifest, chunk_events=8, max_kept=100, workers=2)
+        )
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(timeout=120)
+    [result] = results
+    assert [(i.code, i.location.line) for i in result.report.issues] == [("entropy_mismatch", 16)]
+    assert result.report.aggregates.events == 20
