@@ -23,6 +23,7 @@ from .extraction import (
     record_olmoe_generated_token,
 )
 from .run_ids import RunIdError
+from .textsafe import visible
 from .validation import (
     Location,
     ValidationIssue,
@@ -54,5 +55,6 @@ __all__ = [
     "validate_run_bundle",
     "validate_run_bundle_schema",
     "validate_run_bundle_semantics",
+    "visible",
     "write_run_bundle",
 ]

@@ -112,6 +112,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return worst
 
 
+def cmd_tui(args: argparse.Namespace) -> int:
+    from inferoscope_tui import run_app  # the app (and textual) only load for this command
+
+    if args.token is not None and args.token < 0:
+        print("inferoscope: --token must be >= 0", file=sys.stderr)
+        return EXIT_UNREADABLE
+    return run_app(args.run_dir, token=args.token)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inferoscope",
@@ -134,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="show at most N issues per bundle (all are counted; default 200)",
     )
     validate.set_defaults(handler=cmd_validate)
+    tui = commands.add_parser("tui", help="step through a run token by token in the terminal")
+    tui.add_argument("run_dir", metavar="RUN_DIR")
+    tui.add_argument("--token", type=int, metavar="N", help="open at token N")
+    tui.set_defaults(handler=cmd_tui)
     return parser
 
 

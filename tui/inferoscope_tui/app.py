@@ -1,0 +1,460 @@
+"""``inferoscope tui RUN_DIR``: step through a run token by token.
+
+The app is a view of RunModel: every key changes (position, cursor, view) and the panes are
+redrawn from the model, so the same keys on the same bundle always give the same screen.
+Indexing, validation and token texts for search run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.timer import Timer
+from textual.widgets import Footer, Static
+
+from inferoscope import BundleOpenError, ValidationIssue, visible
+
+from .run_model import EventSlot, RunModel
+from .screens.help import HelpScreen
+from .screens.message import MessageScreen
+from .screens.prompt import PromptScreen
+from .widgets.detail import DetailPane, layer_detail
+from .widgets.expert_grid import ExpertGrid, GridRow
+from .widgets.issues_pane import IssuesPane
+from .widgets.token_strip import TokenStrip, strip_text
+
+SPEEDS = (1, 2, 4, 8, 16, 32)
+
+
+class InferoscopeApp(App[None]):
+    """The terminal inspector."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "inferoscope"
+    BINDINGS = [
+        Binding("l,right", "step(1)", "Next", id="replay.next"),
+        Binding("h,left", "step(-1)", "Prev", id="replay.prev"),
+        Binding("g,home", "first", "First", id="replay.first", show=False),
+        Binding("G,end", "last", "Last", id="replay.last", show=False),
+        Binding("colon", "goto", "Go to", id="replay.goto"),
+        Binding("slash", "search", "Search", id="replay.search"),
+        Binding("n", "search_next(1)", "Next match", id="replay.match_next", show=False),
+        Binding("N", "search_next(-1)", "Previous match", id="replay.match_prev", show=False),
+        Binding("right_square_bracket", "issue(1)", "Next issue", id="replay.issue_next"),
+        Binding("left_square_bracket", "issue(-1)", "Previous issue", id="replay.issue_prev", show=False),
+        Binding("space", "play", "Play/pause", id="replay.play"),
+        Binding("plus,equals_sign", "speed(1)", "Faster", id="replay.faster", show=False),
+        Binding("minus", "speed(-1)", "Slower", id="replay.slower", show=False),
+        Binding("j", "layer(1)", "Next layer", id="cursor.layer_down", show=False),
+        Binding("k", "layer(-1)", "Previous layer", id="cursor.layer_up", show=False),
+        Binding("r", "raw", "Raw JSON", id="view.raw"),
+        Binding("y", "copy", "Copy event JSON", id="view.copy", show=False),
+        Binding("question_mark,f1", "help", "Help", id="app.help"),
+        Binding("q", "quit", "Quit", id="app.quit"),
+    ]
+
+    def __init__(self, run_dir: Path | str, *, token: int | None = None) -> None:
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.open_error: str | None = None
+        self.model: RunModel | None = None
+        try:
+            self.model = RunModel(self.run_dir)
+        except BundleOpenError as exc:
+            self.open_error = str(exc)
+        self.position = max(0, token or 0)
+        self.wanted_token = token
+        self.cursor_layer: int | None = None
+        self.cursor_expert: int | None = None
+        self.show_raw = False
+        self.playing: Timer | None = None
+        self.speed_index = 2
+        self.search_query: str | None = None
+        self.status = "indexing"
+        self.progress_text = ""
+
+    # -- layout ---------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield Static(id="header")
+        yield TokenStrip(id="strip")
+        yield ExpertGrid(no_color=self.no_color, id="grid")
+        with Horizontal(id="bottom"):
+            yield DetailPane(id="detail")
+            yield IssuesPane(id="issues")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        model = self.model
+        if model is None or model.fatal_problem:
+            reason = self.open_error or (model.fatal_problem if model else "") or "unknown reason"
+            self.push_screen(MessageScreen(f"cannot open run bundle {self.run_dir}", reason))
+            return
+        self.query_one(ExpertGrid).focus()
+        if self.position != 0:
+            self.position = 0  # until the index says how many events there are
+        self.refresh_view()
+        self.run_worker(self._background, thread=True, exclusive=True, name="load")
+
+    def on_resize(self) -> None:
+        self._fit_panes()
+
+    def _fit_panes(self) -> None:
+        grid = self.query_one(ExpertGrid)
+        rows = max(1, len(grid.rows))
+        spare = self.size.height - 1 - 2 - rows - 1
+        bottom = self.query_one("#bottom")
+        bottom.styles.height = max(4, spare)
+
+    # -- background work ------------------------------------------------------------------
+    def _background(self) -> None:
+        model = self.model
+        assert model is not None
+        count = model.build_index(lambda done, total: self._progress("indexing", done, total))
+        self.call_from_thread(self._on_indexed, count)
+        model.validate(lambda done, total: self._progress("validating", done, total))
+        self.call_from_thread(self._on_validated)
+        model.load_token_texts()
+        self.call_from_thread(self._on_texts)
+
+    def _progress(self, what: str, done: int, total: int) -> None:
+        percent = int(100 * done / total) if total else 100
+        text = f"{what} {percent}%"
+        if text != self.progress_text:
+            self.progress_text = text
+            self.call_from_thread(self._set_status, what, text)
+
+    def _set_status(self, status: str, text: str) -> None:
+        self.status = status
+        self.progress_text = text
+        self.refresh_header()
+
+    def _on_indexed(self, count: int) -> None:
+        self.status = "validating"
+        if self.wanted_token is not None:
+            self.position = max(0, min(self.wanted_token, count - 1))
+        self.refresh_view()
+
+    def _on_validated(self) -> None:
+        model = self.model
+        assert model is not None and model.report is not None
+        self.status = "done"
+        self.query_one(IssuesPane).set_issues(model.issue_index.issues)
+        self.refresh_view()
+
+    def _on_texts(self) -> None:
+        if self.search_query:
+            self._search(self.search_query, 1, include_current=True)
+        self.refresh_view()
+
+    # -- drawing --------------------------------------------------------------------------
+    @property
+    def count(self) -> int:
+        return self.model.count if self.model else 0
+
+    def refresh_view(self) -> None:
+        model = self.model
+        if model is None:
+            return
+        slot = model.slot(self.position) if self.count else None
+        self._draw_grid(slot)
+        self._draw_strip()
+        self._draw_detail(slot)
+        self.refresh_header()
+        self._fit_panes()
+
+    def refresh_header(self) -> None:
+        model = self.model
+        if model is None:
+            return
+        text = Text(no_wrap=True, overflow="ellipsis")
+        text.append(visible(model.field("run_id"), 40), style="bold")
+        text.append(" · ")
+        text.append(visible(model.field("model_id"), 40))
+        total = str(self.count) if model.count_known else "…"
+        text.append(f" · token {self.position}/{total}")
+        text.append(" · ")
+        text.append_text(self._validation_state())
+        if self.playing is not None:
+            text.append(f" · ▶ {SPEEDS[self.speed_index]} tok/s", style="bold green")
+        else:
+            text.append(f" · ⏸ {SPEEDS[self.speed_index]} tok/s", style="dim")
+        if self.search_query:
+            text.append(" · /")
+            text.append(visible(self.search_query, 20))
+        self.query_one("#header", Static).update(text)
+
+    def _validation_state(self) -> Text:
+        model = self.model
+        if model is None or model.report is None:
+            return Text(self.progress_text or self.status, style="yellow")
+        total = model.report.total
+        if total == 0:
+            return Text("clean", style="bold green")
+        return Text(f"{total} issue{'s' if total != 1 else ''}", style="bold red")
+
+    def _rows_for(self, slot: EventSlot | None) -> list[GridRow]:
+        model = self.model
+        assert model is not None
+        issues = model.issue_index.at(self.position) if slot else []
+        flagged_layers = {i.location.layer_index for i in issues if i.location.layer_index is not None}
+        flagged_layers |= model.issue_index.layout_layers
+        rows: list[GridRow] = []
+        layers = slot.layers() if slot is not None else []
+        if slot is None or slot.event is None or not layers:
+            for layer_index in sorted(model.grid_orders):
+                rows.append(
+                    GridRow(
+                        layer_index,
+                        model.grid_orders[layer_index],
+                        None,
+                        flagged=layer_index in flagged_layers,
+                    )
+                )
+            return rows
+        for layer in sorted(layers, key=lambda la: _int(la.get("layer_index"), -1)):
+            layer_index = _int(layer.get("layer_index"), -1)
+            probs = layer.get("router_probs")
+            numbers = [_float(p) for p in probs] if isinstance(probs, list) else None
+            order = model.grid_orders.get(layer_index) or list(range(len(numbers or [])))
+            topk = [t for t in layer.get("topk_indices") or [] if isinstance(t, int)]
+            experts = {
+                i.location.expert_index
+                for i in issues
+                if i.location.layer_index == layer_index and i.location.expert_index is not None
+            }
+            ne = layer.get("normalized_entropy")
+            rows.append(
+                GridRow(
+                    layer_index,
+                    order,
+                    numbers,
+                    topk,
+                    _float(ne) if isinstance(ne, (int, float)) else None,
+                    layer_index in flagged_layers,
+                    {e for e in experts if e is not None},
+                )
+            )
+        return rows
+
+    def _draw_grid(self, slot: EventSlot | None) -> None:
+        grid = self.query_one(ExpertGrid)
+        rows = self._rows_for(slot)
+        grid.set_rows(rows)
+        row_number = next((n for n, r in enumerate(rows) if r.layer_index == self.cursor_layer), 0)
+        column = grid.cursor_column
+        if rows and self.cursor_expert is not None and self.cursor_expert in rows[row_number].order:
+            column = rows[row_number].order.index(self.cursor_expert)
+        grid.cursor_row, grid.cursor_column = row_number, column
+        self._remember_cursor(grid)
+        grid.refresh()
+
+    def _remember_cursor(self, grid: ExpertGrid) -> None:
+        if grid.rows:
+            row = grid.rows[grid.cursor_row]
+            self.cursor_layer = row.layer_index
+            order = row.order
+            self.cursor_expert = order[grid.cursor_column] if grid.cursor_column < len(order) else None
+
+    def _draw_strip(self) -> None:
+        model = self.model
+        assert model is not None
+        width = max(20, self.size.width or 80)
+        text = strip_text(
+            self.position,
+            self.count,
+            model.token_text,
+            lambda p: bool(model.issue_index.by_position.get(p)),
+            model.prompt_text,
+            budget=width * 2 - 8,
+        )
+        self.query_one(TokenStrip).update(text)
+
+    def _draw_detail(self, slot: EventSlot | None) -> None:
+        detail = self.query_one(DetailPane)
+        model = self.model
+        assert model is not None
+        if slot is None:
+            detail.show(Text("this run has no events", style="italic"))
+            return
+        if self.show_raw:
+            raw = Text("raw_trace.ndjson, as stored:\n", style="dim")
+            raw.append(visible(slot.raw.decode("utf-8", "replace")) if slot.raw else "(no bytes)")
+            detail.show(raw)
+            return
+        if slot.event is None:
+            text = Text("unreadable event\n", style="bold red")
+            text.append(visible(slot.error or "", 500))
+            detail.show(text)
+            return
+        layer = next((la for la in slot.layers() if la.get("layer_index") == self.cursor_layer), None)
+        messages = [
+            i.message
+            for i in model.issue_index.at(self.position)
+            if i.location.layer_index in (None, self.cursor_layer)
+        ]
+        token = Text("token ", style="dim")
+        token.append(visible(slot.token_text or "", 60), style="bold")
+        token_id = _int(slot.event.get("token_id"), -1)
+        context = _int(slot.event.get("context_length"), -1)
+        token.append(f"  id {token_id}  ctx {context}\n", style="dim")
+        token.append_text(layer_detail(layer, self.cursor_expert, messages))
+        detail.show(token)
+
+    # -- events from panes ----------------------------------------------------------------
+    def on_expert_grid_cursor_moved(self, message: ExpertGrid.CursorMoved) -> None:
+        self._remember_cursor(self.query_one(ExpertGrid))
+        if self.model and self.count:
+            self._draw_detail(self.model.slot(self.position))
+
+    def on_issues_pane_jump(self, message: IssuesPane.Jump) -> None:
+        self.jump_to_issue(message.issue)
+
+    def jump_to_issue(self, issue: ValidationIssue) -> None:
+        model = self.model
+        assert model is not None
+        lines = model.reader.build_index().numbers if model.count_known else None
+        position = model._position_of(issue, lines)
+        if position is not None:
+            self.position = position
+        if issue.location.layer_index is not None:
+            self.cursor_layer = issue.location.layer_index
+        if issue.location.expert_index is not None:
+            self.cursor_expert = issue.location.expert_index
+        self.refresh_view()
+        self.query_one(ExpertGrid).focus()
+
+    # -- actions --------------------------------------------------------------------------
+    def go_to(self, position: int) -> None:
+        if self.count == 0:
+            return
+        self.position = max(0, min(position, self.count - 1))
+        self.refresh_view()
+
+    def action_step(self, delta: int) -> None:
+        self.go_to(self.position + delta)
+
+    def action_first(self) -> None:
+        self.go_to(0)
+
+    def action_last(self) -> None:
+        self.go_to(self.count - 1)
+
+    def action_layer(self, delta: int) -> None:
+        self.query_one(ExpertGrid).action_layer(delta)
+
+    def action_goto(self) -> None:
+        def done(value: str | None) -> None:
+            if value is not None and value.strip().lstrip("-").isdigit():
+                self.go_to(int(value.strip()))
+            elif value:
+                self.notify(f"not a token index: {visible(value, 40)}", severity="warning", markup=False)
+
+        self.push_screen(PromptScreen(f"go to token (0–{max(0, self.count - 1)}):"), done)
+
+    def action_search(self) -> None:
+        def done(value: str | None) -> None:
+            if value:
+                self.search_query = value
+                self._search(value, 1, include_current=True)
+
+        self.push_screen(PromptScreen("search token text:"), done)
+
+    def action_search_next(self, direction: int) -> None:
+        if self.search_query:
+            self._search(self.search_query, direction, include_current=False)
+
+    def _search(self, query: str, direction: int, *, include_current: bool) -> None:
+        model = self.model
+        if model is None or model.token_texts is None:
+            self.notify("token texts are still loading; the search runs when they are ready", markup=False)
+            return
+        wanted = query.casefold()
+        count = len(model.token_texts)
+        for step in range(0 if include_current else 1, count + 1):
+            position = (self.position + direction * step) % count
+            text = model.token_texts[position]
+            if text is not None and wanted in text.casefold():
+                self.go_to(position)
+                return
+        self.notify(f"no token contains {visible(query, 40)!r}", severity="warning", markup=False)
+        self.refresh_header()
+
+    def action_issue(self, direction: int) -> None:
+        model = self.model
+        if model is None:
+            return
+        positions = model.issue_index.positions()
+        ahead = [p for p in positions if (p > self.position if direction > 0 else p < self.position)]
+        if not ahead:
+            self.notify("no more tokens with issues in that direction", markup=False)
+            return
+        self.go_to(ahead[0] if direction > 0 else ahead[-1])
+
+    def action_play(self) -> None:
+        if self.playing is not None:
+            self.playing.stop()
+            self.playing = None
+        else:
+            self.playing = self.set_interval(1 / SPEEDS[self.speed_index], self._tick)
+        self.refresh_header()
+
+    def _tick(self) -> None:
+        if self.position >= self.count - 1:
+            self.action_play()
+            return
+        self.action_step(1)
+
+    def action_speed(self, delta: int) -> None:
+        self.speed_index = max(0, min(len(SPEEDS) - 1, self.speed_index + delta))
+        if self.playing is not None:
+            self.playing.stop()
+            self.playing = self.set_interval(1 / SPEEDS[self.speed_index], self._tick)
+        self.refresh_header()
+
+    def action_raw(self) -> None:
+        self.show_raw = not self.show_raw
+        self.refresh_view()
+
+    def action_copy(self) -> None:
+        if self.model and self.count:
+            raw = self.model.slot(self.position).raw
+            self.copy_to_clipboard(raw.decode("utf-8", "replace"))
+            self.notify(f"copied event {self.position} ({len(raw)} bytes) to the clipboard", markup=False)
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(self.help_rows()))
+
+    def help_rows(self) -> list[tuple[str, str]]:
+        """Every live binding (app, screen, focused pane), one row per action."""
+        rows: dict[str, tuple[str, str]] = {}
+        for active in self.screen.active_bindings.values():
+            binding = active.binding
+            display = self.get_key_display(binding)
+            label = binding.description or binding.action
+            if label in rows:
+                rows[label] = (f"{rows[label][0]} {display}", label)
+            else:
+                rows[label] = (display, label)
+        return list(rows.values())
+
+
+def _int(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _float(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
+def run_app(run_dir: Path | str, token: int | None = None) -> int:
+    """Run the app in this terminal; the exit code is 1 when the bundle cannot be opened."""
+    os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
+    app = InferoscopeApp(run_dir, token=token)
+    app.run()
+    return app.return_code or 0

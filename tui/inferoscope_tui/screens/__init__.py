@@ -1,0 +1,1 @@
+"""Modal screens: help, prompts, the can't-open message."""

@@ -1,0 +1,69 @@
+"""The detail pane: the raw numbers behind the cursor, or the event's JSON as stored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.containers import VerticalScroll
+from textual.widgets import Static
+
+from inferoscope import visible
+
+
+def _g(value: Any, digits: int = 4) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return visible(repr(value), 40)
+    return f"{value:.{digits}g}"
+
+
+def layer_detail(layer: dict[str, Any] | None, expert: int | None, issues: list[str]) -> Text:
+    """Top-k, entropy, sharpness and the cursor expert's probability and rank."""
+    text = Text()
+    if layer is None:
+        text.append("no layer data for this token", style="italic")
+        return text
+    probs, topk, topk_probs = (
+        _list(layer, "router_probs"),
+        _list(layer, "topk_indices"),
+        _list(layer, "topk_probs"),
+    )
+    text.append(f"layer {_g(layer.get('layer_index'))}", style="bold")
+    text.append(f" n={_g(layer.get('num_total_experts'))} k={_g(layer.get('num_active_experts'))}")
+    if expert is not None and 0 <= expert < len(probs):
+        order = sorted(range(len(probs)), key=lambda i: (-_num(probs[i]), i))
+        text.append(
+            f" · expert {expert} p={_g(probs[expert], 6)} rank {order.index(expert) + 1}", style="bold"
+        )
+        if expert in topk:
+            text.append(" selected", style="bold")
+    text.append("\n")
+    text.append(
+        f"H {_g(layer.get('entropy'))} H/ln n {_g(layer.get('normalized_entropy'))} "
+        f"top1 {_g(layer.get('top1_prob'))} margin {_g(layer.get('top1_top2_margin'))}\n"
+    )
+    pairs = " ".join(f"{_g(e)}:{_g(p, 3)}" for e, p in zip(topk, topk_probs, strict=False))
+    text.append(f"top-k {pairs}\n")
+    for message in issues:
+        text.append("! ", style="bold red")
+        text.append(visible(message, 300) + "\n")
+    return text
+
+
+def _list(layer: dict[str, Any], key: str) -> list[Any]:
+    value = layer.get(key)
+    return value if isinstance(value, list) else []
+
+
+def _num(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
+class DetailPane(VerticalScroll):
+    """Numbers of the cursor's layer and expert; ``r`` toggles the raw stored JSON."""
+
+    def compose(self):  # type: ignore[no-untyped-def]
+        yield Static(id="detail-body")
+
+    def show(self, content: Text) -> None:
+        self.query_one("#detail-body", Static).update(content)

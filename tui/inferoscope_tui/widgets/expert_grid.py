@@ -1,0 +1,148 @@
+"""The expert grid: one row per MoE layer, experts in layout order, drawn line by line.
+
+Colour is router probability as a multiple of uniform (p x n) from a fixed six-step palette;
+top-k experts show their rank digit; the cursor cell is reversed; layers and experts with
+issues are marked in the margin and underlined. Without colour the cells use a glyph ramp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rich.segment import Segment
+from rich.style import Style
+from textual.binding import Binding
+from textual.geometry import Region, Size
+from textual.message import Message
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+#: p x n thresholds: under half of uniform, under uniform, 2x, 4x, 8x, above.
+LEVEL_BOUNDS = (0.5, 1.0, 2.0, 4.0, 8.0)
+PALETTE = ("#10141f", "#1d3557", "#2f6690", "#3a9ad9", "#f4a261", "#ffd166")
+GLYPH_RAMP = (" ", ".", ":", "-", "=", "#")
+MARGIN = 11
+
+
+def level_of(p: float, n: int) -> int:
+    ratio = p * n
+    for level, bound in enumerate(LEVEL_BOUNDS):
+        if ratio < bound:
+            return level
+    return len(LEVEL_BOUNDS)
+
+
+def rank_glyph(rank: int) -> str:
+    return str(rank + 1) if rank < 9 else "+"
+
+
+@dataclass(slots=True)
+class GridRow:
+    """What one layer shows for the current token."""
+
+    layer_index: int
+    order: list[int]
+    probs: list[float] | None
+    topk: list[int] = field(default_factory=list)
+    normalized_entropy: float | None = None
+    flagged: bool = False
+    flagged_experts: set[int] = field(default_factory=set)
+
+
+class ExpertGrid(ScrollView, can_focus=True):
+    """Line-API grid; it never parses bundle text, it only draws numbers."""
+
+    BINDINGS = [
+        Binding("down,j", "layer(1)", "Layer ↓", id="grid.layer_down", show=False),
+        Binding("up,k", "layer(-1)", "Layer ↑", id="grid.layer_up", show=False),
+        Binding("L,shift+right", "expert(1)", "Expert →", id="grid.expert_right", show=False),
+        Binding("H,shift+left", "expert(-1)", "Expert ←", id="grid.expert_left", show=False),
+    ]
+
+    class CursorMoved(Message):
+        def __init__(self, row: int, column: int) -> None:
+            super().__init__()
+            self.row = row
+            self.column = column
+
+    def __init__(self, *, no_color: bool = False, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.rows: list[GridRow] = []
+        self.cursor_row = 0
+        self.cursor_column = 0
+        self.no_color = no_color
+
+    def set_rows(self, rows: list[GridRow]) -> None:
+        self.rows = rows
+        width = MARGIN + max((len(row.order) for row in rows), default=0)
+        self.virtual_size = Size(width, len(rows))
+        self.cursor_row = min(self.cursor_row, max(0, len(rows) - 1))
+        self.refresh()
+
+    def move_cursor(self, row: int, column: int) -> None:
+        if not self.rows:
+            return
+        self.cursor_row = max(0, min(row, len(self.rows) - 1))
+        width = len(self.rows[self.cursor_row].order)
+        self.cursor_column = max(0, min(column, max(0, width - 1)))
+        if self.is_mounted:
+            self.scroll_to_region(self._cell_region(), animate=False, immediate=True)
+        self.refresh()
+        self.post_message(self.CursorMoved(self.cursor_row, self.cursor_column))
+
+    def _cell_region(self) -> Region:
+        return Region(MARGIN + self.cursor_column, self.cursor_row, 1, 1)
+
+    def action_layer(self, delta: int) -> None:
+        self.move_cursor(self.cursor_row + delta, self.cursor_column)
+
+    def action_expert(self, delta: int) -> None:
+        self.move_cursor(self.cursor_row, self.cursor_column + delta)
+
+    # -- drawing --------------------------------------------------------------------------
+    def render_line(self, y: int) -> Strip:
+        scroll_x, scroll_y = self.scroll_offset
+        row_number = y + scroll_y
+        width = self.size.width
+        if row_number >= len(self.rows):
+            return Strip.blank(width, Style())
+        strip = Strip(self._row_segments(row_number))
+        return strip.crop(scroll_x, scroll_x + width).extend_cell_length(width, Style())
+
+    def _row_segments(self, row_number: int) -> list[Segment]:
+        row = self.rows[row_number]
+        selected = row_number == self.cursor_row
+        sharp = "  —  " if row.normalized_entropy is None else f"{row.normalized_entropy:5.2f}"
+        mark = "!" if row.flagged else " "
+        margin_style = Style(bold=selected, color=None if self.no_color else "#c0c0c0")
+        segments = [
+            Segment(f"L{row.layer_index:<3}{sharp}", margin_style),
+            Segment(mark, Style(bold=True, color=None if self.no_color else "red")),
+            Segment(" ", Style()),
+        ]
+        if row.probs is None:
+            segments.append(Segment("unreadable", Style(italic=True)))
+            return segments
+        n = len(row.probs)
+        ranks = {expert: rank for rank, expert in enumerate(row.topk)}
+        for column, expert in enumerate(row.order):
+            p = row.probs[expert] if 0 <= expert < n else 0.0
+            level = level_of(p, n)
+            rank = ranks.get(expert)
+            cursor = selected and column == self.cursor_column
+            flagged = expert in row.flagged_experts
+            if self.no_color:
+                glyph = rank_glyph(rank) if rank is not None else GLYPH_RAMP[level]
+                style = Style(bold=rank is not None, reverse=cursor, underline=flagged)
+            else:
+                glyph = rank_glyph(rank) if rank is not None else " "
+                foreground = "#000000" if level >= 4 else "#ffffff"
+                style = Style(
+                    bgcolor=PALETTE[level],
+                    color=foreground,
+                    bold=rank is not None,
+                    reverse=cursor,
+                    underline=flagged,
+                )
+            segments.append(Segment(glyph, style))
+        return segments

@@ -1,0 +1,61 @@
+"""The issues pane: every issue with code, scope, message and location; enter jumps to it."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.binding import Binding
+from textual.message import Message
+from textual.widgets import OptionList
+from textual.widgets.option_list import Option
+
+from inferoscope import ValidationIssue, visible
+
+
+def issue_label(issue: ValidationIssue) -> Text:
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append(issue.code, style="bold red")
+    where = issue.location.describe() or issue.scope
+    text.append(f"  {visible(where, 120)}  ", style="cyan")
+    text.append(visible(issue.message, 300))
+    return text
+
+
+class IssuesPane(OptionList):
+    """Issues, optionally filtered to one code (``f`` cycles through the codes)."""
+
+    BINDINGS = [Binding("f", "cycle_filter", "Filter code", id="issues.filter")]
+
+    class Jump(Message):
+        def __init__(self, issue: ValidationIssue) -> None:
+            super().__init__()
+            self.issue = issue
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.all_issues: list[ValidationIssue] = []
+        self.shown: list[ValidationIssue] = []
+        self.code_filter: str | None = None
+
+    def set_issues(self, issues: list[ValidationIssue]) -> None:
+        self.all_issues = issues
+        self._refill()
+
+    def codes(self) -> list[str]:
+        return sorted({issue.code for issue in self.all_issues})
+
+    def action_cycle_filter(self) -> None:
+        codes = [None, *self.codes()]
+        self.code_filter = codes[(codes.index(self.code_filter) + 1) % len(codes)]
+        self._refill()
+
+    def _refill(self) -> None:
+        self.shown = [i for i in self.all_issues if self.code_filter in (None, i.code)]
+        self.clear_options()
+        self.add_options([Option(issue_label(issue)) for issue in self.shown])
+        suffix = f" · filter {self.code_filter}" if self.code_filter else ""
+        self.border_title = f"issues {len(self.shown)}/{len(self.all_issues)}{suffix}"
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        if 0 <= event.option_index < len(self.shown):
+            self.post_message(self.Jump(self.shown[event.option_index]))

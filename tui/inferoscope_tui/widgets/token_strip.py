@@ -1,0 +1,66 @@
+"""The token strip: generated text around the current token, as data (never markup)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from rich.text import Text
+from textual.widgets import Static
+
+from inferoscope import visible
+
+UNREADABLE = "⟨unreadable⟩"
+ISSUE_GLYPH = "‼"
+
+
+def strip_text(
+    position: int,
+    count: int,
+    text_of: Callable[[int], str | None],
+    has_issue: Callable[[int], bool],
+    prompt: str,
+    budget: int,
+) -> Text:
+    """The strip for ``position``: left context, the current token (reversed), right context."""
+    text = Text(no_wrap=False, overflow="fold")
+    left_budget = budget // 2
+    pieces: list[tuple[int, str]] = []
+    used = 0
+    cursor = position - 1
+    while cursor >= 0 and used < left_budget:
+        shown = _shown(text_of(cursor))
+        pieces.append((cursor, shown))
+        used += len(shown)
+        cursor -= 1
+    if cursor < 0 and used < left_budget and prompt:
+        tail = visible(prompt)[-(left_budget - used) :]
+        text.append(tail, style="dim")
+    for index, shown in reversed(pieces):
+        _append_token(text, index, shown, has_issue(index), current=False)
+    if 0 <= position < count:
+        _append_token(text, position, _shown(text_of(position)), has_issue(position), current=True)
+    cursor, used = position + 1, 0
+    while cursor < count and used < budget - left_budget:
+        shown = _shown(text_of(cursor))
+        _append_token(text, cursor, shown, has_issue(cursor), current=False)
+        used += len(shown)
+        cursor += 1
+    return text
+
+
+def _shown(token: str | None) -> str:
+    if token is None:
+        return UNREADABLE
+    return visible(token) if token else "∅"
+
+
+def _append_token(text: Text, index: int, shown: str, issue: bool, *, current: bool) -> None:
+    style = "reverse bold" if current else ""
+    if issue:
+        text.append(ISSUE_GLYPH, style="bold red")
+        style += " underline red"
+    text.append(shown, style=style.strip() or None)
+
+
+class TokenStrip(Static):
+    """Shows ``strip_text`` for the current token."""
