@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from textual.widgets import Static
+
 from inferoscope_tui import InferoscopeApp
 from inferoscope_tui.widgets.detail import DetailPane
 from inferoscope_tui.widgets.expert_grid import ExpertGrid
-from textual.widgets import Static
 
 from ..conftest import make_bundle_parts, write_raw_bundle
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from inferoscope_tui import InferoscopeApp
 from inferoscope_tui.screens.help import HelpScreen
 from inferoscope_tui.screens.message import MessageScreen
@@ -150,7 +151,7 @@ async def test_play_pause_and_speed() -> None:
         await pilot.pause(0.5)
         await pilot.press("space")
         moved = app.position
-        assert moved > 2 and "⏸" in header(app)
+        assert moved > 2 and "paused" in header(app)
         await pilot.pause(0.2)
         assert app.position == moved
         await pilot.press("minus")

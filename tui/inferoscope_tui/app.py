@@ -181,9 +181,9 @@ class InferoscopeApp(App[None]):
         text.append(" · ")
         text.append_text(self._validation_state())
         if self.playing is not None:
-            text.append(f" · ▶ {SPEEDS[self.speed_index]} tok/s", style="bold green")
+            text.append(f" · ▶ playing {SPEEDS[self.speed_index]} tok/s", style="bold green")
         else:
-            text.append(f" · ⏸ {SPEEDS[self.speed_index]} tok/s", style="dim")
+            text.append(f" · paused, {SPEEDS[self.speed_index]} tok/s", style="dim")
         if self.search_query:
             text.append(" · /")
             text.append(visible(self.search_query, 20))
@@ -431,17 +431,20 @@ class InferoscopeApp(App[None]):
         self.push_screen(HelpScreen(self.help_rows()))
 
     def help_rows(self) -> list[tuple[str, str]]:
-        """Every live binding (app, screen, focused pane), one row per action."""
-        rows: dict[str, tuple[str, str]] = {}
+        """Every live binding (focused pane, screen, app), one row per action; replay keys first."""
+        rows: dict[str, tuple[str, str, int]] = {}
+        own = [binding.id for binding in self.BINDINGS if isinstance(binding, Binding)]
         for active in self.screen.active_bindings.values():
             binding = active.binding
             display = self.get_key_display(binding)
             label = binding.description or binding.action
+            rank = own.index(binding.id) if binding.id in own else len(own)
             if label in rows:
-                rows[label] = (f"{rows[label][0]} {display}", label)
+                rows[label] = (f"{rows[label][0]} {display}", label, min(rank, rows[label][2]))
             else:
-                rows[label] = (display, label)
-        return list(rows.values())
+                rows[label] = (display, label, rank)
+        ordered = sorted(rows.values(), key=lambda row: row[2])
+        return [(keys, label) for keys, label, _rank in ordered]
 
 
 def _int(value: Any, default: int) -> int:

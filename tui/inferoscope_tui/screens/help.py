@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
@@ -18,12 +22,25 @@ class HelpScreen(ModalScreen[None]):
         self.rows = rows
 
     def compose(self) -> ComposeResult:
-        table = Table(title="inferoscope keys", expand=True, show_edge=False)
-        table.add_column("key", style="bold", no_wrap=True)
-        table.add_column("does")
-        for key, description in self.rows:
-            table.add_row(Text(key), Text(description))
-        yield Static(table, id="help-body")
+        table = Table.grid(padding=(0, 1), expand=True)
+        for _ in range(2):
+            table.add_column(style="bold", no_wrap=True)
+            table.add_column(ratio=1)
+        half = (len(self.rows) + 1) // 2
+        for left, right in itertools.zip_longest(self.rows[:half], self.rows[half:]):
+            cells = [Text(left[0]), Text(left[1])]
+            cells += [Text(right[0]), Text(right[1])] if right else [Text(), Text()]
+            table.add_row(*cells)
+        legend = Text()
+        legend.append("\ngrid: ", style="bold")
+        legend.append(
+            "one row per MoE layer (index, normalised entropy), experts in layout order; "
+            "colour = router probability x experts (multiples of uniform): <0.5 <1 <2 <4 <8 >=8 "
+            "(without colour: ' .:-=#'); digits = top-k rank; ! = layer with an issue; "
+            "underline = expert with an issue."
+        )
+        with VerticalScroll(id="help-body"):
+            yield Static(Group(Text("inferoscope keys", style="bold"), table, legend))
 
     def action_dismiss(self, result: None = None) -> None:  # type: ignore[override]
         self.dismiss(None)

@@ -29,7 +29,7 @@ def layer_detail(layer: dict[str, Any] | None, expert: int | None, issues: list[
         _list(layer, "topk_probs"),
     )
     text.append(f"layer {_g(layer.get('layer_index'))}", style="bold")
-    text.append(f" n={_g(layer.get('num_total_experts'))} k={_g(layer.get('num_active_experts'))}")
+    text.append(f"  n={_g(layer.get('num_total_experts'))} k={_g(layer.get('num_active_experts'))}")
     if expert is not None and 0 <= expert < len(probs):
         order = sorted(range(len(probs)), key=lambda i: (-_num(probs[i]), i))
         text.append(

@@ -49,8 +49,12 @@ class GridRow:
     flagged_experts: set[int] = field(default_factory=set)
 
 
-class ExpertGrid(ScrollView, can_focus=True):
-    """Line-API grid; it never parses bundle text, it only draws numbers."""
+class ExpertGrid(ScrollView, can_focus=True, inherit_bindings=False):
+    """Line-API grid; it never parses bundle text, it only draws numbers.
+
+    Scroll keys are not inherited (left/right/home/end step through tokens); the view
+    follows the cursor instead.
+    """
 
     BINDINGS = [
         Binding("down,j", "layer(1)", "Layer ↓", id="grid.layer_down", show=False),

@@ -52,6 +52,10 @@ class IssuesPane(OptionList):
         self.shown = [i for i in self.all_issues if self.code_filter in (None, i.code)]
         self.clear_options()
         self.add_options([Option(issue_label(issue)) for issue in self.shown])
+        if not self.all_issues:
+            self.add_option(
+                Option(Text("no issues: the bundle meets the contract", style="green"), disabled=True)
+            )
         suffix = f" · filter {self.code_filter}" if self.code_filter else ""
         self.border_title = f"issues {len(self.shown)}/{len(self.all_issues)}{suffix}"
 
