@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from rich import box
@@ -26,6 +27,7 @@ from .textsafe import visible
 from .versions import RAW_TRACE_FILE
 
 EXIT_OK, EXIT_ISSUES, EXIT_UNREADABLE = 0, 1, 2
+EXAMPLE_RUN = Path(__file__).resolve().parent / "examples" / "olmoe-64tok-seed7"
 PROGRESS_MIN_BYTES = 16 * 1024 * 1024
 
 
@@ -118,7 +120,8 @@ def cmd_tui(args: argparse.Namespace) -> int:
     if args.token is not None and args.token < 0:
         print("inferoscope: --token must be >= 0", file=sys.stderr)
         return EXIT_UNREADABLE
-    return run_app(args.run_dir, token=args.token)
+    run_dir = args.run_dir if args.run_dir is not None else str(EXAMPLE_RUN)
+    return run_app(run_dir, token=args.token)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,7 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.set_defaults(handler=cmd_validate)
     tui = commands.add_parser("tui", help="step through a run token by token in the terminal")
-    tui.add_argument("run_dir", metavar="RUN_DIR")
+    tui.add_argument(
+        "run_dir",
+        metavar="RUN_DIR",
+        nargs="?",
+        help="the run bundle (default: the example run shipped with inferoscope)",
+    )
     tui.add_argument("--token", type=int, metavar="N", help="open at token N")
     tui.set_defaults(handler=cmd_tui)
     return parser

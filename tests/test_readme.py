@@ -22,8 +22,11 @@ def test_readme_python_example_runs(tmp_path: Path) -> None:
     assert (tmp_path / "runs" / "my-run" / "raw_trace.ndjson").is_file()
 
 
-def test_quick_start_example_run_is_clean() -> None:
+def test_quick_start_opens_the_shipped_example_run_which_is_clean() -> None:
+    from inferoscope.cli import EXAMPLE_RUN
+
     command = (ROOT / "README.md").read_text().split("```bash\n", 1)[1].split("\n", 1)[0]
-    run_dir = command.rsplit(" ", 1)[1]
-    report = RunReader(ROOT / run_dir).validate()
+    assert command.endswith("inferoscope tui")
+    assert EXAMPLE_RUN.is_relative_to(ROOT / "inferoscope")
+    report = RunReader(EXAMPLE_RUN).validate()
     assert report.ok and report.aggregates.events == 64

@@ -75,6 +75,8 @@ class RunReader:
         self.raw_problem = file_problem(self.raw_path, "run_bundle", required=True)
         self._index: LineIndex | None = None
         self.workers: int | None = None  # processes for validate(); None: one per core for big files
+        #: validate() in worker processes only, keeping this process free (for an interactive app)
+        self.offload = False
 
     # -- random access ---------------------------------------------------------------------
     @property
@@ -191,6 +193,7 @@ class RunReader:
             max_kept=report.max_kept,
             progress=progress,
             workers=self.workers,
+            offload=self.offload,
         )
         report.absorb(result.report, lambda issue: issue)
         checks.absorb(result.checks, 0)

@@ -13,6 +13,9 @@ import gc
 import itertools
 import multiprocessing
 import os
+import pickle
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -28,6 +31,7 @@ from .lines import LineIndex, LineIndexBuilder, ProgressFn, iter_lines, split_po
 from .report import ValidationReport
 
 PARALLEL_MIN_BYTES = 32 * 1024 * 1024
+OFFLOAD_MIN_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -101,15 +105,21 @@ def scan_raw_trace(
     max_kept: int,
     progress: ProgressFn | None = None,
     workers: int | None = None,
+    offload: bool = False,
 ) -> SegmentResult:
-    """The whole file, split over ``workers`` processes (default: the usable cores)."""
+    """The whole file, split over ``workers`` processes (default: the usable cores).
+
+    With ``offload`` every segment runs in a worker process and this one only waits, so a
+    user interface running beside it in another thread stays responsive.
+    """
     size = path.stat().st_size
     if workers is None:
-        workers = _usable_cores() if size >= PARALLEL_MIN_BYTES else 1
+        big = size >= PARALLEL_MIN_BYTES or (offload and size >= OFFLOAD_MIN_BYTES)
+        workers = _usable_cores() if big else 1
     cuts = split_points(path, max(1, workers))
-    if len(cuts) <= 2:
+    if len(cuts) <= 2 and not (offload and size >= OFFLOAD_MIN_BYTES):
         return scan_segment(path, manifest, 0, None, chunk_events, max_kept, progress)
-    return _scan_parallel(path, manifest, cuts, chunk_events, max_kept, progress)
+    return _scan_parallel(path, manifest, cuts, chunk_events, max_kept, progress, offload)
 
 
 def _usable_cores() -> int:
@@ -119,7 +129,55 @@ def _usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _child(
+class _ForkedChild:
+    """A segment validated in a forked copy of this (single-threaded) process."""
+
+    def __init__(
+        self,
+        ctx: Any,
+        path: Path,
+        manifest: Mapping[str, Any] | None,
+        start: int,
+        end: int,
+        chunk_events: int,
+        max_kept: int,
+    ) -> None:
+        self.receiver, sender = ctx.Pipe(duplex=False)
+        self.counter = ctx.Value("q", 0, lock=False)
+        self.process = ctx.Process(
+            target=_forked_main,
+            args=(sender, self.counter, path, dict(manifest or {}), start, end, chunk_events, max_kept),
+            daemon=True,
+        )
+        self.process.start()
+        sender.close()
+        self.outcome: Any = None
+
+    @property
+    def done(self) -> int:
+        return int(self.counter.value)
+
+    def wait(self, timeout: float) -> bool:
+        if self.outcome is not None:
+            return True
+        if self.receiver.poll(timeout):
+            try:
+                self.outcome = self.receiver.recv()
+            except EOFError:
+                self.outcome = RuntimeError("worker exited")
+        elif not self.process.is_alive() and not self.receiver.poll(0):
+            self.outcome = RuntimeError("worker exited")
+        if self.outcome is not None:
+            self.process.join()
+            self.receiver.close()
+        return self.outcome is not None
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.receiver.close()
+
+
+def _forked_main(
     conn: Any, counter: Any, path: Path, manifest: Any, start: int, end: int, chunk_events: int, max_kept: int
 ) -> None:
     def progress(done: int, _total: int) -> None:
@@ -133,6 +191,72 @@ def _child(
         conn.close()
 
 
+class _ProcessChild:
+    """A segment validated by ``python -m inferoscope.bundle.worker`` (safe from threads)."""
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: Mapping[str, Any] | None,
+        start: int,
+        end: int,
+        chunk_events: int,
+        max_kept: int,
+    ) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "inferoscope.bundle.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        request = {
+            "path": path,
+            "manifest": dict(manifest or {}),
+            "start": start,
+            "end": end,
+            "chunk_events": chunk_events,
+            "max_kept": max_kept,
+        }
+        assert self.process.stdin is not None
+        try:
+            pickle.dump(request, self.process.stdin)
+            self.process.stdin.close()
+        except OSError:
+            pass  # a worker that died at once is reported by the reader thread
+        self.done = 0
+        self.outcome: Any = None
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        from .worker import receive
+
+        assert self.process.stdout is not None
+        try:
+            while True:
+                kind, value = receive(self.process.stdout)
+                if kind == "progress":
+                    self.done = int(value)
+                    continue
+                self.outcome = value if kind == "result" else RuntimeError(str(value))
+                break
+        except Exception as exc:
+            self.outcome = RuntimeError(f"worker failed: {exc}")
+        finally:
+            self.process.stdout.close()
+            self.process.wait()
+
+    def wait(self, timeout: float) -> bool:
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+    def stop(self) -> None:
+        self.process.kill()
+
+
 def _scan_parallel(
     path: Path,
     manifest: Mapping[str, Any] | None,
@@ -140,47 +264,48 @@ def _scan_parallel(
     chunk_events: int,
     max_kept: int,
     progress: ProgressFn | None,
+    offload: bool = False,
 ) -> SegmentResult:
-    method = (
-        "fork"
-        if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
-        else "spawn"
-    )
-    ctx: Any = multiprocessing.get_context(method)
+    can_fork = threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
+    ctx: Any = multiprocessing.get_context("fork") if can_fork else None
     total = cuts[-1]
-    children = []
-    for start, end in itertools.pairwise(cuts[1:]):
-        receiver, sender = ctx.Pipe(duplex=False)
-        counter = ctx.Value("q", 0, lock=False)
-        process = ctx.Process(
-            target=_child,
-            args=(sender, counter, path, dict(manifest or {}), start, end, chunk_events, max_kept),
-            daemon=True,
-        )
-        process.start()
-        sender.close()
-        children.append((receiver, counter, process, start, end))
+    segments = list(itertools.pairwise(cuts))
+    local = [] if offload else segments[:1]
+    children: list[tuple[Any, int, int]] = []
+    for start, end in segments[len(local) :]:
+        try:
+            child: Any = (
+                _ForkedChild(ctx, path, manifest, start, end, chunk_events, max_kept)
+                if can_fork
+                else _ProcessChild(path, manifest, start, end, chunk_events, max_kept)
+            )
+        except (OSError, ValueError, RuntimeError):
+            # no worker can be started here: this process validates everything itself
+            for started, _s, _e in children:
+                started.stop()
+            return scan_segment(path, manifest, 0, None, chunk_events, max_kept, progress)
+        children.append((child, start, end))
 
-    def own_progress(done: int, _total: int) -> None:
+    local_done = 0
+
+    def report_progress(done: int = 0, _total: int = 0) -> None:
+        nonlocal local_done
+        local_done = max(local_done, done)
         if progress is not None:
-            progress(done + sum(int(c.value) for _, c, *_ in children), total)
+            progress(local_done + sum(child.done for child, _s, _e in children), total)
 
-    results = [scan_segment(path, manifest, 0, cuts[1], chunk_events, max_kept, own_progress)]
-    for receiver, _counter, process, start, end in children:
-        result: Any = None
-        while result is None:
-            if receiver.poll(0.1):
-                try:
-                    result = receiver.recv()
-                except EOFError:
-                    result = RuntimeError("worker exited")
-            elif not process.is_alive() and not receiver.poll(0):
-                result = RuntimeError("worker exited")
-            own_progress(cuts[1], total)
-        process.join()
+    results = [
+        scan_segment(path, manifest, start, end, chunk_events, max_kept, report_progress)
+        for start, end in local
+    ]
+    for child, start, end in children:
+        while not child.wait(0.1):
+            report_progress()
+        result = child.outcome
         if not isinstance(result, SegmentResult):  # a lost worker: do its part here
             result = scan_segment(path, manifest, start, end, chunk_events, max_kept)
         results.append(result)
+    report_progress()
     return merge_segments(results, manifest, max_kept)
 
 

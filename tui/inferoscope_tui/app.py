@@ -8,6 +8,7 @@ Indexing, validation and token texts for search run in a worker thread.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ class InferoscopeApp(App[None]):
     ]
 
     def __init__(self, run_dir: Path | str, *, token: int | None = None) -> None:
+        _start_resource_tracker()
         super().__init__()
         self.run_dir = Path(run_dir)
         self.open_error: str | None = None
@@ -78,6 +80,7 @@ class InferoscopeApp(App[None]):
         self.search_query: str | None = None
         self.status = "indexing"
         self.progress_text = ""
+        self.painted_at: float | None = None  # when token 0 was first on screen (perf_counter)
 
     # -- layout ---------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -99,17 +102,22 @@ class InferoscopeApp(App[None]):
         if self.position != 0:
             self.position = 0  # until the index says how many events there are
         self.refresh_view()
+        # paint token 0 first; the index and validation load behind it
+        self.call_after_refresh(self._painted)
+
+    def _painted(self) -> None:
+        self.painted_at = time.perf_counter()
         self.run_worker(self._background, thread=True, exclusive=True, name="load")
 
     def on_resize(self) -> None:
         self._fit_panes()
 
     def _fit_panes(self) -> None:
+        """Give the grid the rows it needs (all layers when they fit) and the rest below."""
         grid = self.query_one(ExpertGrid)
-        rows = max(1, len(grid.rows))
-        spare = self.size.height - 1 - 2 - rows - 1
-        bottom = self.query_one("#bottom")
-        bottom.styles.height = max(4, spare)
+        needed = max(3, len(grid.rows) + (1 if grid.virtual_size.width > self.size.width else 0))
+        spare = self.size.height - 1 - 2 - needed - 1
+        self.query_one("#bottom").styles.height = max(4, spare)
 
     # -- background work ------------------------------------------------------------------
     def _background(self) -> None:
@@ -119,7 +127,10 @@ class InferoscopeApp(App[None]):
         self.call_from_thread(self._on_indexed, count)
         model.validate(lambda done, total: self._progress("validating", done, total))
         self.call_from_thread(self._on_validated)
-        model.load_token_texts()
+
+    def _load_texts(self) -> None:
+        assert self.model is not None
+        self.model.load_token_texts()
         self.call_from_thread(self._on_texts)
 
     def _progress(self, what: str, done: int, total: int) -> None:
@@ -371,8 +382,11 @@ class InferoscopeApp(App[None]):
 
     def _search(self, query: str, direction: int, *, include_current: bool) -> None:
         model = self.model
-        if model is None or model.token_texts is None:
-            self.notify("token texts are still loading; the search runs when they are ready", markup=False)
+        if model is None:
+            return
+        if model.token_texts is None:
+            self.notify("reading every token's text for the search…", markup=False)
+            self.run_worker(self._load_texts, thread=True, exclusive=True, group="texts")
             return
         wanted = query.casefold()
         count = len(model.token_texts)
@@ -445,6 +459,20 @@ class InferoscopeApp(App[None]):
                 rows[label] = (display, label, rank)
         ordered = sorted(rows.values(), key=lambda row: row[2])
         return [(keys, label) for keys, label, _rank in ordered]
+
+
+def _start_resource_tracker() -> None:
+    """Start multiprocessing's helper while stdio is still the terminal's.
+
+    Validation of a large run uses a worker process; once Textual has replaced stderr, the
+    helper could no longer be started and validation would run on one core only.
+    """
+    try:
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
+    except (OSError, ValueError):
+        pass
 
 
 def _int(value: Any, default: int) -> int:

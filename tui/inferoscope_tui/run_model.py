@@ -70,6 +70,7 @@ class RunModel:
 
     def __init__(self, run_dir: Path | str) -> None:
         self.reader = RunReader(run_dir)  # BundleOpenError propagates: the app shows it
+        self.reader.offload = True  # validate in worker processes: the UI thread stays free
         self.run_dir = Path(run_dir)
         self._cache: OrderedDict[int, EventSlot] = OrderedDict()
         self.token_texts: list[str | None] | None = None

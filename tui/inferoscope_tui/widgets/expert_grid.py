@@ -8,6 +8,7 @@ issues are marked in the margin and underlined. Without colour the cells use a g
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from rich.segment import Segment
 from rich.style import Style
@@ -30,6 +31,15 @@ def level_of(p: float, n: int) -> int:
         if ratio < bound:
             return level
     return len(LEVEL_BOUNDS)
+
+
+@lru_cache(maxsize=256)
+def _cell_style(level: int, selected: bool, cursor: bool, flagged: bool, no_color: bool) -> Style:
+    """One of a few dozen cell styles, made once (a grid redraw uses a thousand cells)."""
+    if no_color:
+        return Style(bold=selected, reverse=cursor, underline=flagged)
+    foreground = "#000000" if level >= 4 else "#ffffff"
+    return Style(bgcolor=PALETTE[level], color=foreground, bold=selected, reverse=cursor, underline=flagged)
 
 
 def rank_glyph(rank: int) -> str:
@@ -135,18 +145,7 @@ class ExpertGrid(ScrollView, can_focus=True, inherit_bindings=False):
             rank = ranks.get(expert)
             cursor = selected and column == self.cursor_column
             flagged = expert in row.flagged_experts
-            if self.no_color:
-                glyph = rank_glyph(rank) if rank is not None else GLYPH_RAMP[level]
-                style = Style(bold=rank is not None, reverse=cursor, underline=flagged)
-            else:
-                glyph = rank_glyph(rank) if rank is not None else " "
-                foreground = "#000000" if level >= 4 else "#ffffff"
-                style = Style(
-                    bgcolor=PALETTE[level],
-                    color=foreground,
-                    bold=rank is not None,
-                    reverse=cursor,
-                    underline=flagged,
-                )
+            glyph = rank_glyph(rank) if rank is not None else (GLYPH_RAMP[level] if self.no_color else " ")
+            style = _cell_style(level, rank is not None, cursor, flagged, self.no_color)
             segments.append(Segment(glyph, style))
         return segments

@@ -1,0 +1,67 @@
+"""A validation worker started as ``python -m inferoscope.bundle.worker``.
+
+Used when validation runs from a thread (forking a threaded process is unsafe) instead of
+multiprocessing's spawn, which would re-run the caller's main script. Protocol on the
+pipes: one pickled request on stdin; length-prefixed pickled messages on stdout —
+``("progress", bytes_done)`` any number of times, then ``("result", SegmentResult)`` or
+``("error", text)``. The caller owns both ends; nothing from a bundle is unpickled here.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+import sys
+from typing import IO, Any
+
+_HEADER = struct.Struct("!Q")
+
+
+def send(stream: IO[bytes], message: Any) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(data)) + data)
+    stream.flush()
+
+
+def receive(stream: IO[bytes]) -> Any:
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        raise EOFError("worker closed its output")
+    (size,) = _HEADER.unpack(header)
+    data = stream.read(size)
+    if len(data) < size:
+        raise EOFError("worker output cut short")
+    return pickle.loads(data)
+
+
+def main() -> None:
+    from .scan import scan_segment
+
+    request = pickle.load(sys.stdin.buffer)
+    out = sys.stdout.buffer
+    start = request["start"]
+    last = [0]
+
+    def progress(done: int, _total: int) -> None:
+        if done - last[0] >= 1 << 20:
+            last[0] = done
+            send(out, ("progress", done - start))
+
+    try:
+        result = scan_segment(
+            request["path"],
+            request["manifest"],
+            start,
+            request["end"],
+            request["chunk_events"],
+            request["max_kept"],
+            progress,
+        )
+    except Exception as exc:  # reported to the caller, which then does this part itself
+        send(out, ("error", f"{type(exc).__name__}: {exc}"))
+        return
+    send(out, ("result", result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""End to end in a real terminal: tmux runs the installed command, keys go in, the pane is read."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ..conftest import VALID
+from .helpers import hostile_bundle
+
+INFEROSCOPE = Path(sys.executable).parent / "inferoscope"
+
+
+class Tmux:
+    def __init__(self, term: str) -> None:
+        if shutil.which("tmux") is None:
+            pytest.fail("tmux is required for the terminal test (.ci/run installs it)")
+        self.socket = f"inferoscope-test-{uuid.uuid4().hex[:8]}"
+        self.term = term
+
+    def run(self, *args: str) -> str:
+        result = subprocess.run(
+            ["tmux", "-L", self.socket, *args], capture_output=True, text=True, check=True, timeout=30
+        )
+        return result.stdout
+
+    def start(self, command: str) -> None:
+        self.run(
+            "-f",
+            "/dev/null",
+            "new-session",
+            "-d",
+            "-s",
+            "app",
+            "-x",
+            "80",
+            "-y",
+            "24",
+            f"env TERM={self.term} TEXTUAL_ANIMATIONS=none {command}; sleep 30",
+        )
+
+    def screen(self) -> str:
+        return self.run("capture-pane", "-p", "-t", "app")
+
+    def wait_for(self, text: str, timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        screen = ""
+        while time.monotonic() < deadline:
+            screen = self.screen()
+            if text in screen:
+                return screen
+            time.sleep(0.2)
+        raise AssertionError(f"{text!r} never appeared; the screen was:\n{screen}")
+
+    def keys(self, *keys: str) -> None:
+        for key in keys:
+            self.run("send-keys", "-t", "app", key)
+            time.sleep(0.15)
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, check=False)
+
+
+@pytest.fixture(params=["xterm-256color", "screen-256color"])
+def tmux(request: pytest.FixtureRequest) -> Iterator[Tmux]:
+    session = Tmux(request.param)
+    yield session
+    session.close()
+
+
+def test_a_person_steps_through_a_run_in_tmux(tmux: Tmux) -> None:
+    tmux.start(f"{INFEROSCOPE} tui {VALID / 'b_olmoe_64tok_16x64_top8'}")
+    screen = tmux.wait_for("clean")
+    assert "token 0/64" in screen and "L15" in screen and "The quick brown fox" in screen
+    tmux.keys("l", "l", "Right")
+    screen = tmux.wait_for("token 3/64")
+    assert "tok3  id " in screen
+    tmux.keys(":", "4", "0", "Enter")
+    tmux.wait_for("token 40/64")
+    tmux.keys("G")
+    tmux.wait_for("token 63/64")
+    tmux.keys("?")
+    tmux.wait_for("inferoscope keys")
+    tmux.keys("Escape", "q")
+    deadline = time.monotonic() + 10
+    while "L15" in tmux.screen() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "L15" not in tmux.screen()
+
+
+def test_hostile_text_never_reaches_the_terminal(tmux: Tmux, tmp_path: Path) -> None:
+    tmux.start(f"{INFEROSCOPE} tui {hostile_bundle(tmp_path / 'b')}")
+    screen = tmux.wait_for("clean")
+    assert "[bold red]x[/]" in screen and "\\x1b[2J" in screen
+    assert "\x1b" not in screen
+
+
+def test_an_unreadable_path_gets_a_message_and_exit_code_1(tmux: Tmux, tmp_path: Path) -> None:
+    tmux.start(f"{INFEROSCOPE} tui {tmp_path / 'missing'}; echo EXIT=$?")
+    tmux.wait_for("cannot open run bundle")
+    tmux.keys("q")
+    tmux.wait_for("EXIT=1")
