@@ -14,8 +14,11 @@ from inferoscope import ValidationIssue, visible
 def issue_label(issue: ValidationIssue) -> Text:
     text = Text(no_wrap=True, overflow="ellipsis")
     text.append(issue.code, style="bold red")
-    where = issue.location.describe() or issue.scope
-    text.append(f"  {visible(where, 120)}  ", style="cyan")
+    text.append(f" [{visible(issue.scope, 60)}]", style="magenta")
+    where = issue.location.describe()
+    if where:
+        text.append(f"  {visible(where, 120)}", style="cyan")
+    text.append("  ")
     text.append(visible(issue.message, 300))
     return text
 

@@ -1,0 +1,46 @@
+"""Every broken upstream bundle opens, with its issues listed and marked; replay is deterministic."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from inferoscope_tui import InferoscopeApp
+from inferoscope_tui.screens.message import MessageScreen
+from inferoscope_tui.widgets.issues_pane import IssuesPane
+
+from ..conftest import INVALID, VALID
+
+BROKEN = sorted(p.name for p in INVALID.iterdir())
+
+
+@pytest.mark.parametrize("name", BROKEN)
+async def test_broken_upstream_bundle_opens_with_its_issues(name: str) -> None:
+    expected = json.loads((INVALID / name / "expected.json").read_text())
+    app = InferoscopeApp(INVALID / name)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert not isinstance(app.screen, MessageScreen)
+        pane = app.query_one(IssuesPane)
+        codes = {issue.code for issue in pane.all_issues}
+        assert pane.all_issues and "issue" in str(app.query_one("#header").content)
+        for item in expected["semantic_issues"] or []:
+            assert item["code"] in codes
+        for _ in range(app.count + 1):  # every token can be stepped through
+            await pilot.press("l")
+        assert app.position == app.count - 1
+
+
+async def test_the_same_keys_give_the_same_screen() -> None:
+    keys = ["l", "l", "j", "L", "colon", "3", "0", "enter", "right_square_bracket", "r", "G", "h"]
+    screens = []
+    for _ in range(2):
+        app = InferoscopeApp(VALID / "b_olmoe_64tok_16x64_top8")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await app.workers.wait_for_complete()
+            await pilot.press(*keys)
+            await pilot.pause()
+            screens.append(app.export_screenshot(title="replay"))
+    assert screens[0] == screens[1]
