@@ -10,8 +10,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
-NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1)]
+from .raw_event import NonEmptyStr, NonNegInt
 
 
 class Position(msgspec.Struct, forbid_unknown_fields=True, gc=False):
