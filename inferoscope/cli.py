@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,10 +19,12 @@ from typing import Any
 from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
 from . import __version__
 from .bundle.reader import BundleOpenError, RunReader
 from .render import inspect_view, issues_view
+from .run_ids import RunIdError
 from .summary import RunSummary
 from .textsafe import visible
 from .versions import RAW_TRACE_FILE
@@ -124,6 +127,67 @@ def cmd_tui(args: argparse.Namespace) -> int:
     return run_app(run_dir, token=args.token)
 
 
+def cmd_capture(args: argparse.Namespace) -> int:
+    _out, err = _consoles()
+    try:
+        from .capture import CaptureError, capture_run
+        from .capture.loading import load_local
+    except ImportError as exc:
+        err.print(
+            f"inferoscope: capture needs torch and transformers ({exc.name} is missing): "
+            "pip install 'inferoscope[capture]'",
+            markup=False,
+        )
+        return EXIT_UNREADABLE
+    if not args.prompt.strip():
+        err.print("inferoscope: the prompt is empty", markup=False)
+        return EXIT_UNREADABLE
+    try:
+        model, tokenizer = load_local(args.model, device=args.device, dtype=args.dtype)
+        columns = (
+            TextColumn("capturing"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} tokens"),
+            TextColumn("{task.fields[rate]}"),
+        )
+        with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
+            task = progress.add_task("capture", total=args.max_new_tokens, rate="")
+            started = time.perf_counter()
+
+            def step(count: int) -> None:
+                rate = count / max(time.perf_counter() - started, 1e-9)
+                progress.update(task, completed=count, rate=f"{rate:.1f} tok/s")
+
+            run_dir = capture_run(
+                model,
+                tokenizer,
+                args.prompt,
+                max_new_tokens=args.max_new_tokens,
+                out=args.out,
+                run_id=args.run_id,
+                do_sample=args.sample,
+                seed=args.seed,
+                model_id=args.model_id or str(args.model),
+                on_step=step,
+            )
+        elapsed = time.perf_counter() - started
+    except (CaptureError, FileExistsError, RunIdError) as exc:
+        err.print(f"inferoscope: {visible(str(exc), 500)}", markup=False)
+        return EXIT_UNREADABLE
+    reader = RunReader(run_dir)
+    count = len(reader)
+    _out.print(
+        Text.assemble(
+            ("captured ", "bold"),
+            (f"{count} tokens", "bold green"),
+            f" in {elapsed:.1f} s ({count / max(elapsed, 1e-9):.1f} tok/s) → ",
+            (visible(str(run_dir)), "cyan"),
+        )
+    )
+    _out.print(Text(f"open it: inferoscope tui {visible(str(run_dir))}"))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inferoscope",
@@ -146,6 +210,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="show at most N issues per bundle (all are counted; default 200)",
     )
     validate.set_defaults(handler=cmd_validate)
+    capture = commands.add_parser(
+        "capture", help="generate with a local MoE checkpoint and record its routing"
+    )
+    capture.add_argument(
+        "--model", required=True, type=Path, metavar="PATH", help="local checkpoint directory"
+    )
+    capture.add_argument("--prompt", required=True, help="the prompt text")
+    capture.add_argument("--max-new-tokens", type=int, default=64, metavar="N")
+    capture.add_argument("--out", type=Path, default=Path("runs"), help="bundle root (default: runs/)")
+    capture.add_argument("--run-id", default=None, metavar="ID")
+    capture.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    capture.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
+    capture.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    capture.add_argument("--seed", type=int, default=None, help="seed for sampling (recorded)")
+    capture.add_argument("--model-id", default=None, help="model_id to record (default: the path)")
+    capture.set_defaults(handler=cmd_capture)
     tui = commands.add_parser("tui", help="step through a run token by token in the terminal")
     tui.add_argument(
         "run_dir",

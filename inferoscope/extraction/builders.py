@@ -97,14 +97,30 @@ def build_moe_layer_trace(
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
         raise ValueError(f"num_active_experts must be an integer in [1, {n}], got {k!r}")
     ranking = sorted(range(n), key=lambda i: (-probs[i], i))
-    topk_indices = ranking[:k]
+    return layer_from_probs(layer_index, probs, ranking[:k])
+
+
+def build_moe_layer_from_selection(
+    layer_index: int, router_logits: Any, topk_indices: Sequence[int]
+) -> dict[str, Any]:
+    """A layer entry whose top-k is the model's own selection (capture), not recomputed."""
+    probs = softmax(to_float_list(router_logits))
+    indices = [int(i) for i in topk_indices]
+    if not indices or any(not 0 <= i < len(probs) for i in indices) or len(set(indices)) != len(indices):
+        raise ValueError(f"selected experts {indices} are not distinct indices in [0, {len(probs)})")
+    return layer_from_probs(layer_index, probs, indices)
+
+
+def layer_from_probs(layer_index: int, probs: list[float], topk_indices: list[int]) -> dict[str, Any]:
+    """The layer entry for probabilities and chosen experts (SPEC §3 arithmetic, in order)."""
+    n = len(probs)
     topk_probs = [probs[i] for i in topk_indices]
     entropy = -sum(p * math.log(p) for p in probs if p > 0)
     return {
         "layer_index": layer_index,
         "layer_kind": "moe",
         "num_total_experts": n,
-        "num_active_experts": k,
+        "num_active_experts": len(topk_indices),
         "router_probs": probs,
         "topk_indices": topk_indices,
         "topk_probs": topk_probs,
@@ -112,7 +128,7 @@ def build_moe_layer_trace(
         # a uniform router can round to 1 + 1 ulp; the schema caps the value at 1
         "normalized_entropy": min(entropy / math.log(n), 1.0) if n > 1 else 0.0,
         "top1_prob": topk_probs[0],
-        "top1_top2_margin": topk_probs[0] - topk_probs[1] if k >= 2 else topk_probs[0],
+        "top1_top2_margin": topk_probs[0] - topk_probs[1] if len(topk_probs) >= 2 else topk_probs[0],
     }
 
 
@@ -128,6 +144,30 @@ def build_token_complete_event(
     layer_inputs: Iterable[MoELayerCaptureInput],
 ) -> dict[str, Any]:
     """A ``raw/v0.1.0`` ``token_complete`` event; layers keep the order given."""
+    return token_event_with_layers(
+        run_id=run_id,
+        token_index=token_index,
+        token_id=token_id,
+        token_text=token_text,
+        context_length=context_length,
+        decode_start_ms=decode_start_ms,
+        decode_end_ms=decode_end_ms,
+        layers=[build_moe_layer_trace(layer_input) for layer_input in layer_inputs],
+    )
+
+
+def token_event_with_layers(
+    *,
+    run_id: str,
+    token_index: int,
+    token_id: int,
+    token_text: str,
+    context_length: int,
+    decode_start_ms: float,
+    decode_end_ms: float,
+    layers: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """A ``token_complete`` event around already built layer entries."""
     return {
         "event_type": "token_complete",
         "schema_version": RAW_EVENT_SCHEMA_VERSION,
@@ -141,7 +181,7 @@ def build_token_complete_event(
             "decode_end": float(decode_end_ms),
             "decode_duration": float(decode_end_ms) - float(decode_start_ms),
         },
-        "layers": [build_moe_layer_trace(layer_input) for layer_input in layer_inputs],
+        "layers": layers,
     }
 
 

@@ -12,6 +12,7 @@ from .builders import (
     build_layer_grid_layout,
     build_manifest,
     build_token_complete_event,
+    token_event_with_layers,
 )
 
 
@@ -80,10 +81,14 @@ class PyTorchRunBundleRecorder:
             decode_end_ms=decode_end_ms,
             layer_inputs=layer_inputs,
         )
-        for layer in event["layers"]:
-            self._layer_experts.setdefault(layer["layer_index"], layer["num_total_experts"])
+        self.note_layers(event["layers"])
         self.raw_events.append(event)
         return event
+
+    def note_layers(self, layers: Iterable[Mapping[str, Any]]) -> None:
+        """Remember each layer's expert count (first seen) for the layout."""
+        for layer in layers:
+            self._layer_experts.setdefault(layer["layer_index"], layer["num_total_experts"])
 
     def record_generated_token(
         self,
@@ -105,6 +110,31 @@ class PyTorchRunBundleRecorder:
             decode_end_ms=decode_end_ms,
             layer_inputs=layer_inputs,
         )
+
+    def record_layers(
+        self,
+        *,
+        token_id: int,
+        token_text: str,
+        context_length: int,
+        decode_start_ms: float,
+        decode_end_ms: float,
+        layers: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        """Record the next token from layer entries built elsewhere (capture's own selection)."""
+        event = token_event_with_layers(
+            run_id=self.run_id,
+            token_index=self.next_token_index,
+            token_id=token_id,
+            token_text=token_text,
+            context_length=context_length,
+            decode_start_ms=decode_start_ms,
+            decode_end_ms=decode_end_ms,
+            layers=layers,
+        )
+        self.note_layers(layers)
+        self.raw_events.append(event)
+        return event
 
     def build_layout(self) -> dict[str, Any]:
         """The default grid layout over every layer seen so far (first-seen expert counts)."""

@@ -1,0 +1,150 @@
+"""Router hooks, scoped to a ``with`` block and always removed, also on error.
+
+Router hooks only keep a reference to each router's output; a hook on the whole model
+stamps each forward pass's start and end and moves the last position of every layer to the
+CPU in one copy (one device sync per step, not per layer). Nothing is encoded here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from .errors import CaptureError
+from .routers import RouterSite, find_routers
+
+
+@dataclass(slots=True)
+class StepRouting:
+    """One forward pass: per MoE layer, the last position's logits and the router's choice."""
+
+    logits: np.ndarray  # [L, E] float32, as the router computed them
+    selected: np.ndarray  # [L, k] int64, the experts the router returned (its order)
+    start_ms: float
+    end_ms: float
+    positions: int  # rows routed in this pass (the prompt length for prefill, else 1)
+    prefill_logits: np.ndarray | None = None  # [L, positions, E] for a prefill pass
+    prefill_selected: np.ndarray | None = None  # [L, positions, k]
+
+
+@dataclass(slots=True)
+class RouterCapture:
+    """``with RouterCapture(model) as capture: model.generate(...)`` fills ``capture.steps``."""
+
+    model: Any
+    sites: list[RouterSite] = field(default_factory=list)
+    steps: list[StepRouting] = field(default_factory=list)
+    _handles: list[Any] = field(default_factory=list)
+    _outputs: dict[int, Any] = field(default_factory=dict)
+    on_step: Callable[[int], None] | None = None  # called with the number of steps so far
+    _origin: float = 0.0
+    _start: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.sites:
+            self.sites = find_routers(self.model)
+
+    @property
+    def layer_indices(self) -> list[int]:
+        return [site.layer_index for site in self.sites]
+
+    def __enter__(self) -> RouterCapture:
+        self._origin = time.perf_counter()
+        try:
+            for site in self.sites:
+                self._handles.append(site.module.register_forward_hook(self._router_hook(site.layer_index)))
+            self._handles.append(self.model.register_forward_pre_hook(self._before_step))
+            self._handles.append(self.model.register_forward_hook(self._after_step))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        """Detach every hook this capture attached (idempotent)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._outputs.clear()
+
+    def _router_hook(self, layer_index: int) -> Any:
+        def keep(_module: Any, _inputs: Any, output: Any) -> None:
+            self._outputs[layer_index] = output
+
+        return keep
+
+    def _before_step(self, _module: Any, _args: Any) -> None:
+        self._outputs.clear()
+        self._start = time.perf_counter()
+
+    def _after_step(self, _module: Any, _args: Any, _output: Any) -> None:
+        import torch
+
+        missing = [i for i in self.layer_indices if i not in self._outputs]
+        if missing:
+            raise CaptureError(
+                f"the routers of layers {missing} did not run in this forward pass "
+                "(a fused kernel may bypass them); nothing can be recorded faithfully"
+            )
+        logits, selected = zip(*(_split(self._outputs[i], i) for i in self.layer_indices), strict=True)
+        rows = logits[0].shape[0]
+        if any(t.shape[0] != rows for t in logits):
+            raise CaptureError("routers saw different numbers of positions in one forward pass")
+        prefill = not self.steps
+        with torch.no_grad():
+            if prefill:
+                full_logits = torch.stack(logits).float().cpu().numpy()  # one copy to the CPU
+                full_selected = torch.stack(selected).long().cpu().numpy()
+                last_logits, last_selected = full_logits[:, -1], full_selected[:, -1]
+            else:
+                last_logits = torch.stack([t[-1] for t in logits]).float().cpu().numpy()
+                last_selected = torch.stack([t[-1] for t in selected]).long().cpu().numpy()
+        end = time.perf_counter()
+        self.steps.append(
+            StepRouting(
+                logits=last_logits,
+                selected=last_selected,
+                start_ms=(self._start - self._origin) * 1000.0,
+                end_ms=(end - self._origin) * 1000.0,
+                positions=rows,
+                prefill_logits=full_logits if prefill else None,
+                prefill_selected=full_selected if prefill else None,
+            )
+        )
+        self._outputs.clear()
+        if self.on_step is not None:
+            self.on_step(len(self.steps))
+
+
+def _split(output: Any, layer_index: int) -> tuple[Any, Any]:
+    """(logits, selected indices) from a router's output, whatever the tuple order."""
+    import torch
+
+    tensors = [
+        t for t in (output if isinstance(output, (tuple, list)) else (output,)) if isinstance(t, torch.Tensor)
+    ]
+    integer = [t for t in tensors if not t.is_floating_point()]
+    floating = [t for t in tensors if t.is_floating_point()]
+    if not integer or not floating:
+        raise CaptureError(
+            f"the router of layer {layer_index} returns no expert indices; its "
+            "family selects experts elsewhere and cannot be recorded as v0.1.0"
+        )
+    selected = integer[0]
+    logits = max(floating, key=lambda t: t.shape[-1])  # all experts, not the k weights
+    if logits.dim() != 2 or selected.dim() != 2:
+        raise CaptureError(
+            f"unexpected router output shapes in layer {layer_index}: "
+            f"{tuple(logits.shape)} and {tuple(selected.shape)}"
+        )
+    return logits, selected

@@ -1,0 +1,68 @@
+"""Find a model's router modules and the MoE layer each belongs to.
+
+A transformers 5 MoE model declares its router class in
+``_can_record_outputs["router_logits"]``; every module of that class is a router, and its
+decoder layer index comes from its name (``model.layers.7.mlp.gate`` is layer 7), so dense
+layers interleaved with MoE layers keep their true indices.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import CaptureError
+
+_LAYER_IN_NAME = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+@dataclass(frozen=True, slots=True)
+class RouterSite:
+    """One router module and the decoder layer it routes for."""
+
+    layer_index: int
+    name: str
+    module: Any
+
+
+def _declared_router_classes(model: Any) -> list[type]:
+    classes: list[type] = []
+    for candidate in (model, getattr(model, "model", None), getattr(model, "base_model", None)):
+        recorders = getattr(type(candidate), "_can_record_outputs", None) if candidate is not None else None
+        if not isinstance(recorders, dict):
+            continue
+        spec = recorders.get("router_logits")
+        for item in spec if isinstance(spec, (list, tuple)) else [spec]:
+            target = getattr(item, "target_class", None) or (item if isinstance(item, type) else None)
+            if isinstance(target, type) and target not in classes:
+                classes.append(target)
+    return classes
+
+
+def find_routers(model: Any) -> list[RouterSite]:
+    """Every router of ``model`` in layer order; CaptureError if it has none."""
+    classes = _declared_router_classes(model)
+    sites: list[RouterSite] = []
+    for name, module in model.named_modules():
+        if classes:
+            is_router = isinstance(module, tuple(classes))
+        else:  # no declaration: fall back to the naming convention of MoE routers
+            is_router = type(module).__name__.endswith(("TopKRouter", "TopkRouter"))
+        if not is_router:
+            continue
+        match = _LAYER_IN_NAME.search(name)
+        if match is None:
+            raise CaptureError(f"router module {name!r} is not inside a numbered decoder layer")
+        sites.append(RouterSite(int(match.group(1)), name, module))
+    if not sites:
+        kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+        raise CaptureError(
+            f"no Mixture-of-Experts router found in this model ({kind}); "
+            "inferoscope captures MoE models (OLMoE, Mixtral, Qwen-MoE, ...)"
+        )
+    sites.sort(key=lambda site: site.layer_index)
+    seen = [site.layer_index for site in sites]
+    if len(set(seen)) != len(seen):
+        raise CaptureError("more than one router per decoder layer; cannot tell which one routes")
+    return sites

@@ -1,0 +1,171 @@
+"""Capture from real transformers models of each MoE family, loaded with from_pretrained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from inferoscope import RunReader, load_run_bundle
+from inferoscope.capture import CaptureError, RouterCapture, capture_run, find_routers
+
+from .tiny_models import save_tiny, tokenizer_files
+
+FAMILIES = ["olmoe", "mixtral", "qwen2_moe", "qwen3_moe", "gpt_oss", "granitemoe"]
+PROMPT = "the quick brown fox"
+NEW_TOKENS = 6
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {family: save_tiny(family, root / family) for family in [*FAMILIES, "deepseek_v3"]}
+
+
+def _load(folder: Path) -> tuple[Any, Any]:
+    return AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+
+
+def _hook_count(model: Any) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_capture_records_exactly_what_the_routers_chose(
+    family: str, checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    model, tokenizer = _load(checkpoints[family])
+    plain = model.generate(
+        **tokenizer(PROMPT, return_tensors="pt"), max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0
+    )
+    hooks_before = _hook_count(model)
+
+    chosen: dict[int, list[list[int]]] = {}  # the routers' own outputs, observed independently
+    handles = [
+        site.module.register_forward_hook(
+            lambda _m, _i, out, layer=site.layer_index: chosen.setdefault(layer, []).append(
+                next(t for t in out if not t.is_floating_point())[-1].tolist()
+            )
+        )
+        for site in find_routers(model)
+    ]
+    try:
+        run = capture_run(model, tokenizer, PROMPT, max_new_tokens=NEW_TOKENS, out=tmp_path, run_id=family)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    assert _hook_count(model) == hooks_before
+    report = RunReader(run).validate()
+    assert report.ok, [i.describe() for i in report.issues]
+    bundle = load_run_bundle(run)
+    events = bundle["raw_events"]
+    prompt_length = bundle["manifest"]["generation_config"]["prompt_tokens"]
+    generated = plain[0, prompt_length:].tolist()
+    assert [e["token_id"] for e in events] == generated  # capture does not change generation
+    assert [e["context_length"] for e in events] == [prompt_length + t for t in range(len(events))]
+    for t, event in enumerate(events):
+        for layer in event["layers"]:
+            assert layer["topk_indices"] == chosen[layer["layer_index"]][t]
+
+    # reference: one forward over the whole sequence, the routing transformers itself reports
+    with torch.no_grad():
+        reference = model(plain[:, :-1], output_router_logits=True).router_logits
+    layers = bundle["manifest"]["capture_config"]["moe_layer_indices"]
+    assert len(reference) == len(layers)
+    for row, layer_index in enumerate(layers):
+        probs = torch.softmax(reference[row].double(), dim=-1).numpy()
+        for t, event in enumerate(events):
+            layer = next(la for la in event["layers"] if la["layer_index"] == layer_index)
+            expected = probs[prompt_length - 1 + t]
+            assert np.allclose(layer["router_probs"], expected, atol=1e-5)
+            assert set(layer["topk_indices"]) == set(
+                np.argsort(-expected, kind="stable")[: len(layer["topk_indices"])]
+            )
+
+
+def test_qwen2_moe_keeps_true_layer_indices_between_dense_layers(
+    checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    model, tokenizer = _load(checkpoints["qwen2_moe"])
+    run = capture_run(model, tokenizer, PROMPT, max_new_tokens=2, out=tmp_path)
+    event = load_run_bundle(run)["raw_events"][0]
+    assert [layer["layer_index"] for layer in event["layers"]] == [1, 3]
+    assert load_run_bundle(run)["layout"]["layers"][0]["layer_index"] == 1
+
+
+def test_prefill_routing_is_kept_apart_from_the_events(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    model, tokenizer = _load(checkpoints["olmoe"])
+    run = capture_run(model, tokenizer, PROMPT, max_new_tokens=3, out=tmp_path)
+    bundle = load_run_bundle(run)
+    config = bundle["manifest"]["capture_config"]
+    positions = config["prefill_routing"]["positions"]
+    assert positions == bundle["manifest"]["generation_config"]["prompt_tokens"]
+    assert [len(layer["topk_indices"]) for layer in config["prefill_routing"]["layers"]] == [positions] * 3
+    assert len(bundle["raw_events"]) == 3
+    assert "softmax" in config["probability_definition"] and config["mixing_weights"]
+
+
+def test_sampling_records_its_seed_and_repeats(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    model, tokenizer = _load(checkpoints["mixtral"])
+    runs = [
+        capture_run(
+            model,
+            tokenizer,
+            PROMPT,
+            max_new_tokens=5,
+            out=tmp_path / str(i),
+            do_sample=True,
+            seed=1234,
+            run_id="sampled",
+        )
+        for i in range(2)
+    ]
+    bundles = [load_run_bundle(run) for run in runs]
+    assert bundles[0]["manifest"]["seed"] == 1234
+    assert [e["token_id"] for e in bundles[0]["raw_events"]] == [
+        e["token_id"] for e in bundles[1]["raw_events"]
+    ]
+
+
+def test_deepseek_v3_is_refused_rather_than_recorded_wrongly(
+    checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    model, tokenizer = _load(checkpoints["deepseek_v3"])
+    with pytest.raises(CaptureError, match="sigmoid"):
+        capture_run(model, tokenizer, PROMPT, max_new_tokens=2, out=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_dense_model_gets_a_clear_error(tmp_path: Path) -> None:
+    tokenizer = tokenizer_files(tmp_path)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+        )
+    )
+    with pytest.raises(CaptureError, match="no Mixture-of-Experts router"):
+        capture_run(model, tokenizer, PROMPT, out=tmp_path / "runs")
+
+
+def test_empty_prompt_is_refused(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    model, tokenizer = _load(checkpoints["olmoe"])
+    with pytest.raises(CaptureError, match="empty"):
+        capture_run(model, tokenizer, "   ", out=tmp_path)
+
+
+def test_hooks_are_removed_when_generation_fails(checkpoints: dict[str, Path]) -> None:
+    model, _tokenizer = _load(checkpoints["olmoe"])
+    before = _hook_count(model)
+    with pytest.raises(RuntimeError, match="boom"), RouterCapture(model):
+        assert _hook_count(model) > before
+        raise RuntimeError("boom")
+    assert _hook_count(model) == before
