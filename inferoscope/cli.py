@@ -30,7 +30,7 @@ from .textsafe import visible
 from .versions import RAW_TRACE_FILE
 
 EXIT_OK, EXIT_ISSUES, EXIT_UNREADABLE = 0, 1, 2
-EXAMPLE_RUN = Path(__file__).resolve().parent / "examples" / "olmoe-64tok-seed7"
+EXAMPLE_RUN = Path(__file__).resolve().parent / "examples" / "demo-run"
 PROGRESS_MIN_BYTES = 16 * 1024 * 1024
 
 
@@ -127,38 +127,72 @@ def cmd_tui(args: argparse.Namespace) -> int:
     return run_app(run_dir, token=args.token)
 
 
+def _capture_with_progress(
+    err: Console, total: int, work: Callable[[Callable[[int], None]], Path]
+) -> tuple[Path, float]:
+    """Run ``work(on_step)`` under a tokens/s progress bar on stderr (a terminal only)."""
+    columns = (
+        TextColumn("capturing"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} tokens"),
+        TextColumn("{task.fields[rate]}"),
+    )
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
+        task = progress.add_task("capture", total=total, rate="")
+        started = time.perf_counter()
+
+        def step(count: int) -> None:
+            rate = count / max(time.perf_counter() - started, 1e-9)
+            progress.update(task, completed=count, rate=f"{rate:.1f} tok/s")
+
+        run_dir = work(step)
+    return run_dir, time.perf_counter() - started
+
+
+def _capture_summary(out: Console, run_dir: Path, elapsed: float) -> None:
+    reader = RunReader(run_dir)
+    count = len(reader)
+    decoding = ""
+    if count:
+        first, last = reader.event(0)["timing_ms"], reader.event(count - 1)["timing_ms"]
+        seconds = (last["decode_end"] - first["decode_start"]) / 1000
+        decoding = f", decoding {count / max(seconds, 1e-9):.1f} tok/s"
+    out.print(
+        Text.assemble(
+            ("captured ", "bold"),
+            (f"{count} tokens", "bold green"),
+            f" in {elapsed:.1f} s with loading{decoding} -> ",
+            (visible(str(run_dir)), "cyan"),
+        )
+    )
+    out.print(Text(f"open it: inferoscope tui {visible(str(run_dir))}"))
+
+
+def _capture_imports_missing(err: Console, exc: ImportError) -> int:
+    err.print(
+        f"inferoscope: capture needs torch and transformers ({exc.name} is missing): "
+        "pip install 'inferoscope[capture]'",
+        markup=False,
+    )
+    return EXIT_UNREADABLE
+
+
 def cmd_capture(args: argparse.Namespace) -> int:
-    _out, err = _consoles()
+    out, err = _consoles()
     try:
         from .capture import CaptureError, capture_run
         from .capture.loading import load_local
     except ImportError as exc:
-        err.print(
-            f"inferoscope: capture needs torch and transformers ({exc.name} is missing): "
-            "pip install 'inferoscope[capture]'",
-            markup=False,
-        )
-        return EXIT_UNREADABLE
+        return _capture_imports_missing(err, exc)
     if not args.prompt.strip():
         err.print("inferoscope: the prompt is empty", markup=False)
         return EXIT_UNREADABLE
     try:
         model, tokenizer = load_local(args.model, device=args.device, dtype=args.dtype)
-        columns = (
-            TextColumn("capturing"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total} tokens"),
-            TextColumn("{task.fields[rate]}"),
-        )
-        with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
-            task = progress.add_task("capture", total=args.max_new_tokens, rate="")
-            started = time.perf_counter()
-
-            def step(count: int) -> None:
-                rate = count / max(time.perf_counter() - started, 1e-9)
-                progress.update(task, completed=count, rate=f"{rate:.1f} tok/s")
-
-            run_dir = capture_run(
+        run_dir, elapsed = _capture_with_progress(
+            err,
+            args.max_new_tokens,
+            lambda step: capture_run(
                 model,
                 tokenizer,
                 args.prompt,
@@ -169,22 +203,30 @@ def cmd_capture(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 model_id=args.model_id or str(args.model),
                 on_step=step,
-            )
-        elapsed = time.perf_counter() - started
+            ),
+        )
     except (CaptureError, FileExistsError, RunIdError) as exc:
         err.print(f"inferoscope: {visible(str(exc), 500)}", markup=False)
         return EXIT_UNREADABLE
-    reader = RunReader(run_dir)
-    count = len(reader)
-    _out.print(
-        Text.assemble(
-            ("captured ", "bold"),
-            (f"{count} tokens", "bold green"),
-            f" in {elapsed:.1f} s ({count / max(elapsed, 1e-9):.1f} tok/s) → ",
-            (visible(str(run_dir)), "cyan"),
+    _capture_summary(out, run_dir, elapsed)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    out, err = _consoles()
+    try:
+        from .capture import CaptureError
+        from .capture.demo import capture_demo
+    except ImportError as exc:
+        return _capture_imports_missing(err, exc)
+    try:
+        run_dir, elapsed = _capture_with_progress(
+            err, args.tokens, lambda step: capture_demo(args.out, args.run_id, args.tokens, step)
         )
-    )
-    _out.print(Text(f"open it: inferoscope tui {visible(str(run_dir))}"))
+    except (CaptureError, FileExistsError, RunIdError) as exc:
+        err.print(f"inferoscope: {visible(str(exc), 500)}", markup=False)
+        return EXIT_UNREADABLE
+    _capture_summary(out, run_dir, elapsed)
     return EXIT_OK
 
 
@@ -226,6 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
     capture.add_argument("--seed", type=int, default=None, help="seed for sampling (recorded)")
     capture.add_argument("--model-id", default=None, help="model_id to record (default: the path)")
     capture.set_defaults(handler=cmd_capture)
+    demo = commands.add_parser(
+        "demo", help="capture a demo run from the micro model shipped with inferoscope"
+    )
+    demo.add_argument("--out", type=Path, default=Path("runs"), help="bundle root (default: runs/)")
+    demo.add_argument("--run-id", default="demo-run", metavar="ID")
+    demo.add_argument("--tokens", type=int, default=200, metavar="N")
+    demo.set_defaults(handler=cmd_demo)
     tui = commands.add_parser("tui", help="step through a run token by token in the terminal")
     tui.add_argument(
         "run_dir",

@@ -29,4 +29,4 @@ def test_quick_start_opens_the_shipped_example_run_which_is_clean() -> None:
     assert command.endswith("inferoscope tui")
     assert EXAMPLE_RUN.is_relative_to(ROOT / "inferoscope")
     report = RunReader(EXAMPLE_RUN).validate()
-    assert report.ok and report.aggregates.events == 64
+    assert report.ok and report.aggregates.events == 200

@@ -39,6 +39,7 @@ def capture_run(
     seed: int | None = None,
     temperature: float | None = None,
     top_p: float | None = None,
+    min_new_tokens: int | None = None,
     model_id: str | None = None,
     tokenizer_id: str | None = None,
     on_step: Callable[[int], None] | None = None,
@@ -68,6 +69,8 @@ def capture_run(
     if prompt_length == 0:
         raise CaptureError("the prompt encodes to no tokens")
     settings: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample}
+    if min_new_tokens is not None:
+        settings["min_new_tokens"] = min(min_new_tokens, max_new_tokens)
     if do_sample:
         if seed is None:
             seed = int(torch.seed() % 2**31)
