@@ -86,10 +86,16 @@ class ExpertGrid(ScrollView, can_focus=True, inherit_bindings=False):
         self.cursor_column = 0
         self.no_color = no_color
 
+    @property
+    def cell_width(self) -> int:
+        """1 to 3 columns an expert: wider cells when few experts leave room (no reordering)."""
+        experts = max((len(row.order) for row in self.rows), default=1) or 1
+        room = (self.size.width or 80) - MARGIN
+        return max(1, min(3, room // experts))
+
     def set_rows(self, rows: list[GridRow]) -> None:
         self.rows = rows
-        width = MARGIN + max((len(row.order) for row in rows), default=0)
-        self.virtual_size = Size(width, len(rows))
+        self._update_virtual_size()
         self.cursor_row = min(self.cursor_row, max(0, len(rows) - 1))
         self.refresh()
 
@@ -104,8 +110,17 @@ class ExpertGrid(ScrollView, can_focus=True, inherit_bindings=False):
         self.refresh()
         self.post_message(self.CursorMoved(self.cursor_row, self.cursor_column))
 
+    def _update_virtual_size(self) -> None:
+        experts = max((len(row.order) for row in self.rows), default=0)
+        self.virtual_size = Size(MARGIN + experts * self.cell_width, len(self.rows))
+
+    def on_resize(self) -> None:
+        self._update_virtual_size()
+        self.refresh()
+
     def _cell_region(self) -> Region:
-        return Region(MARGIN + self.cursor_column, self.cursor_row, 1, 1)
+        width = self.cell_width
+        return Region(MARGIN + self.cursor_column * width, self.cursor_row, width, 1)
 
     def action_layer(self, delta: int) -> None:
         self.move_cursor(self.cursor_row + delta, self.cursor_column)
@@ -138,6 +153,7 @@ class ExpertGrid(ScrollView, can_focus=True, inherit_bindings=False):
             segments.append(Segment("unreadable", Style(italic=True)))
             return segments
         n = len(row.probs)
+        width = self.cell_width
         ranks = {expert: rank for rank, expert in enumerate(row.topk)}
         for column, expert in enumerate(row.order):
             p = row.probs[expert] if 0 <= expert < n else 0.0
@@ -147,5 +163,5 @@ class ExpertGrid(ScrollView, can_focus=True, inherit_bindings=False):
             flagged = expert in row.flagged_experts
             glyph = rank_glyph(rank) if rank is not None else (GLYPH_RAMP[level] if self.no_color else " ")
             style = _cell_style(level, rank is not None, cursor, flagged, self.no_color)
-            segments.append(Segment(glyph, style))
+            segments.append(Segment(glyph.center(width) if width > 1 else glyph, style))
         return segments
