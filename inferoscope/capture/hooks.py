@@ -102,13 +102,20 @@ class RouterCapture:
             raise CaptureError("routers saw different numbers of positions in one forward pass")
         prefill = not self.steps
         with torch.no_grad():
-            if prefill:
-                full_logits = torch.stack(logits).float().cpu().numpy()  # one copy to the CPU
-                full_selected = torch.stack(selected).long().cpu().numpy()
-                last_logits, last_selected = full_logits[:, -1], full_selected[:, -1]
-            else:
-                last_logits = torch.stack([t[-1] for t in logits]).float().cpu().numpy()
-                last_selected = torch.stack([t[-1] for t in selected]).long().cpu().numpy()
+            # logits and indices travel together: one copy to the CPU (one device sync) per step;
+            # indices are exact in float32 far beyond any expert count
+            rows_wanted = slice(None) if prefill else slice(-1, None)
+            packed = torch.cat(
+                [
+                    torch.stack([t[rows_wanted] for t in logits]).float(),
+                    torch.stack([t[rows_wanted] for t in selected]).float(),
+                ],
+                dim=-1,
+            )
+            host = packed.cpu().numpy()
+        experts = logits[0].shape[-1]
+        full_logits, full_selected = host[..., :experts], host[..., experts:].astype(np.int64)
+        last_logits, last_selected = full_logits[:, -1], full_selected[:, -1]
         end = time.perf_counter()
         self.steps.append(
             StepRouting(
