@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import OlmoeConfig, OlmoeForCausalLM, PreTrainedTokenizerFast
+
+from inferoscope.capture.tokenizer import train_byte_level_bpe
 
 SEED = 20261126
 VOCAB = 2048
@@ -55,19 +56,7 @@ def stdlib_docstrings(limit: int = MAX_CORPUS_CHARS) -> list[str]:
 
 
 def train_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=["<|endoftext|>"],
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>", model_max_length=512
-    )
+    return train_byte_level_bpe(texts, VOCAB)
 
 
 def main() -> None:
