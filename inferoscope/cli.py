@@ -117,6 +117,66 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return worst
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from .compare import compare_runs
+
+    out, err = _consoles()
+    try:
+        result = compare_runs(args.run_a, args.run_b)
+    except BundleOpenError as exc:
+        err.print(f"inferoscope: {visible(str(exc))}", markup=False)
+        return EXIT_UNREADABLE
+    data = result.to_dict(worst=args.top)
+    if args.json:
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        return EXIT_OK
+
+    def number(value: float | None, digits: int = 4) -> str:
+        return "—" if value is None else f"{value:.{digits}f}"
+
+    out.print(
+        Text.assemble(("A ", "bold"), visible(result.run_a), "\n", ("B ", "bold"), visible(result.run_b))
+    )
+    out.print(
+        Text(
+            f"tokens {result.tokens_a} vs {result.tokens_b}, {result.aligned} aligned; "
+            f"top-k Jaccard {number(data['mean_topk_jaccard'])}, JSD {number(data['mean_jsd_bits'])} bits, "
+            f"top-1 agreement {number(data['top1_agreement'])}"
+        )
+    )
+    table = Table(title="per layer", box=_table_box(out), title_justify="left")
+    for header in ("layer", "tokens", "top-k Jaccard", "mean JSD bits", "max JSD bits", "top-1 agree"):
+        table.add_column(header, justify="right")
+    for row in data["per_layer"]:
+        table.add_row(
+            str(row["layer_index"]),
+            str(row["compared_tokens"]),
+            number(row["mean_topk_jaccard"]),
+            number(row["mean_jsd_bits"]),
+            number(row["max_jsd_bits"]),
+            number(row["top1_agreement"]),
+        )
+    out.print(table)
+    if data["worst_tokens"]:
+        reader = RunReader(args.run_a)
+        worst = Table(title="least agreeing tokens", box=_table_box(out), title_justify="left")
+        for header in ("token", "text (A)", "top-k Jaccard"):
+            worst.add_column(header)
+        for row in data["worst_tokens"]:
+            text = reader.event(row["token"]).get("token_text")
+            worst.add_row(
+                str(row["token"]),
+                Text(visible(text if isinstance(text, str) else "?", 30)),
+                number(row["mean_topk_jaccard"]),
+            )
+        out.print(worst)
+    for note in result.notes:
+        out.print(Text("note: " + visible(note, 300), style="yellow"))
+    return EXIT_OK
+
+
 def cmd_tui(args: argparse.Namespace) -> int:
     from inferoscope_tui import run_app  # the app (and textual) only load for this command
 
@@ -268,6 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
     capture.add_argument("--seed", type=int, default=None, help="seed for sampling (recorded)")
     capture.add_argument("--model-id", default=None, help="model_id to record (default: the path)")
     capture.set_defaults(handler=cmd_capture)
+    compare = commands.add_parser("compare", help="token-aligned routing comparison of two runs")
+    compare.add_argument("run_a", metavar="RUN_A")
+    compare.add_argument("run_b", metavar="RUN_B")
+    compare.add_argument("--json", action="store_true", help="machine-readable comparison")
+    compare.add_argument("--top", type=int, default=5, metavar="N", help="how many worst tokens to list")
+    compare.set_defaults(handler=cmd_compare)
     demo = commands.add_parser(
         "demo", help="capture a demo run from the micro model shipped with inferoscope"
     )

@@ -1,0 +1,155 @@
+"""Token-aligned comparison of two runs of the same prompt (two checkpoints, dtypes, engines).
+
+Per token and MoE layer: Jaccard overlap of the top-k sets, Jensen-Shannon divergence of the
+router distributions (bits, base 2, so in [0, 1]) and whether the top-1 expert agrees. Runs are
+aligned by event position; different lengths, layer sets or expert counts are reported, never
+guessed around. Symmetric in its two runs, and zero divergence on identical runs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bundle.reader import EventReadError, RunReader
+
+
+@dataclass(slots=True)
+class RunComparison:
+    run_a: str
+    run_b: str
+    tokens_a: int
+    tokens_b: int
+    layers: list[int]
+    jaccard: np.ndarray  # [T, L], NaN where not comparable
+    jsd: np.ndarray
+    top1_agree: np.ndarray
+    token_id_differs: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def aligned(self) -> int:
+        return int(self.jaccard.shape[0])
+
+    def token_agreement(self) -> np.ndarray:
+        """Mean top-k Jaccard per token (over comparable layers): the sparkline's data."""
+        if not self.jaccard.size:
+            return np.zeros(self.jaccard.shape[0])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a token with no comparable layer is NaN
+            means: np.ndarray = np.nanmean(self.jaccard, axis=1)
+            return means
+
+    def worst_tokens(self, count: int = 5) -> list[tuple[int, float]]:
+        agreement = self.token_agreement()
+        order = [int(i) for i in np.argsort(np.nan_to_num(agreement, nan=2.0), kind="stable")]
+        return [(i, float(agreement[i])) for i in order[:count] if not np.isnan(agreement[i])]
+
+    def layer_summary(self) -> list[dict[str, Any]]:
+        rows = []
+        for column, layer in enumerate(self.layers):
+            j, d, a = self.jaccard[:, column], self.jsd[:, column], self.top1_agree[:, column]
+            ok = ~np.isnan(j)
+            rows.append(
+                {
+                    "layer_index": layer,
+                    "compared_tokens": int(ok.sum()),
+                    "mean_topk_jaccard": float(j[ok].mean()) if ok.any() else None,
+                    "mean_jsd_bits": float(d[ok].mean()) if ok.any() else None,
+                    "max_jsd_bits": float(d[ok].max()) if ok.any() else None,
+                    "top1_agreement": float(a[ok].mean()) if ok.any() else None,
+                }
+            )
+        return rows
+
+    def to_dict(self, worst: int = 5) -> dict[str, Any]:
+        overall = self.jaccard[~np.isnan(self.jaccard)]
+        return {
+            "run_a": self.run_a,
+            "run_b": self.run_b,
+            "tokens_a": self.tokens_a,
+            "tokens_b": self.tokens_b,
+            "aligned_tokens": self.aligned,
+            "layers": self.layers,
+            "token_ids_differ_at": self.token_id_differs,
+            "mean_topk_jaccard": float(overall.mean()) if overall.size else None,
+            "mean_jsd_bits": float(np.nanmean(self.jsd)) if overall.size else None,
+            "top1_agreement": float(np.nanmean(self.top1_agree)) if overall.size else None,
+            "per_layer": self.layer_summary(),
+            "worst_tokens": [{"token": t, "mean_topk_jaccard": v} for t, v in self.worst_tokens(worst)],
+            "token_agreement": [None if np.isnan(v) else float(v) for v in self.token_agreement()],
+            "notes": self.notes,
+        }
+
+
+def jensen_shannon_bits(p: np.ndarray, q: np.ndarray) -> float:
+    """JSD(p, q) in bits; symmetric, 0 for equal distributions, at most 1."""
+    m = (p + q) / 2
+
+    def kl(a: np.ndarray) -> float:
+        nz = a > 0
+        return float((a[nz] * np.log2(a[nz] / m[nz])).sum())
+
+    return max(0.0, (kl(p) + kl(q)) / 2)
+
+
+def _layers_of(event: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    out = {}
+    for layer in event.get("layers") or []:
+        if isinstance(layer, dict) and isinstance(layer.get("layer_index"), int):
+            out[layer["layer_index"]] = layer
+    return out
+
+
+def compare_runs(run_a: Path | str, run_b: Path | str) -> RunComparison:
+    """Compare two bundles event by event (BundleOpenError if either cannot be opened)."""
+    a, b = RunReader(run_a), RunReader(run_b)
+    na, nb = len(a), len(b)
+    count = min(na, nb)
+    notes = []
+    if na != nb:
+        notes.append(f"different lengths: {na} vs {nb} tokens; the first {count} are compared")
+    first_a = _layers_of(a.event(0)) if na else {}
+    first_b = _layers_of(b.event(0)) if nb else {}
+    layers = sorted(set(first_a) | set(first_b))
+    only_a, only_b = sorted(set(first_a) - set(first_b)), sorted(set(first_b) - set(first_a))
+    if only_a or only_b:
+        notes.append(f"layers only in A: {only_a}; only in B: {only_b}")
+    shape = (count, len(layers))
+    jaccard, jsd, agree = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
+    differs: list[int] = []
+    mismatched: set[int] = set()
+    for t in range(count):
+        try:
+            ea, eb = a.event(t), b.event(t)
+        except EventReadError as exc:
+            notes.append(f"token {t} not compared: {exc}")
+            continue
+        if ea.get("token_id") != eb.get("token_id"):
+            differs.append(t)
+        la, lb = _layers_of(ea), _layers_of(eb)
+        for column, layer in enumerate(layers):
+            x, y = la.get(layer), lb.get(layer)
+            if x is None or y is None:
+                continue
+            px = np.asarray(x.get("router_probs") or [], dtype=np.float64)
+            py = np.asarray(y.get("router_probs") or [], dtype=np.float64)
+            if px.shape != py.shape or px.size == 0:
+                mismatched.add(layer)
+                continue
+            sx, sy = set(x.get("topk_indices") or []), set(y.get("topk_indices") or [])
+            jaccard[t, column] = len(sx & sy) / len(sx | sy) if sx | sy else 1.0
+            jsd[t, column] = jensen_shannon_bits(px, py)
+            agree[t, column] = float(int(np.argmax(px)) == int(np.argmax(py)))
+    if mismatched:
+        notes.append(f"layers with different expert counts (not compared): {sorted(mismatched)}")
+    if differs:
+        notes.append(
+            f"generated token ids differ at {len(differs)} position(s), first at token {differs[0]}; "
+            "routing after a divergence compares different contexts"
+        )
+    return RunComparison(str(run_a), str(run_b), na, nb, layers, jaccard, jsd, agree, differs, notes)

@@ -1,0 +1,97 @@
+"""Comparing two runs: zero on identical runs, symmetric, finds where routing differs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inferoscope import write_run_bundle
+from inferoscope.compare import compare_runs, jensen_shannon_bits
+from inferoscope.extraction import MoELayerCaptureInput, build_token_complete_event
+
+from .conftest import VALID, make_bundle_parts
+
+B = VALID / "b_olmoe_64tok_16x64_top8"
+
+
+def _pair(tmp_path: Path, perturb_token: int | None = None, tokens: int = 12) -> tuple[Path, Path]:
+    manifest, events, layout = make_bundle_parts(tokens=tokens, layers=3, experts=8, top_k=2, seed=3)
+    a = write_run_bundle(tmp_path / "a", manifest, events, layout)
+    if perturb_token is not None:
+        rng = np.random.default_rng(99)
+        old = events[perturb_token]
+        events[perturb_token] = build_token_complete_event(
+            run_id=old["run_id"],
+            token_index=perturb_token,
+            token_id=old["token_id"],
+            token_text=old["token_text"],
+            context_length=old["context_length"],
+            decode_start_ms=0.0,
+            decode_end_ms=1.0,
+            layer_inputs=[
+                MoELayerCaptureInput(i, (rng.standard_normal(8) * 5).tolist(), 2) for i in range(3)
+            ],
+        )
+    b = write_run_bundle(tmp_path / "b", manifest, events, layout)
+    return a, b
+
+
+def test_identical_runs_agree_completely(tmp_path: Path) -> None:
+    a, b = _pair(tmp_path)
+    data = compare_runs(a, b).to_dict()
+    assert data["mean_topk_jaccard"] == 1.0 and data["mean_jsd_bits"] == 0.0 and data["top1_agreement"] == 1.0
+    assert data["notes"] == [] and data["aligned_tokens"] == 12
+
+
+def test_comparison_is_symmetric_and_finds_the_changed_token(tmp_path: Path) -> None:
+    a, b = _pair(tmp_path, perturb_token=7)
+    forward, backward = compare_runs(a, b), compare_runs(b, a)
+    assert np.allclose(forward.jsd, backward.jsd) and np.allclose(forward.jaccard, backward.jaccard)
+    assert forward.worst_tokens(1)[0][0] == 7
+    assert np.count_nonzero(forward.jsd) == np.count_nonzero(forward.jsd[7]) > 0
+
+
+def test_jensen_shannon_is_bounded_and_zero_on_equal() -> None:
+    p = np.array([1.0, 0.0])
+    assert jensen_shannon_bits(p, p) == 0.0
+    assert jensen_shannon_bits(p, np.array([0.0, 1.0])) == pytest.approx(1.0)
+
+
+def test_different_lengths_and_shapes_are_reported_not_crashed_on(tmp_path: Path) -> None:
+    a, _ = _pair(tmp_path)
+    result = compare_runs(a, B)
+    text = " ".join(result.notes)
+    assert "different lengths: 12 vs 64" in text and "only in B" in text and "different expert counts" in text
+    assert result.aligned == 12
+
+
+def test_compare_cli_prints_a_summary_and_json(tmp_path: Path) -> None:
+    a, b = _pair(tmp_path, perturb_token=4)
+    text = subprocess.run(
+        [sys.executable, "-m", "inferoscope", "compare", str(a), str(b)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "per layer" in text and "least agreeing tokens" in text and " tok4 " in text
+    data = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "inferoscope", "compare", "--json", str(a), str(b)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    assert data["worst_tokens"][0]["token"] == 4 and len(data["token_agreement"]) == 12
+    missing = subprocess.run(
+        [sys.executable, "-m", "inferoscope", "compare", str(a), str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
