@@ -177,6 +177,34 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    out, err = _consoles()
+    from .export import export_parquet
+
+    reader = _open(args.run_dir, err)
+    if reader is None:
+        return EXIT_UNREADABLE
+    report = reader.validate()
+    if not report.ok and not args.force:
+        err.print(
+            f"inferoscope: {visible(args.run_dir)} has {report.total} contract issue(s) "
+            f"({', '.join(report.counts_by_code())}); run 'inferoscope validate', or --force to export "
+            "what is readable",
+            markup=False,
+        )
+        return EXIT_ISSUES
+    try:
+        rows = export_parquet(args.run_dir, args.parquet, overwrite=args.overwrite)
+    except ModuleNotFoundError as exc:
+        err.print(f"inferoscope: export needs {exc.name}: pip install 'inferoscope[export]'", markup=False)
+        return EXIT_UNREADABLE
+    except (FileExistsError, OSError) as exc:
+        err.print(f"inferoscope: {visible(str(exc), 300)}", markup=False)
+        return EXIT_UNREADABLE
+    out.print(Text(f"wrote {rows} rows (token x layer) to {visible(str(args.parquet))}"))
+    return EXIT_OK
+
+
 def cmd_tui(args: argparse.Namespace) -> int:
     from inferoscope_tui import run_app  # the app (and textual) only load for this command
 
@@ -334,6 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--json", action="store_true", help="machine-readable comparison")
     compare.add_argument("--top", type=int, default=5, metavar="N", help="how many worst tokens to list")
     compare.set_defaults(handler=cmd_compare)
+    export = commands.add_parser("export", help="write a run as Parquet, one row per token x layer")
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    export.add_argument("--parquet", required=True, type=Path, metavar="OUT.parquet")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    export.add_argument("--force", action="store_true", help="export even if the bundle has issues")
+    export.set_defaults(handler=cmd_export)
     demo = commands.add_parser(
         "demo", help="capture a demo run from the micro model shipped with inferoscope"
     )

@@ -1,0 +1,69 @@
+"""Parquet export, queried with DuckDB as a person analysing many runs would."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow.parquet as pq
+
+from inferoscope import RunReader
+from inferoscope.export import export_parquet
+
+from .conftest import INVALID, VALID
+
+B = VALID / "b_olmoe_64tok_16x64_top8"
+
+
+def test_export_has_one_row_per_token_and_layer_and_duckdb_reads_it(tmp_path: Path) -> None:
+    out = tmp_path / "b.parquet"
+    assert export_parquet(B, out) == 64 * 16
+    assert str(pq.read_schema(out).field("router_probs").type) == "fixed_size_list<element: double>[64]"
+    con = duckdb.connect()
+    rows = con.execute(
+        f"select count(*), count(distinct token_index), count(distinct layer_index), "
+        f"min(len(router_probs)), max(len(router_probs)) from '{out}'"
+    ).fetchone()
+    assert rows == (1024, 64, 16, 64, 64)
+    top1 = con.execute(
+        f"select top1_expert, count(*) from '{out}' where layer_index = 3 group by 1"
+    ).fetchall()
+    load = RunReader(B).validate().aggregates.layers[3].top1_load
+    assert {int(e): int(c) for e, c in top1} == {int(e): int(c) for e, c in enumerate(load) if c}
+    sums = np.array(con.execute(f"select list_sum(router_probs) from '{out}'").fetchall())[:, 0]
+    assert np.allclose(sums, 1.0, atol=1e-6)
+
+
+def test_export_refuses_to_overwrite_and_leaves_nothing_partial(tmp_path: Path) -> None:
+    out = tmp_path / "b.parquet"
+    out.write_text("keep me")
+    result = subprocess.run(
+        [sys.executable, "-m", "inferoscope", "export", str(B), "--parquet", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2 and out.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.parquet"]
+
+
+def test_a_bundle_with_issues_is_refused_unless_forced(tmp_path: Path) -> None:
+    bad = INVALID / "decode_duration_mismatch"
+    out = tmp_path / "bad.parquet"
+    refused = subprocess.run(
+        [sys.executable, "-m", "inferoscope", "export", str(bad), "--parquet", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode == 1 and "decode_duration_mismatch" in refused.stderr and not out.exists()
+    forced = subprocess.run(
+        [sys.executable, "-m", "inferoscope", "export", str(bad), "--parquet", str(out), "--force"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert forced.returncode == 0 and "wrote" in forced.stdout and out.exists()
