@@ -73,7 +73,7 @@ def scramble_bundle(
             "variant": variant,
             "seed": seed,
             "source_run_id": source,
-            "meaning": __doc__.split("\n\n")[1].replace("\n", " ") if __doc__ else "",
+            "meaning": MEANING[variant],
         },
     }
     events = scrambled_events(bundle["raw_events"], variant, seed)
