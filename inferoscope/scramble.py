@@ -62,6 +62,8 @@ def scramble_bundle(
     run_id: str | None = None,
 ) -> Path:
     """Write the scrambled twin of a valid bundle under ``out_root``; returns its directory."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown scramble variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     bundle = load_run_bundle(run_dir)
     manifest = copy.deepcopy(bundle["manifest"])
     source = manifest["run_id"]
