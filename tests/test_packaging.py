@@ -59,6 +59,18 @@ def test_the_wheel_ships_the_six_schemas_once(wheel: Path) -> None:
     ]
 
 
+def test_the_wheel_ships_the_app_the_micro_model_and_the_example_run(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for needed in (
+        "inferoscope_tui/app.py",
+        "inferoscope_tui/app.tcss",
+        "inferoscope/micro_model/model.safetensors",
+        "inferoscope/micro_model/tokenizer.json",
+        "inferoscope/examples/demo-run/raw_trace.ndjson",
+    ):
+        assert needed in names, needed
+
+
 def test_an_installed_wheel_outside_the_checkout_validates_a_bundle(wheel: Path, tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
