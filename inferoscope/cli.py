@@ -22,6 +22,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.text import Text
 
 from . import __version__
+from .bundle.errors import RunBundleError
 from .bundle.reader import BundleOpenError, RunReader
 from .render import inspect_view, issues_view
 from .run_ids import RunIdError
@@ -205,6 +206,40 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_derive(args: argparse.Namespace) -> int:
+    from .derive import write_derived
+    from .scramble import scramble_bundle
+
+    out, err = _consoles()
+    threshold = None if args.exact else args.threshold
+    try:
+        target = Path(args.run_dir)
+        if args.scramble:
+            root = args.out if args.out is not None else target.parent
+            target = scramble_bundle(target, root, args.scramble, seed=args.seed)
+            notice = Text(
+                f"SCRAMBLED ({args.scramble}, seed {args.seed}) copy: {visible(str(target))}",
+                style="bold yellow",
+            )
+            (err if args.json else out).print(notice, soft_wrap=True)
+        summary = write_derived(target, threshold)
+    except (RunBundleError, FileExistsError, RunIdError, ValueError) as exc:
+        err.print(f"inferoscope: {visible(str(exc).splitlines()[0], 400)}", markup=False)
+        return EXIT_ISSUES if isinstance(exc, RunBundleError) else EXIT_UNREADABLE
+    if args.json:
+        sys.stdout.write(json.dumps({"run_dir": str(target), **summary}, indent=2, sort_keys=True) + "\n")
+    else:
+        fit = summary["mean_global_fit"]
+        out.print(
+            Text(
+                f"{summary['matcher']}: {summary['tokens']} tokens, {summary['global_motifs']} global and "
+                f"{summary['layer_motifs']} layer motifs, mean global fit "
+                f"{'—' if fit is None else f'{fit:.3f}'} (provisional; raw trace untouched)"
+            )
+        )
+    return EXIT_OK
+
+
 def cmd_tui(args: argparse.Namespace) -> int:
     from inferoscope_tui import run_app  # the app (and textual) only load for this command
 
@@ -362,6 +397,28 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--json", action="store_true", help="machine-readable comparison")
     compare.add_argument("--top", type=int, default=5, metavar="N", help="how many worst tokens to list")
     compare.set_defaults(handler=cmd_compare)
+    derive = commands.add_parser(
+        "derive", help="write provisional motifs (derived.ndjson, ledger, contingency)"
+    )
+    derive.add_argument("run_dir", metavar="RUN_DIR")
+    derive.add_argument(
+        "--threshold",
+        type=float,
+        default=0.9,
+        metavar="T",
+        help="cosine threshold of the online matcher (default 0.9)",
+    )
+    derive.add_argument("--exact", action="store_true", help="exact-fingerprint matcher (the baseline)")
+    derive.add_argument(
+        "--scramble",
+        choices=("tokens", "experts"),
+        default=None,
+        help="derive a scrambled null-model copy instead (written beside the run)",
+    )
+    derive.add_argument("--seed", type=int, default=0, help="seed of the scramble")
+    derive.add_argument("--out", type=Path, default=None, help="where the scrambled copy goes")
+    derive.add_argument("--json", action="store_true")
+    derive.set_defaults(handler=cmd_derive)
     export = commands.add_parser("export", help="write a run as Parquet, one row per token x layer")
     export.add_argument("run_dir", metavar="RUN_DIR")
     export.add_argument("--parquet", required=True, type=Path, metavar="OUT.parquet")

@@ -1,0 +1,235 @@
+"""Provisional motifs (SPEC §1: derived, separate from the raw trace, never trusted blindly).
+
+Two matchers, named in ``derivation_config_id``:
+- ``motifs/exact-fingerprint``: a motif is an exact router_probs vector (the baseline; on real
+  runs nearly every token is its own motif).
+- ``motifs/online-cosine-<threshold>``: per-run online clustering in token order. A routing
+  fingerprint is the router_probs vector minus the uniform 1/n (its *preference*, so two
+  near-uniform routers are not called alike just for being flat); similarity is the cosine of
+  fingerprints, in [-1, 1]; a token joins the most similar motif when the similarity reaches the
+  threshold (default 0.9, conservative), else founds a new one. Layer motifs use one layer's
+  fingerprint, global motifs the concatenation over layers.
+
+Each assignment carries ``fit`` (the similarity to the motif's centroid before the token joined;
+1.0 for a token that founds a motif) and ``novel`` (it founded the motif). The ledger keeps counts,
+centroids (mean router_probs) and the configuration; the contingency table maps token text to
+global motifs and back. Writing replaces only derived.ndjson, motif_ledger.json, contingency.json
+and the manifest's derivation_config_id (each file atomically); the raw trace is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bundle.errors import RunBundleError
+from .bundle.loader import load_run_bundle
+from .bundle.reader import RunReader
+from .jsonfmt import dumps_json_file, dumps_ndjson_line
+from .versions import (
+    CONTINGENCY_FILE,
+    CONTINGENCY_SCHEMA_VERSION,
+    DERIVED_EVENT_SCHEMA_VERSION,
+    DERIVED_FILE,
+    MANIFEST_FILE,
+    MOTIF_LEDGER_FILE,
+    MOTIF_LEDGER_SCHEMA_VERSION,
+)
+
+DEFAULT_THRESHOLD = 0.9
+
+
+@dataclass(slots=True)
+class _Clusters:
+    """Online clustering of fingerprints in arrival order (deterministic)."""
+
+    prefix: str
+    threshold: float | None  # None: exact matching
+    sums: list[np.ndarray] = field(default_factory=list)
+    prob_sums: list[np.ndarray] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+    exact: dict[bytes, int] = field(default_factory=dict)
+
+    def assign(self, fingerprint: np.ndarray, probs: np.ndarray) -> tuple[str, float, bool]:
+        """The motif of one token: (motif_id, fit, novel). Centroids average ``probs``."""
+        if self.threshold is None:
+            key = probs.tobytes()
+            number = self.exact.get(key)
+            if number is not None:
+                self._join(number, fingerprint, probs)
+                return self._name(number), 1.0, False
+            self.exact[key] = len(self.counts)
+            return self._found(fingerprint, probs), 1.0, True
+        best, fit = -1, -2.0
+        norm = float(np.linalg.norm(fingerprint))
+        for number, total in enumerate(self.sums):
+            centre = float(np.linalg.norm(total))
+            if norm > 0 and centre > 0:
+                similarity = float(fingerprint @ total) / (norm * centre)
+            else:  # a perfectly uniform router is only like another perfectly uniform one
+                similarity = 1.0 if norm == centre == 0 else 0.0
+            if similarity > fit:
+                best, fit = number, similarity
+        if best >= 0 and fit >= self.threshold:
+            self._join(best, fingerprint, probs)
+            return self._name(best), round(fit, 6), False
+        return self._found(fingerprint, probs), 1.0, True
+
+    def _join(self, number: int, fingerprint: np.ndarray, probs: np.ndarray) -> None:
+        self.sums[number] += fingerprint
+        self.prob_sums[number] += probs
+        self.counts[number] += 1
+
+    def _found(self, fingerprint: np.ndarray, probs: np.ndarray) -> str:
+        self.sums.append(fingerprint.copy())
+        self.prob_sums.append(probs.copy())
+        self.counts.append(1)
+        return self._name(len(self.counts) - 1)
+
+    def _name(self, number: int) -> str:
+        return f"{self.prefix}{number:03d}"
+
+    def ledger(self) -> tuple[dict[str, int], dict[str, list[float]]]:
+        counts = {self._name(i): c for i, c in enumerate(self.counts)}
+        centroids = {
+            self._name(i): [round(float(v), 8) for v in s / c]
+            for i, (s, c) in enumerate(zip(self.prob_sums, self.counts, strict=True))
+        }
+        return counts, centroids
+
+
+def matcher_id(threshold: float | None) -> str:
+    return "motifs/exact-fingerprint" if threshold is None else f"motifs/online-cosine-{threshold:.2f}"
+
+
+def derive_bundle_artifacts(
+    bundle: dict[str, Any], threshold: float | None = DEFAULT_THRESHOLD
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """(derived_events, motif_ledger, contingency) of a loaded bundle; ``threshold=None`` is exact."""
+    manifest = bundle["manifest"]
+    run_id, version, config_id = manifest["run_id"], manifest["derivation_version"], matcher_id(threshold)
+    global_clusters = _Clusters("g_", threshold)
+    layer_clusters: dict[int, _Clusters] = {}
+    derived: list[dict[str, Any]] = []
+    text_to_motifs: dict[str, set[str]] = defaultdict(set)
+    motif_to_texts: dict[str, Counter[str]] = defaultdict(Counter)
+    for event in bundle["raw_events"]:
+        layers = sorted(event["layers"], key=lambda la: la["layer_index"])
+        vectors = [np.asarray(la["router_probs"], dtype=np.float64) for la in layers]
+        layer_motifs = []
+        for layer, probs in zip(layers, vectors, strict=True):
+            index = layer["layer_index"]
+            clusters = layer_clusters.setdefault(index, _Clusters(f"l{index:02d}_", threshold))
+            motif, fit, novel = clusters.assign(probs - 1.0 / probs.size, probs)
+            layer_motifs.append({"layer_index": index, "motif_id": motif, "fit": fit, "novel": novel})
+        fingerprint = np.concatenate([v - 1.0 / v.size for v in vectors])
+        motif, fit, novel = global_clusters.assign(fingerprint, np.concatenate(vectors))
+        text = event["token_text"]
+        text_to_motifs[text].add(motif)
+        motif_to_texts[motif][text] += 1
+        derived.append(
+            {
+                "event_type": "token_derived",
+                "schema_version": DERIVED_EVENT_SCHEMA_VERSION,
+                "run_id": run_id,
+                "token_index": event["token_index"],
+                "derivation_version": version,
+                "derivation_config_id": config_id,
+                "derived_payload": {
+                    "global_motif": {"motif_id": motif, "fit": fit, "novel": novel},
+                    "layer_motifs": layer_motifs,
+                },
+            }
+        )
+    global_counts, global_centroids = global_clusters.ledger()
+    layer_counts: dict[str, int] = {}
+    layer_centroids: dict[str, list[float]] = {}
+    for index in sorted(layer_clusters):
+        counts, centroids = layer_clusters[index].ledger()
+        layer_counts.update(counts)
+        layer_centroids.update(centroids)
+    ledger = {
+        "schema_version": MOTIF_LEDGER_SCHEMA_VERSION,
+        "run_id": run_id,
+        "derivation_version": version,
+        "derivation_config_id": config_id,
+        "ledger_payload": {
+            "matching_rule": config_id,
+            "threshold": threshold,
+            "similarity": None if threshold is None else "cosine of router_probs minus uniform",
+            "tokens": len(derived),
+            "global_motif_counts": global_counts,
+            "layer_motif_counts": layer_counts,
+            "global_centroids": global_centroids,
+            "layer_centroids": layer_centroids,
+        },
+    }
+    contingency = {
+        "schema_version": CONTINGENCY_SCHEMA_VERSION,
+        "run_id": run_id,
+        "derivation_version": version,
+        "derivation_config_id": config_id,
+        "contingency_payload": {
+            "token_text_to_global_motifs": {t: sorted(m) for t, m in sorted(text_to_motifs.items())},
+            "global_motif_to_token_texts": {
+                m: dict(sorted(c.items())) for m, c in sorted(motif_to_texts.items())
+            },
+        },
+    }
+    return derived, ledger, contingency
+
+
+def write_derived(run_dir: Path | str, threshold: float | None = DEFAULT_THRESHOLD) -> dict[str, Any]:
+    """Derive and write the three provisional artifacts into a valid bundle; returns a summary.
+
+    The new files are validated together with the bundle before any replaces the old ones;
+    each replacement is an atomic rename, and the raw trace and layout are never touched.
+    """
+    folder = Path(run_dir)
+    bundle = load_run_bundle(folder)
+    derived, ledger, contingency = derive_bundle_artifacts(bundle, threshold)
+    manifest = dict(bundle["manifest"], derivation_config_id=ledger["derivation_config_id"])
+    from .validation.in_memory import validate_run_bundle
+
+    issues = [
+        i
+        for i in validate_run_bundle(
+            manifest, bundle["raw_events"], bundle["layout"], derived, ledger, contingency
+        )
+        if i.severity == "error"
+    ]
+    if issues:
+        raise RunBundleError("refusing to write derived artifacts", issues)
+    texts = {
+        DERIVED_FILE: "".join(dumps_ndjson_line(event) for event in derived),
+        MOTIF_LEDGER_FILE: dumps_json_file(ledger),
+        CONTINGENCY_FILE: dumps_json_file(contingency),
+        MANIFEST_FILE: dumps_json_file(manifest),
+    }
+    staged = {}
+    try:
+        for name, text in texts.items():
+            path = folder / f".{name}.derive-{os.getpid()}"
+            path.write_bytes(text.encode("ascii"))
+            staged[name] = path
+        for name, path in staged.items():
+            os.replace(path, folder / name)
+    finally:
+        for path in staged.values():
+            path.unlink(missing_ok=True)
+    if not RunReader(folder).validate().ok:  # pragma: no cover - guarded by the check above
+        raise RunBundleError("derived artifacts did not validate on disk", [])
+    payload = ledger["ledger_payload"]
+    fits = [e["derived_payload"]["global_motif"]["fit"] for e in derived]
+    return {
+        "matcher": ledger["derivation_config_id"],
+        "tokens": len(derived),
+        "global_motifs": len(payload["global_motif_counts"]),
+        "layer_motifs": len(payload["layer_motif_counts"]),
+        "mean_global_fit": float(np.mean(fits)) if fits else None,
+    }

@@ -1,0 +1,90 @@
+"""Provisional motifs: valid derived artifacts, raw trace untouched, deterministic, honest controls."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from inferoscope import RunReader, load_run_bundle
+from inferoscope.cli import EXAMPLE_RUN
+from inferoscope.derive import write_derived
+
+
+def _copy(tmp_path: Path) -> Path:
+    target = tmp_path / "demo-run"
+    shutil.copytree(EXAMPLE_RUN, target)
+    return target
+
+
+def test_derive_writes_valid_artifacts_and_never_touches_the_raw_trace(tmp_path: Path) -> None:
+    run = _copy(tmp_path)
+    raw, layout = (run / "raw_trace.ndjson").read_bytes(), (run / "layout.json").read_bytes()
+    summary = write_derived(run, 0.8)
+    assert RunReader(run).validate().ok
+    assert (run / "raw_trace.ndjson").read_bytes() == raw and (run / "layout.json").read_bytes() == layout
+    bundle = load_run_bundle(run)
+    assert bundle["manifest"]["derivation_config_id"] == "motifs/online-cosine-0.80" == summary["matcher"]
+    first = bundle["derived_events"][0]["derived_payload"]
+    assert first["global_motif"] == {"motif_id": "g_000", "fit": 1.0, "novel": True}
+    assert [m["motif_id"] for m in first["layer_motifs"]] == ["l00_000", "l01_000", "l02_000", "l03_000"]
+    counts = bundle["motif_ledger"]["ledger_payload"]["global_motif_counts"]
+    assert sum(counts.values()) == 200 and len(counts) == summary["global_motifs"]
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
+
+
+def test_rederiving_replaces_only_the_derived_files_and_is_deterministic(tmp_path: Path) -> None:
+    run = _copy(tmp_path)
+    write_derived(run, None)
+    assert (
+        load_run_bundle(run)["motif_ledger"]["ledger_payload"]["matching_rule"] == "motifs/exact-fingerprint"
+    )
+    write_derived(run, 0.9)
+    once = (run / "derived.ndjson").read_bytes()
+    write_derived(run, 0.9)
+    assert (run / "derived.ndjson").read_bytes() == once
+    ledger = load_run_bundle(run)["motif_ledger"]["ledger_payload"]
+    assert ledger["matching_rule"] == "motifs/online-cosine-0.90" and ledger["threshold"] == 0.9
+
+
+def test_the_exact_matcher_sees_no_repeats_and_clustering_sees_some(tmp_path: Path) -> None:
+    run = _copy(tmp_path)
+    assert write_derived(run, None)["global_motifs"] == 200
+    online = write_derived(run, 0.8)
+    assert online["global_motifs"] < 100 and 0 < online["mean_global_fit"] <= 1
+
+
+def test_the_real_run_has_fewer_global_motifs_than_its_token_scramble(tmp_path: Path) -> None:
+    run = _copy(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "inferoscope", "derive", str(run), "--threshold", "0.8", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    real = json.loads(result.stdout)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "inferoscope",
+            "derive",
+            str(run),
+            "--threshold",
+            "0.8",
+            "--scramble",
+            "tokens",
+            "--out",
+            str(tmp_path / "null"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    scrambled = json.loads(result.stdout)
+    assert "SCRAMBLED" in result.stderr and "SCRAMBLED" in scrambled["run_dir"]
+    assert real["layer_motifs"] == scrambled["layer_motifs"]  # per-layer vectors are only reordered
+    assert real["global_motifs"] < scrambled["global_motifs"]  # their combination across layers is structure
