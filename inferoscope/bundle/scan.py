@@ -56,20 +56,28 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def scan_segment(
-    path: Path,
-    manifest: Mapping[str, Any] | None,
-    start: int,
-    end: int | None,
-    chunk_events: int,
-    max_kept: int,
-    progress: ProgressFn | None = None,
-) -> SegmentResult:
-    """Validate the lines in ``[start, end)`` of ``path``."""
+@dataclass(frozen=True, slots=True)
+class SegmentJob:
+    """One byte range of a raw trace to validate; pickled as is to a worker process."""
+
+    path: Path
+    manifest: dict[str, Any]
+    start: int
+    end: int | None
+    chunk_events: int
+    max_kept: int
+
+    def part(self, start: int, end: int | None) -> SegmentJob:
+        return replace(self, start=start, end=end)
+
+
+def scan_segment(job: SegmentJob, progress: ProgressFn | None = None) -> SegmentResult:
+    """Validate the lines in ``[job.start, job.end)`` of ``job.path``."""
     from .reader import read_raw_line  # the per-line reading rules live with the reader
 
-    report = ValidationReport(max_kept=max_kept)
-    checks = RunChecks(manifest)
+    path, start, end, chunk_events = job.path, job.start, job.end, job.chunk_events
+    report = ValidationReport(max_kept=job.max_kept)
+    checks = RunChecks(job.manifest)
     builder = LineIndexBuilder()
     views: list[EventView] = []
     line_issues: list[ValidationIssue] = []
@@ -116,10 +124,11 @@ def scan_raw_trace(
     if workers is None:
         big = size >= PARALLEL_MIN_BYTES or (offload and size >= OFFLOAD_MIN_BYTES)
         workers = _usable_cores() if big else 1
+    job = SegmentJob(path, dict(manifest or {}), 0, None, chunk_events, max_kept)
     cuts = split_points(path, max(1, workers))
     if len(cuts) <= 2 and not (offload and size >= OFFLOAD_MIN_BYTES):
-        return scan_segment(path, manifest, 0, None, chunk_events, max_kept, progress)
-    return _scan_parallel(path, manifest, cuts, chunk_events, max_kept, progress, offload)
+        return scan_segment(job, progress)
+    return _scan_parallel(job, cuts, progress, offload)
 
 
 def _usable_cores() -> int:
@@ -132,23 +141,10 @@ def _usable_cores() -> int:
 class _ForkedChild:
     """A segment validated in a forked copy of this (single-threaded) process."""
 
-    def __init__(
-        self,
-        ctx: Any,
-        path: Path,
-        manifest: Mapping[str, Any] | None,
-        start: int,
-        end: int,
-        chunk_events: int,
-        max_kept: int,
-    ) -> None:
+    def __init__(self, ctx: Any, job: SegmentJob) -> None:
         self.receiver, sender = ctx.Pipe(duplex=False)
         self.counter = ctx.Value("q", 0, lock=False)
-        self.process = ctx.Process(
-            target=_forked_main,
-            args=(sender, self.counter, path, dict(manifest or {}), start, end, chunk_events, max_kept),
-            daemon=True,
-        )
+        self.process = ctx.Process(target=_forked_main, args=(sender, self.counter, job), daemon=True)
         self.process.start()
         sender.close()
         self.outcome: Any = None
@@ -177,14 +173,12 @@ class _ForkedChild:
         self.receiver.close()
 
 
-def _forked_main(
-    conn: Any, counter: Any, path: Path, manifest: Any, start: int, end: int, chunk_events: int, max_kept: int
-) -> None:
+def _forked_main(conn: Any, counter: Any, job: SegmentJob) -> None:
     def progress(done: int, _total: int) -> None:
-        counter.value = done - start
+        counter.value = done - job.start
 
     try:
-        conn.send(scan_segment(path, manifest, start, end, chunk_events, max_kept, progress))
+        conn.send(scan_segment(job, progress))
     except BaseException as exc:  # report, never hang the parent
         conn.send(exc)
     finally:
@@ -194,15 +188,7 @@ def _forked_main(
 class _ProcessChild:
     """A segment validated by ``python -m inferoscope.bundle.worker`` (safe from threads)."""
 
-    def __init__(
-        self,
-        path: Path,
-        manifest: Mapping[str, Any] | None,
-        start: int,
-        end: int,
-        chunk_events: int,
-        max_kept: int,
-    ) -> None:
+    def __init__(self, job: SegmentJob) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
         self.process = subprocess.Popen(
@@ -212,17 +198,9 @@ class _ProcessChild:
             stderr=subprocess.DEVNULL,
             env=env,
         )
-        request = {
-            "path": path,
-            "manifest": dict(manifest or {}),
-            "start": start,
-            "end": end,
-            "chunk_events": chunk_events,
-            "max_kept": max_kept,
-        }
         assert self.process.stdin is not None
         try:
-            pickle.dump(request, self.process.stdin)
+            pickle.dump(job, self.process.stdin)
             self.process.stdin.close()
         except OSError:
             pass  # a worker that died at once is reported by the reader thread
@@ -258,33 +236,23 @@ class _ProcessChild:
 
 
 def _scan_parallel(
-    path: Path,
-    manifest: Mapping[str, Any] | None,
-    cuts: list[int],
-    chunk_events: int,
-    max_kept: int,
-    progress: ProgressFn | None,
-    offload: bool = False,
+    job: SegmentJob, cuts: list[int], progress: ProgressFn | None, offload: bool = False
 ) -> SegmentResult:
     can_fork = threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
     ctx: Any = multiprocessing.get_context("fork") if can_fork else None
     total = cuts[-1]
-    segments = list(itertools.pairwise(cuts))
-    local = [] if offload else segments[:1]
-    children: list[tuple[Any, int, int]] = []
-    for start, end in segments[len(local) :]:
+    parts = [job.part(start, end) for start, end in itertools.pairwise(cuts)]
+    local = [] if offload else parts[:1]
+    children: list[tuple[Any, SegmentJob]] = []
+    for part in parts[len(local) :]:
         try:
-            child: Any = (
-                _ForkedChild(ctx, path, manifest, start, end, chunk_events, max_kept)
-                if can_fork
-                else _ProcessChild(path, manifest, start, end, chunk_events, max_kept)
-            )
+            child: Any = _ForkedChild(ctx, part) if can_fork else _ProcessChild(part)
         except (OSError, ValueError, RuntimeError):
             # no worker can be started here: this process validates everything itself
-            for started, _s, _e in children:
+            for started, _part in children:
                 started.stop()
-            return scan_segment(path, manifest, 0, None, chunk_events, max_kept, progress)
-        children.append((child, start, end))
+            return scan_segment(job, progress)
+        children.append((child, part))
 
     local_done = 0
 
@@ -292,21 +260,18 @@ def _scan_parallel(
         nonlocal local_done
         local_done = max(local_done, done)
         if progress is not None:
-            progress(local_done + sum(child.done for child, _s, _e in children), total)
+            progress(local_done + sum(child.done for child, _part in children), total)
 
-    results = [
-        scan_segment(path, manifest, start, end, chunk_events, max_kept, report_progress)
-        for start, end in local
-    ]
-    for child, start, end in children:
+    results = [scan_segment(part, report_progress) for part in local]
+    for child, part in children:
         while not child.wait(0.1):
             report_progress()
         result = child.outcome
         if not isinstance(result, SegmentResult):  # a lost worker: do its part here
-            result = scan_segment(path, manifest, start, end, chunk_events, max_kept)
+            result = scan_segment(part)
         results.append(result)
     report_progress()
-    return merge_segments(results, manifest, max_kept)
+    return merge_segments(results, job.manifest, job.max_kept)
 
 
 def merge_segments(

@@ -2,7 +2,7 @@
 
 Used when validation runs from a thread (forking a threaded process is unsafe) instead of
 multiprocessing's spawn, which would re-run the caller's main script. Protocol on the
-pipes: one pickled request on stdin; length-prefixed pickled messages on stdout —
+pipes: one pickled SegmentJob on stdin; length-prefixed pickled messages on stdout —
 ``("progress", bytes_done)`` any number of times, then ``("result", SegmentResult)`` or
 ``("error", text)``. The caller owns both ends; nothing from a bundle is unpickled here.
 """
@@ -37,26 +37,17 @@ def receive(stream: IO[bytes]) -> Any:
 def main() -> None:
     from .scan import scan_segment
 
-    request = pickle.load(sys.stdin.buffer)
+    job = pickle.load(sys.stdin.buffer)
     out = sys.stdout.buffer
-    start = request["start"]
     last = [0]
 
     def progress(done: int, _total: int) -> None:
         if done - last[0] >= 1 << 20:
             last[0] = done
-            send(out, ("progress", done - start))
+            send(out, ("progress", done - job.start))
 
     try:
-        result = scan_segment(
-            request["path"],
-            request["manifest"],
-            start,
-            request["end"],
-            request["chunk_events"],
-            request["max_kept"],
-            progress,
-        )
+        result = scan_segment(job, progress)
     except Exception as exc:  # reported to the caller, which then does this part itself
         send(out, ("error", f"{type(exc).__name__}: {exc}"))
         return
