@@ -176,8 +176,14 @@ def test_split_scan_over_two_workers_equals_the_single_pass(tmp_path: Path) -> N
     assert two.lines == one.lines == len(raw)
     assert np.array_equal(two.index.numbers, one.index.numbers)
     assert np.array_equal(two.index.starts, one.index.starts)
+    events_seen = one.report.aggregates.events
+    assert two.report.aggregates.events == events_seen
     for index, agg in one.report.aggregates.layers.items():
-        assert np.array_equal(agg.load, two.report.aggregates.layers[index].load)
+        theirs = two.report.aggregates.layers[index]
+        assert np.array_equal(agg.load, theirs.load)
+        assert np.array_equal(agg.coactivation, theirs.coactivation)
+        for mine, other in zip(agg.token_series(events_seen), theirs.token_series(events_seen), strict=True):
+            assert np.array_equal(mine, other, equal_nan=True)
     assert {i.code for i in one.report.issues} >= {
         "entropy_mismatch",
         "duplicate_topk_index",
@@ -199,6 +205,18 @@ def test_aggregates_count_every_top_k_selection() -> None:
         assert agg.tokens == 64
         mean = np.mean([e["layers"][layer]["normalized_entropy"] for e in events])
         assert agg.mean_normalized_entropy == pytest.approx(mean)
+        # per-token series and co-activation, as the run-level views show them
+        topk, entropy = agg.token_series(report.aggregates.events)
+        assert topk.tolist() == [e["layers"][layer]["topk_indices"] for e in events]
+        assert entropy.tolist() == pytest.approx([e["layers"][layer]["normalized_entropy"] for e in events])
+        pairs = np.zeros((64, 64), dtype=np.int64)
+        for event in events:
+            picks = event["layers"][layer]["topk_indices"]
+            for a in picks:
+                for b in picks:
+                    pairs[a, b] += 1
+        assert np.array_equal(agg.coactivation, pairs)
+        assert np.array_equal(np.diag(agg.coactivation), agg.load)
 
 
 def test_progress_reaches_the_file_size(tmp_path: Path) -> None:

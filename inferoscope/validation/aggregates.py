@@ -20,6 +20,9 @@ class LayerAggregate:
     normalized_entropy_sum: float = 0.0
     load: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     top1_load: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    coactivation: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
+    #: per-token parts in arrival order: (event positions, top-k indices, normalized entropy)
+    token_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
 
     @property
     def mean_entropy(self) -> float | None:
@@ -35,6 +38,20 @@ class LayerAggregate:
     def ranked_experts(self) -> list[int]:
         """Experts by descending load, ties to the lower index."""
         return [int(i) for i in np.lexsort((np.arange(self.load.size), -self.load))]
+
+    def token_series(self, events: int) -> tuple[np.ndarray, np.ndarray]:
+        """(top-k indices [events, k] with -1, normalized entropy [events] with NaN) by position.
+
+        Positions without a usable entry for this layer (unreadable or flagged) stay -1 / NaN.
+        """
+        topk = np.full((events, self.num_active_experts), -1, dtype=np.int16)
+        entropy = np.full(events, np.nan, dtype=np.float32)
+        for positions, picks, values in self.token_parts:
+            inside = positions < events
+            if picks.shape[1] == self.num_active_experts:
+                topk[positions[inside]] = picks[inside]
+            entropy[positions[inside]] = values[inside]
+        return topk, entropy
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,8 +97,12 @@ class RunAggregates:
         topk: np.ndarray,
         entropy: np.ndarray,
         normalized_entropy: np.ndarray,
+        positions: np.ndarray | None = None,
     ) -> None:
-        """Fold in rows of several layers at once (one bincount for all of them)."""
+        """Fold in rows of several layers at once (one bincount for all of them).
+
+        ``positions`` (event positions of the rows) keeps per-token series for run-level views.
+        """
         if layer_indices.size == 0:
             return
         layers, inverse = np.unique(layer_indices, return_inverse=True)
@@ -93,11 +114,18 @@ class RunAggregates:
         if topk.shape[1]:
             load = np.bincount((inverse[:, None] * n + topk).ravel(), minlength=count * n).reshape(count, n)
             top1 = np.bincount(inverse * n + topk[:, 0], minlength=count * n).reshape(count, n)
+            pairs = (inverse[:, None, None] * n * n + topk[:, :, None] * n + topk[:, None, :]).ravel()
+            coact = np.bincount(pairs, minlength=count * n * n).reshape(count, n, n)
         for u, layer_index in enumerate(layers.tolist()):
             agg = self.layers.get(layer_index)
             if agg is None:
                 agg = LayerAggregate(
-                    layer_index, n, k, load=np.zeros(n, dtype=np.int64), top1_load=np.zeros(n, dtype=np.int64)
+                    layer_index,
+                    n,
+                    k,
+                    load=np.zeros(n, dtype=np.int64),
+                    top1_load=np.zeros(n, dtype=np.int64),
+                    coactivation=np.zeros((n, n), dtype=np.int64),
                 )
                 self.layers[layer_index] = agg
             if agg.num_total_experts != n:
@@ -108,9 +136,22 @@ class RunAggregates:
             if topk.shape[1]:
                 agg.load += load[u]
                 agg.top1_load += top1[u]
+                agg.coactivation += coact[u]
+            if positions is not None:
+                mine = inverse == u
+                agg.token_parts.append(
+                    (
+                        positions[mine].astype(np.int64),
+                        topk[mine].astype(np.int16),
+                        normalized_entropy[mine].astype(np.float32),
+                    )
+                )
 
     def absorb(self, other: RunAggregates) -> None:
-        """Fold in the aggregates of a later part of the same file."""
+        """Fold in the aggregates of a later part of the same file (its positions shift by ours)."""
+        shift = self.events
+        for theirs in other.layers.values():
+            theirs.token_parts = [(p + shift, t, e) for p, t, e in theirs.token_parts]
         self.events += other.events
         self.readable_events += other.readable_events
         if other.duration_count:
@@ -136,6 +177,8 @@ class RunAggregates:
                 mine.normalized_entropy_sum += theirs.normalized_entropy_sum
                 mine.load += theirs.load
                 mine.top1_load += theirs.top1_load
+                mine.coactivation += theirs.coactivation
+                mine.token_parts.extend(theirs.token_parts)
 
     @property
     def duration_mean(self) -> float | None:

@@ -126,6 +126,12 @@ def _check_one_block(
     if aggregates is None or block.rp.shape[1] != n or block.ti.shape[1] != k:
         return
     usable = ((block.ti >= 0) & (block.ti < n)).all(axis=1) & ~flagged
+    rows = block.rows[usable]
+    positions = (
+        rows + views[0].position
+        if views and views[-1].position - views[0].position == len(views) - 1
+        else np.fromiter((views[int(r)].position for r in rows), dtype=np.int64, count=rows.size)
+    )
     aggregates.add_rows(
         block.layer_indices[usable],
         n,
@@ -133,6 +139,7 @@ def _check_one_block(
         block.ti[usable],
         block.entropy[usable],
         block.normalized_entropy[usable],
+        positions,
     )
 
 

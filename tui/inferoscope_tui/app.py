@@ -24,6 +24,7 @@ from inferoscope import BundleOpenError, ValidationIssue, visible
 from .run_model import EventSlot, RunModel
 from .screens.help import HelpScreen
 from .screens.message import MessageScreen
+from .screens.overview import OverviewScreen, Target
 from .screens.prompt import PromptScreen
 from .widgets.detail import DetailPane, layer_detail
 from .widgets.expert_grid import ExpertGrid, GridRow
@@ -54,6 +55,7 @@ class InferoscopeApp(App[None]):
         Binding("minus", "speed(-1)", "Slower", id="replay.slower", show=False),
         Binding("j", "layer(1)", "Next layer", id="cursor.layer_down", show=False),
         Binding("k", "layer(-1)", "Previous layer", id="cursor.layer_up", show=False),
+        Binding("v", "overview", "Run view", id="view.overview"),
         Binding("r", "raw", "Raw JSON", id="view.raw"),
         Binding("y", "copy", "Copy event JSON", id="view.copy", show=False),
         Binding("question_mark,f1", "help", "Help", id="app.help"),
@@ -440,6 +442,41 @@ class InferoscopeApp(App[None]):
             raw = self.model.slot(self.position).raw
             self.copy_to_clipboard(raw.decode("utf-8", "replace"))
             self.notify(f"copied event {self.position} ({len(raw)} bytes) to the clipboard", markup=False)
+
+    def action_overview(self) -> None:
+        model = self.model
+        if model is None:
+            return
+        if model.overview is None:
+            self.notify(
+                f"run-level views fill in when the streaming pass ends ({self.progress_text or self.status})",
+                markup=False,
+            )
+            return
+        title = Text(no_wrap=True, overflow="ellipsis")
+        title.append("RUN VIEW ", style="bold reverse")
+        title.append(" ")
+        title.append(visible(model.field("run_id"), 40), style="bold")
+        title.append(f" · {self.count} tokens · {len(model.overview)} MoE layers")
+        screen = OverviewScreen(
+            model.overview,
+            title=title,
+            orders=model.grid_orders,
+            text_of=model.quick_text,
+            position=self.position,
+            layer_index=self.cursor_layer,
+            no_color=self.no_color,
+        )
+
+        def back(target: Target | None) -> None:
+            if target is None:
+                return
+            self.cursor_layer = target.layer_index
+            if target.expert is not None:
+                self.cursor_expert = target.expert
+            self.go_to(target.position)
+
+        self.push_screen(screen, back)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(self.help_rows()))

@@ -16,6 +16,8 @@ import msgspec
 
 from inferoscope import EventReadError, RunReader, ValidationIssue, ValidationReport
 
+from .run_overview import LayerOverview, overview_of
+
 _CACHE_EVENTS = 64
 
 
@@ -78,6 +80,7 @@ class RunModel:
         self.issue_index = IssueIndex()
         self._count: int | None = None
         self.grid_orders = self._grid_orders()
+        self.overview: dict[int, LayerOverview] | None = None  # after validation
 
     # -- facts ---------------------------------------------------------------------------
     @property
@@ -149,6 +152,18 @@ class RunModel:
             return self.token_texts[position]
         return self.slot(position).token_text
 
+    def quick_text(self, position: int) -> str | None:
+        """The text of event ``position`` decoding only that field (lists of many tokens)."""
+        if self.token_texts is not None and 0 <= position < len(self.token_texts):
+            return self.token_texts[position]
+        cached = self._cache.get(position)
+        if cached is not None:
+            return cached.token_text
+        try:
+            return _TOKEN_DECODER.decode(self.reader.raw_line(position)).token_text
+        except (msgspec.DecodeError, msgspec.ValidationError, OSError, IndexError):
+            return None
+
     def load_token_texts(self) -> list[str | None]:
         """Every token's text, decoding only that field (worker thread; for search)."""
         texts: list[str | None] = []
@@ -173,6 +188,7 @@ class RunModel:
             elif issue.location.file == "layout.json" and issue.location.layer_index is not None:
                 index.layout_layers.add(issue.location.layer_index)
         self.report, self.issue_index = report, index
+        self.overview = overview_of(report)
         return report
 
     def _position_of(self, issue: ValidationIssue, lines: Any) -> int | None:
