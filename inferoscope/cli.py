@@ -135,7 +135,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     def number(value: float | None, digits: int = 4) -> str:
-        return "—" if value is None else f"{value:.{digits}f}"
+        if value is None:
+            return "—"
+        # small divergences (bf16 vs fp32 is ~1e-5 bits) stay readable instead of rounding to 0
+        return f"{value:.2e}" if 0 < abs(value) < 10**-digits * 10 else f"{value:.{digits}f}"
 
     out.print(
         Text.assemble(("A ", "bold"), visible(result.run_a), "\n", ("B ", "bold"), visible(result.run_b))
@@ -247,7 +250,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
         print("inferoscope: --token must be >= 0", file=sys.stderr)
         return EXIT_UNREADABLE
     run_dir = args.run_dir if args.run_dir is not None else str(EXAMPLE_RUN)
-    return run_app(run_dir, token=args.token)
+    return run_app(run_dir, token=args.token, compare=args.compare)
 
 
 def _capture_with_progress(
@@ -440,6 +443,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the run bundle (default: the example run shipped with inferoscope)",
     )
     tui.add_argument("--token", type=int, metavar="N", help="open at token N")
+    tui.add_argument(
+        "--compare",
+        type=Path,
+        metavar="RUN_B",
+        default=None,
+        help="show a second run of the same prompt under the first, disagreements marked",
+    )
     tui.set_defaults(handler=cmd_tui)
     return parser
 

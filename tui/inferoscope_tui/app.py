@@ -20,7 +20,9 @@ from textual.timer import Timer
 from textual.widgets import Footer, Static
 
 from inferoscope import BundleOpenError, ValidationIssue, visible
+from inferoscope.compare import RunComparison, compare_runs
 
+from .compare_view import agreement_line, layer_agreement, mark_disagreements
 from .run_model import EventSlot, RunModel
 from .screens.help import HelpScreen
 from .screens.message import MessageScreen
@@ -62,7 +64,9 @@ class InferoscopeApp(App[None]):
         Binding("q", "quit", "Quit", id="app.quit"),
     ]
 
-    def __init__(self, run_dir: Path | str, *, token: int | None = None) -> None:
+    def __init__(
+        self, run_dir: Path | str, *, token: int | None = None, compare: Path | str | None = None
+    ) -> None:
         _start_resource_tracker()
         super().__init__()
         self.run_dir = Path(run_dir)
@@ -72,6 +76,14 @@ class InferoscopeApp(App[None]):
             self.model = RunModel(self.run_dir)
         except BundleOpenError as exc:
             self.open_error = str(exc)
+        self.compare_dir = Path(compare) if compare is not None else None
+        self.model_b: RunModel | None = None
+        self.comparison: RunComparison | None = None
+        if self.compare_dir is not None and self.open_error is None:
+            try:
+                self.model_b = RunModel(self.compare_dir)
+            except BundleOpenError as exc:
+                self.open_error = f"run B ({self.compare_dir}): {exc}"
         self.position = max(0, token or 0)
         self.wanted_token = token
         self.cursor_layer: int | None = None
@@ -88,7 +100,15 @@ class InferoscopeApp(App[None]):
     def compose(self) -> ComposeResult:
         yield Static(id="header")
         yield TokenStrip(id="strip")
+        if self.compare_dir is not None:
+            yield Static(id="agreement")
+            yield Static(id="grid-title")
         yield ExpertGrid(no_color=self.no_color, id="grid")
+        if self.compare_dir is not None:
+            yield Static(id="grid-b-title")
+            grid_b = ExpertGrid(no_color=self.no_color, id="grid-b")
+            grid_b.can_focus = False
+            yield grid_b
         with Horizontal(id="bottom"):
             yield DetailPane(id="detail")
             yield IssuesPane(id="issues")
@@ -96,11 +116,16 @@ class InferoscopeApp(App[None]):
 
     def on_mount(self) -> None:
         model = self.model
-        if model is None or model.fatal_problem:
-            reason = self.open_error or (model.fatal_problem if model else "") or "unknown reason"
-            self.push_screen(MessageScreen(f"cannot open run bundle {self.run_dir}", reason))
+        problem_b = self.model_b.fatal_problem if self.model_b is not None else None
+        if model is None or model.fatal_problem or problem_b or self.open_error:
+            reason = (
+                self.open_error or (model.fatal_problem if model else "") or problem_b or "unknown reason"
+            )
+            b_failed = model is not None and not model.fatal_problem
+            where = self.compare_dir if b_failed and self.compare_dir is not None else self.run_dir
+            self.push_screen(MessageScreen(f"cannot open run bundle {where}", reason))
             return
-        self.query_one(ExpertGrid).focus()
+        self.query_one("#grid", ExpertGrid).focus()
         if self.position != 0:
             self.position = 0  # until the index says how many events there are
         self.refresh_view()
@@ -116,9 +141,11 @@ class InferoscopeApp(App[None]):
 
     def _fit_panes(self) -> None:
         """Give the grid the rows it needs (all layers when they fit) and the rest below."""
-        grid = self.query_one(ExpertGrid)
+        grid = self.query_one("#grid", ExpertGrid)
         needed = max(3, len(grid.rows) + (1 if grid.virtual_size.width > self.size.width else 0))
         spare = self.size.height - 1 - 2 - needed - 1
+        if self.compare_dir is not None:
+            spare -= needed + 3  # second grid, two titles and the agreement line
         self.query_one("#bottom").styles.height = max(4, spare)
 
     # -- background work ------------------------------------------------------------------
@@ -129,6 +156,17 @@ class InferoscopeApp(App[None]):
         self.call_from_thread(self._on_indexed, count)
         model.validate(lambda done, total: self._progress("validating", done, total))
         self.call_from_thread(self._on_validated)
+        if self.model_b is not None:
+            self.model_b.build_index()
+            self.model_b.validate()
+            comparison = compare_runs(self.run_dir, self.model_b.run_dir)
+            self.call_from_thread(self._on_compared, comparison)
+
+    def _on_compared(self, comparison: RunComparison) -> None:
+        self.comparison = comparison
+        for note in comparison.notes:
+            self.notify(visible(note, 300), markup=False, timeout=8)
+        self.refresh_view()
 
     def _load_texts(self) -> None:
         assert self.model is not None
@@ -176,6 +214,8 @@ class InferoscopeApp(App[None]):
             return
         slot = model.slot(self.position) if self.count else None
         self._draw_grid(slot)
+        if self.model_b is not None:
+            self._draw_compare()
         self._draw_strip()
         self._draw_detail(slot)
         self.refresh_header()
@@ -200,6 +240,8 @@ class InferoscopeApp(App[None]):
         if self.search_query:
             text.append(" · /")
             text.append(visible(self.search_query, 20))
+        if self.model_b is not None and self.model_b.count_known and self.model_b.count != self.count:
+            text.append(f" · B has {self.model_b.count} tokens", style="bold red")
         self.query_one("#header", Static).update(text)
 
     def _validation_state(self) -> Text:
@@ -211,8 +253,8 @@ class InferoscopeApp(App[None]):
             return Text("clean", style="bold green")
         return Text(f"{total} issue{'s' if total != 1 else ''}", style="bold red")
 
-    def _rows_for(self, slot: EventSlot | None) -> list[GridRow]:
-        model = self.model
+    def _rows_for(self, slot: EventSlot | None, model: RunModel | None = None) -> list[GridRow]:
+        model = model or self.model
         assert model is not None
         issues = model.issue_index.at(self.position) if slot else []
         flagged_layers = {i.location.layer_index for i in issues if i.location.layer_index is not None}
@@ -256,7 +298,7 @@ class InferoscopeApp(App[None]):
         return rows
 
     def _draw_grid(self, slot: EventSlot | None) -> None:
-        grid = self.query_one(ExpertGrid)
+        grid = self.query_one("#grid", ExpertGrid)
         rows = self._rows_for(slot)
         grid.set_rows(rows)
         row_number = next((n for n, r in enumerate(rows) if r.layer_index == self.cursor_layer), 0)
@@ -266,6 +308,34 @@ class InferoscopeApp(App[None]):
         grid.cursor_row, grid.cursor_column = row_number, column
         self._remember_cursor(grid)
         grid.refresh()
+
+    def _draw_compare(self) -> None:
+        """Grid B under grid A, both with their disagreements marked, and the agreement line."""
+        model, model_b = self.model, self.model_b
+        assert model is not None and model_b is not None
+        grid_a, grid_b = self.query_one("#grid", ExpertGrid), self.query_one("#grid-b", ExpertGrid)
+        inside_b = self.position < model_b.count
+        rows_b = self._rows_for(model_b.slot(self.position) if inside_b else None, model_b)
+        mark_disagreements(grid_a.rows, rows_b)
+        grid_b.set_rows(rows_b)
+        grid_b.cursor_row = min(grid_a.cursor_row, max(0, len(rows_b) - 1))
+        grid_b.cursor_column = grid_a.cursor_column
+        grid_a.refresh()
+        grid_b.refresh()
+        title_a = Text(no_wrap=True, overflow="ellipsis")
+        title_a.append("A ", style="bold reverse")
+        title_a.append(" " + visible(model.field("run_id"), 40), style="bold")
+        title_a.append("  ≠ top-1 differs · ~ top-k differs · struck: in one top-k only", style="dim")
+        self.query_one("#grid-title", Static).update(title_a)
+        title_b = Text(no_wrap=True, overflow="ellipsis")
+        title_b.append("B ", style="bold reverse")
+        title_b.append(" " + visible(model_b.field("run_id"), 40), style="bold")
+        if not inside_b:
+            title_b.append(f"  run B ends at token {model_b.count - 1}", style="bold red")
+        self.query_one("#grid-b-title", Static).update(title_b)
+        width = max(20, (self.size.width or 80) - 2)
+        line = agreement_line(self.comparison, self.position, width)
+        self.query_one("#agreement", Static).update(line)
 
     def _remember_cursor(self, grid: ExpertGrid) -> None:
         if grid.rows:
@@ -316,12 +386,35 @@ class InferoscopeApp(App[None]):
         token_id = _int(slot.event.get("token_id"), -1)
         context = _int(slot.event.get("context_length"), -1)
         token.append(f"  id {token_id}  ctx {context}\n", style="dim")
+        if self.model_b is not None:
+            token.append_text(self._compare_detail(slot, layer))
         token.append_text(layer_detail(layer, self.cursor_expert, messages))
         detail.show(token)
 
+    def _compare_detail(self, slot: EventSlot, layer: dict[str, Any] | None) -> Text:
+        """A vs B at the cursor layer: the numbers behind the marks."""
+        model_b = self.model_b
+        assert model_b is not None
+        text = Text()
+        if self.position >= model_b.count:
+            text.append("B: no token here\n", style="bold red")
+            return text
+        other = model_b.slot(self.position)
+        layer_b = next((la for la in other.layers() if la.get("layer_index") == self.cursor_layer), None)
+        text.append("A vs B ", style="bold magenta")
+        if other.event is not None and other.event.get("token_id") != (slot.event or {}).get("token_id"):
+            text.append("different tokens: ", style="bold red")
+            text.append(visible(other.token_text or "", 30))
+            text.append(" ")
+        numbers = layer_agreement(layer, layer_b)
+        text.append(numbers + "\n" if numbers else "layer not comparable\n")
+        return text
+
     # -- events from panes ----------------------------------------------------------------
     def on_expert_grid_cursor_moved(self, message: ExpertGrid.CursorMoved) -> None:
-        self._remember_cursor(self.query_one(ExpertGrid))
+        self._remember_cursor(self.query_one("#grid", ExpertGrid))
+        if self.model_b is not None:
+            self._draw_compare()
         if self.model and self.count:
             self._draw_detail(self.model.slot(self.position))
 
@@ -340,7 +433,7 @@ class InferoscopeApp(App[None]):
         if issue.location.expert_index is not None:
             self.cursor_expert = issue.location.expert_index
         self.refresh_view()
-        self.query_one(ExpertGrid).focus()
+        self.query_one("#grid", ExpertGrid).focus()
 
     # -- actions --------------------------------------------------------------------------
     def go_to(self, position: int) -> None:
@@ -359,7 +452,7 @@ class InferoscopeApp(App[None]):
         self.go_to(self.count - 1)
 
     def action_layer(self, delta: int) -> None:
-        self.query_one(ExpertGrid).action_layer(delta)
+        self.query_one("#grid", ExpertGrid).action_layer(delta)
 
     def action_goto(self) -> None:
         def done(value: str | None) -> None:
@@ -520,9 +613,9 @@ def _float(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
-def run_app(run_dir: Path | str, token: int | None = None) -> int:
+def run_app(run_dir: Path | str, token: int | None = None, compare: Path | str | None = None) -> int:
     """Run the app in this terminal; the exit code is 1 when the bundle cannot be opened."""
     os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
-    app = InferoscopeApp(run_dir, token=token)
+    app = InferoscopeApp(run_dir, token=token, compare=compare)
     app.run()
     return app.return_code or 0

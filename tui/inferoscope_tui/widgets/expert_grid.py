@@ -22,7 +22,7 @@ from textual.strip import Strip
 LEVEL_BOUNDS = (0.5, 1.0, 2.0, 4.0, 8.0)
 PALETTE = ("#10141f", "#1d3557", "#2f6690", "#3a9ad9", "#f4a261", "#ffd166")
 GLYPH_RAMP = (" ", ".", ":", "-", "=", "#")
-MARGIN = 11
+MARGIN = 13  # "L12 0.95" + issue mark + compare mark + motif accent + novelty glyph + space
 
 
 def level_of(p: float, n: int) -> int:
@@ -42,6 +42,20 @@ def _cell_style(level: int, selected: bool, cursor: bool, flagged: bool, no_colo
     return Style(bgcolor=PALETTE[level], color=foreground, bold=selected, reverse=cursor, underline=flagged)
 
 
+_DIFF = Style(strike=True, bold=True, color="#ff5fd7")
+_DIFF_NO_COLOR = Style(strike=True)
+
+
+def faded(colour: str, strength: float, background: str = "#1e1e1e") -> str:
+    """``colour`` mixed toward the background: full at strength 1, a ghost near 0."""
+    strength = max(0.15, min(1.0, strength))
+    mix = [
+        round(int(colour[i : i + 2], 16) * strength + int(background[i : i + 2], 16) * (1 - strength))
+        for i in (1, 3, 5)
+    ]
+    return "#" + "".join(f"{v:02x}" for v in mix)
+
+
 def rank_glyph(rank: int) -> str:
     return str(rank + 1) if rank < 9 else "+"
 
@@ -57,6 +71,14 @@ class GridRow:
     normalized_entropy: float | None = None
     flagged: bool = False
     flagged_experts: set[int] = field(default_factory=set)
+    #: compare mode: "≠" top-1 differs from the other run, "~" only the top-k set differs
+    compare_mark: str = " "
+    #: compare mode: experts in this run's top-k but not the other's (or the reverse)
+    diff_experts: set[int] = field(default_factory=set)
+    #: layer motif: its colour, drawn weaker for weaker fits, and whether this token founded it
+    motif_colour: str | None = None
+    motif_fit_strength: float = 1.0
+    motif_novel: bool = False
 
 
 class ExpertGrid(ScrollView, can_focus=True, inherit_bindings=False):
@@ -138,6 +160,15 @@ class ExpertGrid(ScrollView, can_focus=True, inherit_bindings=False):
         strip = Strip(self._row_segments(row_number))
         return strip.crop(scroll_x, scroll_x + width).extend_cell_length(width, Style())
 
+    def _motif_accent(self, row: GridRow) -> Segment:
+        """The layer motif as a coloured bar; a weak fit is a thin, faded bar, never a full one."""
+        if row.motif_colour is None:
+            return Segment(" ", Style())
+        glyph = "▌" if row.motif_fit_strength >= 0.5 else "╎"
+        if self.no_color:
+            return Segment(glyph, Style(dim=row.motif_fit_strength < 0.5))
+        return Segment(glyph, Style(color=faded(row.motif_colour, row.motif_fit_strength)))
+
     def _row_segments(self, row_number: int) -> list[Segment]:
         row = self.rows[row_number]
         selected = row_number == self.cursor_row
@@ -147,6 +178,9 @@ class ExpertGrid(ScrollView, can_focus=True, inherit_bindings=False):
         segments = [
             Segment(f"L{row.layer_index:<3}{sharp}", margin_style),
             Segment(mark, Style(bold=True, color=None if self.no_color else "red")),
+            Segment(row.compare_mark, Style(bold=True, color=None if self.no_color else "magenta")),
+            self._motif_accent(row),
+            Segment("✦" if row.motif_novel else " ", Style(bold=True)),
             Segment(" ", Style()),
         ]
         if row.probs is None:
@@ -163,5 +197,7 @@ class ExpertGrid(ScrollView, can_focus=True, inherit_bindings=False):
             flagged = expert in row.flagged_experts
             glyph = rank_glyph(rank) if rank is not None else (GLYPH_RAMP[level] if self.no_color else " ")
             style = _cell_style(level, rank is not None, cursor, flagged, self.no_color)
+            if expert in row.diff_experts:
+                style = style + _DIFF_NO_COLOR if self.no_color else style + _DIFF
             segments.append(Segment(glyph.center(width) if width > 1 else glyph, style))
         return segments

@@ -1,0 +1,90 @@
+"""``inferoscope tui RUN_A --compare RUN_B``: both grids, disagreements marked, agreement line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from inferoscope_tui import InferoscopeApp
+from inferoscope_tui.screens.message import MessageScreen
+from inferoscope_tui.widgets.expert_grid import ExpertGrid
+
+from ..conftest import make_bundle_parts, write_raw_bundle
+from .helpers import detail, header, plain
+
+
+def _pair(tmp_path: Path, *, seed_b: int = 0, tokens_b: int = 12, experts_b: int = 8) -> tuple[Path, Path]:
+    a = write_raw_bundle(tmp_path / "a", *make_bundle_parts(tokens=12, layers=3, experts=8, run_id="run-a"))
+    parts = make_bundle_parts(tokens=tokens_b, layers=3, experts=experts_b, seed=seed_b, run_id="run-b")
+    return a, write_raw_bundle(tmp_path / "b", *parts)
+
+
+async def _ready(app: InferoscopeApp, pilot) -> None:  # type: ignore[no-untyped-def]
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+def _grid(app: InferoscopeApp, selector: str) -> ExpertGrid:
+    return app.query_one(selector, ExpertGrid)
+
+
+async def test_identical_runs_show_full_agreement_and_no_marks(tmp_path: Path) -> None:
+    a, _b = _pair(tmp_path)
+    app = InferoscopeApp(a, compare=a)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await _ready(app, pilot)
+        for _step in range(3):
+            for selector in ("#grid", "#grid-b"):
+                rows = _grid(app, selector).rows
+                assert len(rows) == 3 and all(r.compare_mark == " " and not r.diff_experts for r in rows)
+            assert "Jaccard 1.00 · JSD 0.0000 bits" in detail(app)
+            await pilot.press("l")
+        line = plain(app, "#agreement")
+        assert line.startswith("A↔B " + "█" * 12 + " ") and "here 1.00" in line
+
+
+async def test_disagreements_are_marked_on_both_grids_where_the_top_k_sets_differ(tmp_path: Path) -> None:
+    a, b = _pair(tmp_path, seed_b=1)
+    parts_a = make_bundle_parts(tokens=12, layers=3, experts=8, run_id="run-a")[1]
+    parts_b = make_bundle_parts(tokens=12, layers=3, experts=8, seed=1, run_id="run-b")[1]
+    app = InferoscopeApp(a, compare=b)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await _ready(app, pilot)
+        assert app.comparison is not None
+        for token in range(4):
+            for layer in range(3):
+                ka: list[Any] = parts_a[token]["layers"][layer]["topk_indices"]
+                kb: list[Any] = parts_b[token]["layers"][layer]["topk_indices"]
+                row_a, row_b = _grid(app, "#grid").rows[layer], _grid(app, "#grid-b").rows[layer]
+                assert row_a.diff_experts == set(ka) - set(kb) and row_b.diff_experts == set(kb) - set(ka)
+                expected = "≠" if ka[0] != kb[0] else ("~" if set(ka) != set(kb) else " ")
+                assert row_a.compare_mark == row_b.compare_mark == expected
+                drawn = _grid(app, "#grid").render_line(layer).text
+                assert drawn[10] == expected
+            await pilot.press("l")
+        assert "A vs B layer" in detail(app) and "top-1 A" in detail(app)
+        assert "here" in plain(app, "#agreement")
+
+
+async def test_a_shorter_run_b_and_another_expert_count_are_reported_not_crashed_on(tmp_path: Path) -> None:
+    a, b = _pair(tmp_path, tokens_b=5, experts_b=4)
+    app = InferoscopeApp(a, compare=b)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await _ready(app, pilot)
+        assert "B has 5 tokens" in header(app)
+        assert all(row.compare_mark == "?" for row in _grid(app, "#grid").rows)
+        await pilot.press("G")
+        assert app.position == 11 and "run B ends at token 4" in plain(app, "#grid-b-title")
+        assert "B: no token here" in detail(app)
+        notes = " ".join(str(n.message) for n in app._notifications)
+        assert "different lengths" in notes and "different expert counts" in notes
+
+
+async def test_an_unopenable_run_b_is_a_message_and_exit_code_1(tmp_path: Path) -> None:
+    a, _b = _pair(tmp_path)
+    app = InferoscopeApp(a, compare=tmp_path / "missing")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert isinstance(app.screen, MessageScreen)
+        await pilot.press("q")
+    assert app.return_code == 1

@@ -1,0 +1,95 @@
+"""What compare mode draws: disagreement marks on both grids and the agreement sparkline.
+
+The numbers are the core's (``inferoscope.compare``): top-k Jaccard, Jensen-Shannon divergence in
+bits and top-1 agreement, so the picture and ``inferoscope compare`` never disagree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from rich.style import Style
+from rich.text import Text
+
+from inferoscope.compare import RunComparison, jensen_shannon_bits
+
+from .run_overview import spark_glyph
+from .widgets.expert_grid import GridRow
+
+
+def mark_disagreements(rows_a: list[GridRow], rows_b: list[GridRow]) -> None:
+    """Set each layer's compare mark and the experts in only one top-k, on both sides."""
+    by_layer = {row.layer_index: row for row in rows_b}
+    for row in rows_a:
+        other = by_layer.get(row.layer_index)
+        row.compare_mark, row.diff_experts = " ", set()
+        if other is None or row.probs is None or other.probs is None or len(row.probs) != len(other.probs):
+            row.compare_mark = "?"
+            if other is not None:
+                other.compare_mark = "?"
+            continue
+        mine, theirs = set(row.topk), set(other.topk)
+        top1_differs = (row.topk[:1] != other.topk[:1]) if row.topk and other.topk else True
+        mark = "≠" if top1_differs else ("~" if mine != theirs else " ")
+        row.compare_mark = other.compare_mark = mark
+        row.diff_experts = mine - theirs
+        other.diff_experts = theirs - mine
+    seen = {row.layer_index for row in rows_a}
+    for other in rows_b:
+        if other.layer_index not in seen:
+            other.compare_mark = "?"
+
+
+def layer_agreement(layer_a: dict[str, Any] | None, layer_b: dict[str, Any] | None) -> str:
+    """'top-k Jaccard J · JSD D bits · top-1 A a / B b' for one layer, or '' if not comparable."""
+    if layer_a is None or layer_b is None:
+        return ""
+    pa, pb = layer_a.get("router_probs"), layer_b.get("router_probs")
+    if not isinstance(pa, list) or not isinstance(pb, list) or len(pa) != len(pb) or not pa:
+        return ""
+    try:
+        x, y = np.asarray(pa, dtype=np.float64), np.asarray(pb, dtype=np.float64)
+    except (TypeError, ValueError):
+        return ""
+    sa = {e for e in layer_a.get("topk_indices") or [] if isinstance(e, int)}
+    sb = {e for e in layer_b.get("topk_indices") or [] if isinstance(e, int)}
+    jaccard = len(sa & sb) / len(sa | sb) if sa | sb else 1.0
+    jsd = jensen_shannon_bits(x, y)
+    return (
+        f"layer {layer_a.get('layer_index')}: top-k Jaccard {jaccard:.2f} · JSD {bits(jsd)} bits · "
+        f"top-1 A {int(np.argmax(x))} / B {int(np.argmax(y))}"
+    )
+
+
+def bits(value: float) -> str:
+    """A divergence readable at every scale (bf16 vs fp32 differences are around 1e-5 bits)."""
+    return f"{value:.4f}" if value == 0 or value >= 1e-3 else f"{value:.2e}"
+
+
+def agreement_line(comparison: RunComparison | None, position: int, width: int) -> Text:
+    """Per-token agreement (mean top-k Jaccard over layers) over the run; the current token marked."""
+    text = Text(no_wrap=True, overflow="crop")
+    text.append("A↔B ", style="bold magenta")
+    if comparison is None:
+        text.append("comparing every token of both runs…", style="dim italic")
+        return text
+    values = comparison.token_agreement()
+    count = values.size
+    if count == 0:
+        text.append("no aligned tokens", style="italic")
+        return text
+    room = max(10, width - 4 - 26)
+    bins = min(room, count)
+    edges = np.linspace(0, count, bins + 1).astype(int)
+    current = int(np.searchsorted(edges, position, side="right")) - 1
+    for b in range(bins):
+        part = values[edges[b] : edges[b + 1]]
+        part = part[~np.isnan(part)]
+        glyph = spark_glyph(float(part.mean()) if part.size else float("nan"))
+        style = Style(reverse=True, bold=True) if b == current else Style(color="#d7afff")
+        text.append(glyph, style)
+    here = values[position] if 0 <= position < count else float("nan")
+    shown = "—" if np.isnan(here) else f"{here:.2f}"
+    text.append(f" Jaccard ▁0 █1 · here {shown}", style="dim")
+    return text
