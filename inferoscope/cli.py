@@ -334,6 +334,15 @@ def cmd_capture(args: argparse.Namespace) -> int:
     except (CaptureError, FileExistsError, RunIdError) as exc:
         err.print(f"inferoscope: {visible(str(exc), 500)}", markup=False)
         return EXIT_UNREADABLE
+    from .derive import write_derived
+
+    summary = write_derived(run_dir)  # provisional motifs, so the app shows its motif channels
+    out.print(
+        Text(
+            f"derived provisional motifs ({summary['matcher']}): {summary['global_motifs']} global, "
+            f"{summary['layer_motifs']} layer motifs"
+        )
+    )
     _capture_summary(out, run_dir, elapsed)
     return EXIT_OK
 
@@ -352,6 +361,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except (CaptureError, FileExistsError, RunIdError) as exc:
         err.print(f"inferoscope: {visible(str(exc), 500)}", markup=False)
         return EXIT_UNREADABLE
+    from .derive import write_derived
+
+    summary = write_derived(run_dir)  # provisional motifs, so the app shows its motif channels
+    out.print(
+        Text(
+            f"derived provisional motifs ({summary['matcher']}): {summary['global_motifs']} global, "
+            f"{summary['layer_motifs']} layer motifs"
+        )
+    )
     _capture_summary(out, run_dir, elapsed)
     return EXIT_OK
 

@@ -40,6 +40,9 @@ def test_demo_captures_two_hundred_tokens_offline(tmp_path: Path) -> None:
     assert bundle["manifest"]["model_id"] == "inferoscope/micro-olmoe-4x16"
     assert bundle["manifest"]["seed"] == 7
     assert [layer["layer_index"] for layer in bundle["raw_events"][0]["layers"]] == [0, 1, 2, 3]
+    # the demo derives provisional motifs, so the app opens with its motif channels
+    assert len(bundle["derived_events"]) == 200 and "derived provisional motifs" in result.stdout
+    assert bundle["manifest"]["derivation_config_id"] == "motifs/online-cosine-0.90"
 
 
 def test_the_shipped_example_run_is_a_capture_of_the_micro_model() -> None:
@@ -47,3 +50,4 @@ def test_the_shipped_example_run_is_a_capture_of_the_micro_model() -> None:
     assert reader.validate().ok
     assert reader.manifest["model_id"] == "inferoscope/micro-olmoe-4x16"
     assert reader.manifest["capture_config"]["router_class"] == "OlmoeTopKRouter"
+    assert (EXAMPLE_RUN / "derived.ndjson").is_file() and (EXAMPLE_RUN / "motif_ledger.json").is_file()

@@ -23,13 +23,14 @@ from inferoscope import BundleOpenError, ValidationIssue, visible
 from inferoscope.compare import RunComparison, compare_runs
 
 from .compare_view import agreement_line, layer_agreement, mark_disagreements
+from .motifs import GLOBAL_COLOURS, LAYER_COLOURS, NOVEL_GLYPH
 from .run_model import EventSlot, RunModel
 from .screens.help import HelpScreen
 from .screens.message import MessageScreen
 from .screens.overview import OverviewScreen, Target
 from .screens.prompt import PromptScreen
 from .widgets.detail import DetailPane, layer_detail
-from .widgets.expert_grid import ExpertGrid, GridRow
+from .widgets.expert_grid import ExpertGrid, GridRow, faded
 from .widgets.issues_pane import IssuesPane
 from .widgets.token_strip import TokenStrip, strip_text
 
@@ -58,6 +59,7 @@ class InferoscopeApp(App[None]):
         Binding("j", "layer(1)", "Next layer", id="cursor.layer_down", show=False),
         Binding("k", "layer(-1)", "Previous layer", id="cursor.layer_up", show=False),
         Binding("v", "overview", "Run view", id="view.overview"),
+        Binding("m", "motifs", "Motifs on/off", id="view.motifs"),
         Binding("r", "raw", "Raw JSON", id="view.raw"),
         Binding("y", "copy", "Copy event JSON", id="view.copy", show=False),
         Binding("question_mark,f1", "help", "Help", id="app.help"),
@@ -89,6 +91,7 @@ class InferoscopeApp(App[None]):
         self.cursor_layer: int | None = None
         self.cursor_expert: int | None = None
         self.show_raw = False
+        self.show_motifs = True
         self.playing: Timer | None = None
         self.speed_index = 2
         self.search_query: str | None = None
@@ -154,6 +157,8 @@ class InferoscopeApp(App[None]):
         assert model is not None
         count = model.build_index(lambda done, total: self._progress("indexing", done, total))
         self.call_from_thread(self._on_indexed, count)
+        if model.load_motifs() is not None:
+            self.call_from_thread(self.refresh_view)
         model.validate(lambda done, total: self._progress("validating", done, total))
         self.call_from_thread(self._on_validated)
         if self.model_b is not None:
@@ -231,6 +236,15 @@ class InferoscopeApp(App[None]):
         text.append(visible(model.field("model_id"), 40))
         total = str(self.count) if model.count_known else "…"
         text.append(f" · token {self.position}/{total}")
+        motifs = model.motifs_at(self.position) if self.show_motifs and self.count else None
+        if motifs is not None and motifs.global_motif is not None and model.motifs is not None:
+            mark = motifs.global_motif
+            text.append(" · ")
+            wash = faded(mark.colour(GLOBAL_COLOURS), model.motifs.strength(mark))
+            style = "bold" if self.no_color else f"bold #000000 on {wash}"
+            text.append(f" {visible(mark.motif_id, 16)} ", style=style)
+            if mark.novel:
+                text.append(NOVEL_GLYPH, style="bold")
         text.append(" · ")
         text.append_text(self._validation_state())
         if self.playing is not None:
@@ -261,6 +275,7 @@ class InferoscopeApp(App[None]):
         flagged_layers |= model.issue_index.layout_layers
         rows: list[GridRow] = []
         layers = slot.layers() if slot is not None else []
+        motifs = model.motifs_at(self.position) if self.show_motifs and slot is not None else None
         if slot is None or slot.event is None or not layers:
             for layer_index in sorted(model.grid_orders):
                 rows.append(
@@ -284,6 +299,7 @@ class InferoscopeApp(App[None]):
                 if i.location.layer_index == layer_index and i.location.expert_index is not None
             }
             ne = layer.get("normalized_entropy")
+            motif = motifs.layers.get(layer_index) if motifs is not None else None
             rows.append(
                 GridRow(
                     layer_index,
@@ -293,6 +309,9 @@ class InferoscopeApp(App[None]):
                     _float(ne) if isinstance(ne, (int, float)) else None,
                     layer_index in flagged_layers,
                     {e for e in experts if e is not None},
+                    motif_colour=motif.colour(LAYER_COLOURS) if motif is not None else None,
+                    motif_fit_strength=model.motifs.strength(motif) if motif and model.motifs else 1.0,
+                    motif_novel=motif.novel if motif is not None else False,
                 )
             )
         return rows
@@ -355,8 +374,43 @@ class InferoscopeApp(App[None]):
             lambda p: bool(model.issue_index.by_position.get(p)),
             model.prompt_text,
             budget=width * 2 - 8,
+            wash=self._strip_wash if self.show_motifs and model.motifs and not self.no_color else None,
         )
         self.query_one(TokenStrip).update(text)
+
+    def _strip_wash(self, position: int) -> str | None:
+        """The background of token ``position`` in the strip: its global motif, faded by fit."""
+        model = self.model
+        assert model is not None and model.motifs is not None
+        motifs = model.motifs.by_token.get(position)
+        if motifs is None or motifs.global_motif is None:
+            return None
+        mark = motifs.global_motif
+        return faded(mark.colour(GLOBAL_COLOURS), 0.45 * model.motifs.strength(mark))
+
+    def _motif_detail(self, position: int) -> Text:
+        """The motif numbers behind the colours: ids, fits, novelty, motif sizes, matcher."""
+        model = self.model
+        assert model is not None
+        text = Text()
+        index = model.motifs
+        motifs = model.motifs_at(position)
+        if index is None or motifs is None:
+            return text
+        text.append("motif ", style="bold")
+        parts = [("global", motifs.global_motif), ("layer", motifs.layers.get(self.cursor_layer or 0))]
+        for label, mark in parts:
+            if mark is None:
+                continue
+            size = index.counts.get(mark.motif_id)
+            fit = "fit not recorded" if mark.fit is None else f"fit {mark.fit:.3f}"
+            text.append(f"{label} {visible(mark.motif_id, 20)}")
+            text.append(f" ({size} tok)" if size is not None else "")
+            text.append(f" {fit}")
+            text.append(f" {NOVEL_GLYPH} new" if mark.novel else "")
+            text.append("  ")
+        text.append(f"[{visible(index.config_id, 40)}, provisional]\n", style="dim")
+        return text
 
     def _draw_detail(self, slot: EventSlot | None) -> None:
         detail = self.query_one(DetailPane)
@@ -368,6 +422,10 @@ class InferoscopeApp(App[None]):
         if self.show_raw:
             raw = Text("raw_trace.ndjson, as stored:\n", style="dim")
             raw.append(visible(slot.raw.decode("utf-8", "replace")) if slot.raw else "(no bytes)")
+            motifs = model.motifs_at(self.position)
+            if motifs is not None:
+                raw.append("\nderived.ndjson (provisional), as stored:\n", style="dim")
+                raw.append(visible(motifs.raw.decode("utf-8", "replace")))
             detail.show(raw)
             return
         if slot.event is None:
@@ -388,6 +446,8 @@ class InferoscopeApp(App[None]):
         token.append(f"  id {token_id}  ctx {context}\n", style="dim")
         if self.model_b is not None:
             token.append_text(self._compare_detail(slot, layer))
+        if self.show_motifs:
+            token.append_text(self._motif_detail(self.position))
         token.append_text(layer_detail(layer, self.cursor_expert, messages))
         detail.show(token)
 
@@ -525,6 +585,14 @@ class InferoscopeApp(App[None]):
             self.playing.stop()
             self.playing = self.set_interval(1 / SPEEDS[self.speed_index], self._tick)
         self.refresh_header()
+
+    def action_motifs(self) -> None:
+        model = self.model
+        if model is not None and model.motifs is None:
+            self.notify("this run has no derived motifs (inferoscope derive RUN_DIR writes them)", markup=False)
+            return
+        self.show_motifs = not self.show_motifs
+        self.refresh_view()
 
     def action_raw(self) -> None:
         self.show_raw = not self.show_raw

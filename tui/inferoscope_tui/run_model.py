@@ -16,6 +16,7 @@ import msgspec
 
 from inferoscope import EventReadError, RunReader, ValidationIssue, ValidationReport
 
+from .motifs import MotifIndex, TokenMotifs, load_motifs
 from .run_overview import LayerOverview, overview_of
 
 _CACHE_EVENTS = 64
@@ -81,6 +82,7 @@ class RunModel:
         self._count: int | None = None
         self.grid_orders = self._grid_orders()
         self.overview: dict[int, LayerOverview] | None = None  # after validation
+        self.motifs: MotifIndex | None = None  # provisional, from derived.ndjson when present
 
     # -- facts ---------------------------------------------------------------------------
     @property
@@ -174,6 +176,19 @@ class RunModel:
                 texts.append(None)
         self.token_texts = texts
         return texts
+
+    def load_motifs(self) -> MotifIndex | None:
+        """Read the derived motifs (worker thread); None when the bundle has none."""
+        self.motifs = load_motifs(self.run_dir)
+        return self.motifs
+
+    def motifs_at(self, position: int) -> TokenMotifs | None:
+        """The motifs of event ``position`` (matched by its token_index)."""
+        if self.motifs is None:
+            return None
+        cached = self._cache.get(position)
+        token = cached.event.get("token_index") if cached is not None and cached.event else position
+        return self.motifs.by_token.get(token if isinstance(token, int) else position)
 
     # -- validation -----------------------------------------------------------------------
     def validate(self, progress: Callable[[int, int], None] | None = None) -> ValidationReport:

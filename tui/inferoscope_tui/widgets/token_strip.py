@@ -20,6 +20,7 @@ def strip_text(
     has_issue: Callable[[int], bool],
     prompt: str,
     budget: int,
+    wash: Callable[[int], str | None] | None = None,
 ) -> Text:
     """The strip for ``position``: left context, the current token (reversed), right context."""
     text = Text(no_wrap=False, overflow="fold")
@@ -35,14 +36,18 @@ def strip_text(
     if cursor < 0 and used < left_budget and prompt:
         tail = visible(prompt)[-(left_budget - used) :]
         text.append(tail, style="dim")
+    def background(index: int) -> str | None:
+        return wash(index) if wash is not None else None
+
     for index, shown in reversed(pieces):
-        _append_token(text, index, shown, has_issue(index), current=False)
+        _append_token(text, index, shown, has_issue(index), current=False, background=background(index))
     if 0 <= position < count:
-        _append_token(text, position, _shown(text_of(position)), has_issue(position), current=True)
+        shown = _shown(text_of(position))
+        _append_token(text, position, shown, has_issue(position), current=True, background=background(position))
     cursor, used = position + 1, 0
     while cursor < count and used < budget - left_budget:
         shown = _shown(text_of(cursor))
-        _append_token(text, cursor, shown, has_issue(cursor), current=False)
+        _append_token(text, cursor, shown, has_issue(cursor), current=False, background=background(cursor))
         used += len(shown)
         cursor += 1
     return text
@@ -54,8 +59,12 @@ def _shown(token: str | None) -> str:
     return visible(token) if token else "∅"
 
 
-def _append_token(text: Text, index: int, shown: str, issue: bool, *, current: bool) -> None:
+def _append_token(
+    text: Text, index: int, shown: str, issue: bool, *, current: bool, background: str | None = None
+) -> None:
     style = "reverse bold" if current else ""
+    if background is not None:
+        style += f" on {background}"
     if issue:
         text.append(ISSUE_GLYPH, style="bold red")
         style += " underline red"
