@@ -589,7 +589,7 @@ class InferoscopeApp(App[None]):
     def action_motifs(self) -> None:
         model = self.model
         if model is not None and model.motifs is None:
-            self.notify("this run has no derived motifs (inferoscope derive RUN_DIR writes them)", markup=False)
+            self.notify("no derived motifs here; `inferoscope derive RUN_DIR` writes them", markup=False)
             return
         self.show_motifs = not self.show_motifs
         self.refresh_view()

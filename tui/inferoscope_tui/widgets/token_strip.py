@@ -43,7 +43,8 @@ def strip_text(
         _append_token(text, index, shown, has_issue(index), current=False, background=background(index))
     if 0 <= position < count:
         shown = _shown(text_of(position))
-        _append_token(text, position, shown, has_issue(position), current=True, background=background(position))
+        here = background(position)
+        _append_token(text, position, shown, has_issue(position), current=True, background=here)
     cursor, used = position + 1, 0
     while cursor < count and used < budget - left_budget:
         shown = _shown(text_of(cursor))
