@@ -11,6 +11,9 @@ which is random. The manifest says ``SCRAMBLED`` in its run_id and ``capture_con
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +87,50 @@ def scramble_bundle(
     layout = copy.deepcopy(bundle["layout"])
     layout["run_id"] = new_id
     return write_run_bundle(out_root, manifest, events, layout)
+
+
+def default_cache_root() -> Path:
+    """Where scrambled twins are kept between sessions ($XDG_CACHE_HOME/inferoscope/scrambled)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "inferoscope" / "scrambled"
+
+
+def scrambled_twin(
+    run_dir: Path | str, variant: str, seed: int = 0, cache_root: Path | str | None = None
+) -> Path:
+    """The scrambled twin of a valid run, made once and reused: same seed, same bundle.
+
+    When the run carries derived motifs, the twin is derived with the same matcher, so both go
+    through the same derivation and the same views. Keyed by the run's path, size, modification
+    time, variant and seed; a changed run gets a new twin.
+    """
+    from .derive import write_derived  # derive imports the loader; keep this module light
+
+    source = Path(run_dir).resolve()
+    stat = (source / "raw_trace.ndjson").stat()
+    key = f"{source}|{stat.st_size}|{stat.st_mtime_ns}|{variant}|{seed}"
+    folder = Path(cache_root or default_cache_root()) / hashlib.sha256(key.encode()).hexdigest()[:16]
+    manifest = json.loads((source / "manifest.json").read_text(encoding="utf-8"))
+    run_id = f"{manifest.get('run_id', 'run')}-SCRAMBLED-{variant}-seed{seed}"
+    target = folder / run_id
+    if target.is_dir():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    made = scramble_bundle(source, folder, variant, seed=seed, run_id=run_id)
+    threshold = _source_threshold(source)
+    if threshold is not False:
+        write_derived(made, threshold=threshold)
+    return made
+
+
+def _source_threshold(source: Path) -> float | bool | None:
+    """The matcher threshold of the run's derived motifs (None: exact), or False if it has none."""
+    ledger_path = source / "motif_ledger.json"
+    if not (source / "derived.ndjson").is_file() or not ledger_path.is_file():
+        return False
+    try:
+        payload = json.loads(ledger_path.read_text(encoding="utf-8")).get("ledger_payload") or {}
+    except (OSError, ValueError, AttributeError):
+        return False
+    threshold = payload.get("threshold") if isinstance(payload, dict) else None
+    return float(threshold) if isinstance(threshold, (int, float)) else None

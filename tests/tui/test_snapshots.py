@@ -53,3 +53,57 @@ def test_help_screen(snap_compare) -> None:  # type: ignore[no-untyped-def]
     assert snap_compare(
         InferoscopeApp(DEMO), terminal_size=(80, 24), run_before=_settle, press=["question_mark"]
     )
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "inferoscope" / "examples" / "demo-run"
+
+
+def _then(*keys: str):  # type: ignore[no-untyped-def]
+    """Settle, press ``keys`` and settle again (for views that build something in a worker)."""
+
+    async def run(pilot) -> None:  # type: ignore[no-untyped-def]
+        await _settle(pilot)
+        await pilot.press(*keys)
+        await _settle(pilot)
+
+    return run
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_motif_channels(snap_compare, size: tuple[int, int]) -> None:  # type: ignore[no-untyped-def]
+    assert snap_compare(
+        InferoscopeApp(EXAMPLE), terminal_size=size, run_before=_then("colon", "4", "0", "enter")
+    )
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_run_view(snap_compare, size: tuple[int, int]) -> None:  # type: ignore[no-untyped-def]
+    assert snap_compare(InferoscopeApp(EXAMPLE), terminal_size=size, run_before=_then("v", "j", "l", "l"))
+
+
+def test_run_view_no_color(snap_compare, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert snap_compare(
+        InferoscopeApp(EXAMPLE), terminal_size=(80, 24), run_before=_then("v", "tab", "tab", "tab")
+    )
+
+
+def test_scrambled(snap_compare, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert snap_compare(InferoscopeApp(EXAMPLE), terminal_size=(100, 30), run_before=_then("l", "s"))
+
+
+def test_compare(snap_compare, tmp_path_factory: pytest.TempPathFactory) -> None:  # type: ignore[no-untyped-def]
+    from ..conftest import make_bundle_parts, write_raw_bundle
+
+    base = tmp_path_factory.getbasetemp() / "snap-compare"
+    shutil.rmtree(base, ignore_errors=True)
+    a = write_raw_bundle(base / "a", *make_bundle_parts(tokens=30, layers=4, experts=16, run_id="run-a"))
+    parts = make_bundle_parts(tokens=30, layers=4, experts=16, run_id="run-b")
+    other = make_bundle_parts(tokens=30, layers=4, experts=16, seed=5, run_id="run-b")[1]
+    for token in (3, 11, 12):  # B routes layer 2 differently at three tokens (still a valid run)
+        parts[1][token]["layers"][2] = other[token]["layers"][2]
+    b = write_raw_bundle(base / "b", *parts)
+    assert snap_compare(
+        InferoscopeApp(a, compare=b), terminal_size=(100, 34), run_before=_then("l", "l", "l", "j", "j")
+    )

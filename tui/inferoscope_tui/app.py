@@ -19,8 +19,11 @@ from textual.containers import Horizontal
 from textual.timer import Timer
 from textual.widgets import Footer, Static
 
-from inferoscope import BundleOpenError, ValidationIssue, visible
+from inferoscope import BundleOpenError, RunBundleError, RunIdError, ValidationIssue, visible
 from inferoscope.compare import RunComparison, compare_runs
+from inferoscope.scramble import MEANING as SCRAMBLE_MEANING
+from inferoscope.scramble import VARIANTS as SCRAMBLE_VARIANTS
+from inferoscope.scramble import scrambled_twin
 
 from .compare_view import agreement_line, layer_agreement, mark_disagreements
 from .motifs import GLOBAL_COLOURS, LAYER_COLOURS, NOVEL_GLYPH
@@ -60,6 +63,7 @@ class InferoscopeApp(App[None]):
         Binding("k", "layer(-1)", "Previous layer", id="cursor.layer_up", show=False),
         Binding("v", "overview", "Run view", id="view.overview"),
         Binding("m", "motifs", "Motifs on/off", id="view.motifs"),
+        Binding("s", "scramble", "Scramble (null model)", id="view.scramble"),
         Binding("r", "raw", "Raw JSON", id="view.raw"),
         Binding("y", "copy", "Copy event JSON", id="view.copy", show=False),
         Binding("question_mark,f1", "help", "Help", id="app.help"),
@@ -92,6 +96,9 @@ class InferoscopeApp(App[None]):
         self.cursor_expert: int | None = None
         self.show_raw = False
         self.show_motifs = True
+        self.real_model = self.model
+        self.scramble: str | None = None  # None: the real run; else the SCRAMBLED twin's variant
+        self.twins: dict[str, RunModel] = {}
         self.playing: Timer | None = None
         self.speed_index = 2
         self.search_query: str | None = None
@@ -231,9 +238,13 @@ class InferoscopeApp(App[None]):
         if model is None:
             return
         text = Text(no_wrap=True, overflow="ellipsis")
+        if self.scramble is not None:
+            text.append_text(self.scramble_label())
+            text.append(" ")
         text.append(visible(model.field("run_id"), 40), style="bold")
-        text.append(" · ")
-        text.append(visible(model.field("model_id"), 40))
+        if self.scramble is None:  # the twin's run_id already names its source
+            text.append(" · ")
+            text.append(visible(model.field("model_id"), 40))
         total = str(self.count) if model.count_known else "…"
         text.append(f" · token {self.position}/{total}")
         motifs = model.motifs_at(self.position) if self.show_motifs and self.count else None
@@ -376,6 +387,8 @@ class InferoscopeApp(App[None]):
             budget=width * 2 - 8,
             wash=self._strip_wash if self.show_motifs and model.motifs and not self.no_color else None,
         )
+        if self.scramble is not None:
+            text = Text.assemble(self.scramble_label(), " ", text)
         self.query_one(TokenStrip).update(text)
 
     def _strip_wash(self, position: int) -> str | None:
@@ -439,7 +452,11 @@ class InferoscopeApp(App[None]):
             for i in model.issue_index.at(self.position)
             if i.location.layer_index in (None, self.cursor_layer)
         ]
-        token = Text("token ", style="dim")
+        token = Text()
+        if self.scramble is not None:
+            token.append_text(self.scramble_label())
+            token.append(f" {SCRAMBLE_MEANING[self.scramble]}: not the model's routing\n", style="bold")
+        token.append("token ", style="dim")
         token.append(visible(slot.token_text or "", 60), style="bold")
         token_id = _int(slot.event.get("token_id"), -1)
         context = _int(slot.event.get("context_length"), -1)
@@ -586,6 +603,58 @@ class InferoscopeApp(App[None]):
             self.playing = self.set_interval(1 / SPEEDS[self.speed_index], self._tick)
         self.refresh_header()
 
+    def scramble_label(self) -> Text:
+        style = "bold reverse" if self.no_color else "bold #ffffff on #af0000"
+        return Text(f" SCRAMBLED: {self.scramble} ", style=style)
+
+    def action_scramble(self) -> None:
+        """Cycle real → SCRAMBLED tokens → SCRAMBLED experts → real; twins are built once."""
+        if self.model_b is not None:
+            self.notify("scramble mode is for one run; compare the twin with --compare instead", markup=False)
+            return
+        if self.real_model is None:
+            return
+        variants: list[str | None] = [None, *SCRAMBLE_VARIANTS]
+        wanted = variants[(variants.index(self.scramble) + 1) % len(variants)]
+        if wanted is None:
+            self._use_model(self.real_model, None)
+            return
+        cached = self.twins.get(wanted)
+        if cached is not None:
+            self._use_model(cached, wanted)
+            return
+        self.notify(f"building the SCRAMBLED ({wanted}) twin of this run…", markup=False)
+        self.run_worker(lambda: self._build_twin(wanted), thread=True, group="scramble", exclusive=True)
+
+    def _build_twin(self, variant: str) -> None:
+        try:
+            folder = scrambled_twin(self.run_dir, variant)
+            twin = RunModel(folder)
+            twin.build_index()
+            twin.load_motifs()
+            twin.validate()
+        except (RunBundleError, BundleOpenError, RunIdError, OSError, ValueError) as exc:
+            message = f"cannot scramble this run: {visible(str(exc), 300)}"
+            self.call_from_thread(self.notify, message, severity="error", markup=False)
+            return
+        self.call_from_thread(self._twin_ready, twin, variant)
+
+    def _twin_ready(self, twin: RunModel, variant: str) -> None:
+        self.twins[variant] = twin
+        self._use_model(twin, variant)
+
+    def _use_model(self, model: RunModel, variant: str | None) -> None:
+        self.model = model
+        self.scramble = variant
+        if model.report is not None:
+            self.query_one(IssuesPane).set_issues(model.issue_index.issues)
+        self.position = max(0, min(self.position, self.count - 1))
+        if variant is not None:
+            self.notify(f"SCRAMBLED ({variant}): {SCRAMBLE_MEANING[variant]}", markup=False)
+        else:
+            self.notify("back to the real run", markup=False)
+        self.refresh_view()
+
     def action_motifs(self) -> None:
         model = self.model
         if model is not None and model.motifs is None:
@@ -617,6 +686,9 @@ class InferoscopeApp(App[None]):
         title = Text(no_wrap=True, overflow="ellipsis")
         title.append("RUN VIEW ", style="bold reverse")
         title.append(" ")
+        if self.scramble is not None:
+            title.append_text(self.scramble_label())
+            title.append(" ")
         title.append(visible(model.field("run_id"), 40), style="bold")
         title.append(f" · {self.count} tokens · {len(model.overview)} MoE layers")
         screen = OverviewScreen(

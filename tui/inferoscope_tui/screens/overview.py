@@ -206,15 +206,21 @@ class OverviewScreen(Screen[Target | None]):
         body.append("tab section · j/k layer · h/l move · enter tokens behind it · esc back", style="dim")
         self.query_one("#overview-body", Static).update(body)
 
+    def _title(self, body: Text, name: str, description: str, focused: bool) -> None:
+        """A section title on one line: the description is cut to the width, never wrapped."""
+        body.append(name, style="bold underline" if focused else "bold")
+        room = self.width - 2 - len(name) - 3
+        if room > 8:
+            shown = description if len(description) <= room else description[: room - 1] + "…"
+            body.append(f" · {shown}", style="dim")
+        body.append("\n")
+
     def _layer_label(self, body: Text, layer: LayerOverview, chosen: bool) -> None:
         body.append(f"L{layer.layer_index:<3}", style="bold" if chosen else "dim")
         body.append("▸ " if chosen else "  ", style="bold")
 
     def _load(self, body: Text, focused: bool) -> None:
-        body.append("expert load", style="bold underline" if focused else "bold")
-        body.append(
-            " · top-k picks per expert as a multiple of uniform (colours as in the grid)\n", style="dim"
-        )
+        self._title(body, "expert load", "top-k picks per expert, x uniform share (grid colours)", focused)
         for row, layer in enumerate(self.by_layer.values()):
             chosen = row == self.layer_row
             self._layer_label(body, layer, chosen)
@@ -245,11 +251,8 @@ class OverviewScreen(Screen[Target | None]):
         spans = next(iter(binned.values()))[1]
         per = spans[0][1] - spans[0][0] if spans else 0
         low, high = spark_scale([means for means, _spans in binned.values()])
-        body.append("entropy over tokens", style="bold underline" if focused else "bold")
-        body.append(
-            f" · normalized, one scale ▁={low:.2f} █={high:.2f} · {len(spans)} columns of ~{per} tokens\n",
-            style="dim",
-        )
+        scale = f"normalized, ▁={low:.2f} █={high:.2f}, {len(spans)} columns of ~{per} tokens"
+        self._title(body, "entropy over tokens", scale, focused)
         for row, layer in enumerate(self.by_layer.values()):
             chosen = row == self.layer_row
             self._layer_label(body, layer, chosen)
@@ -281,10 +284,8 @@ class OverviewScreen(Screen[Target | None]):
     def _pairs(self, body: Text, focused: bool) -> None:
         layer = self.chosen_layer
         assert layer is not None
-        body.append(
-            f"co-activation · layer {layer.layer_index}", style="bold underline" if focused else "bold"
-        )
-        body.append(" · experts picked together; lift = observed / expected if independent\n", style="dim")
+        name = f"co-activation · layer {layer.layer_index}"
+        self._title(body, name, "picked together; lift = observed / expected if independent", focused)
         pairs = layer.top_pairs(PAIRS_SHOWN)
         body.append("    ")
         if layer.k < 2:
@@ -314,9 +315,14 @@ class OverviewScreen(Screen[Target | None]):
             f"text by top-1 expert · layer {layer.layer_index}", style="bold underline" if focused else "bold"
         )
         body.append(" · ", style="dim")
+        used = len(f"text by top-1 expert · layer {layer.layer_index} · ") + 2
         for expert in ranked:
+            entry = f"e{expert}:{int(counts[expert])} "
+            if used + len(entry) + 11 > self.width:
+                break
             body.append(f"e{expert}", Style(color=None if self.no_color else colour[expert], bold=True))
             body.append(f":{int(counts[expert])} ", style="dim")
+            used += len(entry)
         body.append("other: grey\n", style="dim")
         budget = (self.width - 4) * TEXT_LINES
         count = top1.size

@@ -36,6 +36,7 @@ def strip_text(
     if cursor < 0 and used < left_budget and prompt:
         tail = visible(prompt)[-(left_budget - used) :]
         text.append(tail, style="dim")
+
     def background(index: int) -> str | None:
         return wash(index) if wash is not None else None
 
