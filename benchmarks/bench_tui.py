@@ -1,4 +1,4 @@
-"""Terminal app: time to show token 0, and step latency on 5,000 vs 50,000 tokens.
+"""Terminal app: time to show token 0, step latency, run view and compare on 5,000 vs 50,000 tokens.
 
 Uses the OLMoE-shaped bundles of bench_validate.py (generated under .bench/ if missing). The app
 runs headless (Textual's test driver) at 80x24; each step is
@@ -54,6 +54,20 @@ async def measure(folder: Path, steps: int) -> dict[str, float]:
             presses.append(time.perf_counter() - t)
         latencies.sort()
         presses.sort()
+        # the run view: load heat strips, entropy sparklines, co-activation, text by top-1 expert,
+        # all from the validation pass's aggregates (nothing is read again)
+        t = time.perf_counter()
+        app.action_overview()
+        await pilot.pause()
+        overview_s = time.perf_counter() - t
+        t = time.perf_counter()
+        await pilot.press("enter")  # drill: the tokens that picked the cursor expert
+        drill_s = time.perf_counter() - t
+    from inferoscope.compare import compare_runs
+
+    t = time.perf_counter()
+    compare_runs(folder, folder)
+    compare_s = time.perf_counter() - t
     return {
         "tokens": app.count,
         "first_token_s": first,
@@ -62,6 +76,9 @@ async def measure(folder: Path, steps: int) -> dict[str, float]:
         "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
         "press_median_ms": statistics.median(presses) * 1000,
         "peak_rss_mb": _peak_rss_mb(),
+        "overview_ms": overview_s * 1000,
+        "drill_ms": drill_s * 1000,
+        "compare_s": compare_s,
     }
 
 
@@ -96,6 +113,11 @@ def main() -> None:
             f"{int(row['tokens']):>8}{row['first_token_s']:>17.3f}{row['ready_s']:>13.2f}"
             f"{row['median_ms']:>16.2f}{row['p99_ms']:>13.2f}{row['press_median_ms']:>14.1f}"
             f"{row['peak_rss_mb']:>14.0f}"
+        )
+    print(f"\n{'tokens':>8}{'run view open ms':>18}{'drill ms':>10}{'compare (self) s':>18}")
+    for row in rows:
+        print(
+            f"{int(row['tokens']):>8}{row['overview_ms']:>18.1f}{row['drill_ms']:>10.1f}{row['compare_s']:>18.2f}"
         )
 
 

@@ -39,6 +39,22 @@ class HelpScreen(ModalScreen[None]):
             "(without colour: ' .:-=#'); digits = top-k rank; ! = layer with an issue; "
             "underline = expert with an issue."
         )
+        legend.append("\nmotifs (provisional, from derived.ndjson): ", style="bold")
+        legend.append(
+            "header chip and strip background = global motif; bar after the layer's marks = layer motif; "
+            "a faded or thin bar (╎) = weak fit; ✦ = the token founded the motif (novelty is never a "
+            "colour); m hides them, r shows the stored derived line."
+        )
+        legend.append("\ncompare (--compare RUN_B): ", style="bold")
+        legend.append(
+            "≠ top-1 differs, ~ only the top-k set differs, ? not comparable; struck cells are in one "
+            "run's top-k only; A↔B line = mean top-k Jaccard per token."
+        )
+        legend.append("\nscramble (s): ", style="bold")
+        legend.append(
+            "a null model from this run (routing shuffled across tokens per layer, or expert labels "
+            "permuted per token), labelled SCRAMBLED; v: run view (enter drills to the tokens)."
+        )
         with VerticalScroll(id="help-body"):
             yield Static(Group(Text("inferoscope keys", style="bold"), table, legend))
 
