@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,7 @@ from typing import Any
 import numpy as np
 
 from .bundle.errors import RunBundleError
-from .bundle.loader import load_run_bundle
-from .bundle.reader import RunReader
+from .bundle.reader import BundleOpenError, RunReader
 from .jsonfmt import dumps_json_file, dumps_ndjson_line
 from .versions import (
     CONTINGENCY_FILE,
@@ -46,12 +46,17 @@ DEFAULT_THRESHOLD = 0.9
 
 @dataclass(slots=True)
 class _Clusters:
-    """Online clustering of fingerprints in arrival order (deterministic)."""
+    """Online clustering of fingerprints in arrival order (deterministic).
+
+    Fingerprint sums and probability sums live in row-major arrays that grow by doubling, so
+    matching a token against every motif is one matrix-vector product, not a Python loop.
+    """
 
     prefix: str
     threshold: float | None  # None: exact matching
-    sums: list[np.ndarray] = field(default_factory=list)
-    prob_sums: list[np.ndarray] = field(default_factory=list)
+    sums: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    prob_sums: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    norms: np.ndarray = field(default_factory=lambda: np.zeros(0))
     counts: list[int] = field(default_factory=list)
     exact: dict[bytes, int] = field(default_factory=dict)
 
@@ -65,31 +70,43 @@ class _Clusters:
                 return self._name(number), 1.0, False
             self.exact[key] = len(self.counts)
             return self._found(fingerprint, probs), 1.0, True
-        best, fit = -1, -2.0
-        norm = float(np.linalg.norm(fingerprint))
-        for number, total in enumerate(self.sums):
-            centre = float(np.linalg.norm(total))
-            if norm > 0 and centre > 0:
-                similarity = float(fingerprint @ total) / (norm * centre)
+        count = len(self.counts)
+        if count and self.sums.shape[1] == fingerprint.size:
+            norm = float(np.linalg.norm(fingerprint))
+            centres = self.norms[:count]
+            if norm > 0:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    similarity = (self.sums[:count] @ fingerprint) / (centres * norm)
+                similarity = np.where(centres > 0, similarity, 0.0)
             else:  # a perfectly uniform router is only like another perfectly uniform one
-                similarity = 1.0 if norm == centre == 0 else 0.0
-            if similarity > fit:
-                best, fit = number, similarity
-        if best >= 0 and fit >= self.threshold:
-            self._join(best, fingerprint, probs)
-            return self._name(best), round(fit, 6), False
+                similarity = np.where(centres == 0, 1.0, 0.0)
+            best = int(np.argmax(similarity))
+            fit = float(similarity[best])
+            if fit >= self.threshold:
+                self._join(best, fingerprint, probs)
+                return self._name(best), round(fit, 6), False
         return self._found(fingerprint, probs), 1.0, True
 
     def _join(self, number: int, fingerprint: np.ndarray, probs: np.ndarray) -> None:
         self.sums[number] += fingerprint
         self.prob_sums[number] += probs
+        self.norms[number] = float(np.linalg.norm(self.sums[number]))
         self.counts[number] += 1
 
     def _found(self, fingerprint: np.ndarray, probs: np.ndarray) -> str:
-        self.sums.append(fingerprint.copy())
-        self.prob_sums.append(probs.copy())
+        number = len(self.counts)
+        if number == self.sums.shape[0] or self.sums.shape[1] != fingerprint.size:
+            capacity = max(16, 2 * number)
+            self.sums = _grown(self.sums, capacity, fingerprint.size)
+            self.prob_sums = _grown(self.prob_sums, capacity, probs.size)
+            norms = np.zeros(capacity)
+            norms[:number] = self.norms[:number]
+            self.norms = norms
+        self.sums[number] = fingerprint
+        self.prob_sums[number] = probs
+        self.norms[number] = float(np.linalg.norm(fingerprint))
         self.counts.append(1)
-        return self._name(len(self.counts) - 1)
+        return self._name(number)
 
     def _name(self, number: int) -> str:
         return f"{self.prefix}{number:03d}"
@@ -97,10 +114,17 @@ class _Clusters:
     def ledger(self) -> tuple[dict[str, int], dict[str, list[float]]]:
         counts = {self._name(i): c for i, c in enumerate(self.counts)}
         centroids = {
-            self._name(i): [round(float(v), 8) for v in s / c]
-            for i, (s, c) in enumerate(zip(self.prob_sums, self.counts, strict=True))
+            self._name(i): [round(float(v), 8) for v in self.prob_sums[i] / c]
+            for i, c in enumerate(self.counts)
         }
         return counts, centroids
+
+
+def _grown(array: np.ndarray, rows: int, width: int) -> np.ndarray:
+    grown = np.zeros((rows, width))
+    if array.size and array.shape[1] == width:
+        grown[: array.shape[0]] = array
+    return grown
 
 
 def matcher_id(threshold: float | None) -> str:
@@ -111,14 +135,22 @@ def derive_bundle_artifacts(
     bundle: dict[str, Any], threshold: float | None = DEFAULT_THRESHOLD
 ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """(derived_events, motif_ledger, contingency) of a loaded bundle; ``threshold=None`` is exact."""
-    manifest = bundle["manifest"]
+    return derive_events(bundle["manifest"], bundle["raw_events"], threshold)
+
+
+def derive_events(
+    manifest: dict[str, Any],
+    raw_events: Iterable[dict[str, Any]],
+    threshold: float | None = DEFAULT_THRESHOLD,
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """The same from raw events streamed one at a time (a long run is never held in memory)."""
     run_id, version, config_id = manifest["run_id"], manifest["derivation_version"], matcher_id(threshold)
     global_clusters = _Clusters("g_", threshold)
     layer_clusters: dict[int, _Clusters] = {}
     derived: list[dict[str, Any]] = []
     text_to_motifs: dict[str, set[str]] = defaultdict(set)
     motif_to_texts: dict[str, Counter[str]] = defaultdict(Counter)
-    for event in bundle["raw_events"]:
+    for event in raw_events:
         layers = sorted(event["layers"], key=lambda la: la["layer_index"])
         vectors = [np.asarray(la["router_probs"], dtype=np.float64) for la in layers]
         layer_motifs = []
@@ -191,15 +223,23 @@ def write_derived(run_dir: Path | str, threshold: float | None = DEFAULT_THRESHO
     each replacement is an atomic rename, and the raw trace and layout are never touched.
     """
     folder = Path(run_dir)
-    bundle = load_run_bundle(folder)
-    derived, ledger, contingency = derive_bundle_artifacts(bundle, threshold)
-    manifest = dict(bundle["manifest"], derivation_config_id=ledger["derivation_config_id"])
+    try:
+        reader = RunReader(folder)
+    except BundleOpenError as exc:
+        raise RunBundleError(f"run bundle cannot be opened: {exc}", []) from None
+    report = reader.validate()
+    if not report.ok:
+        raise RunBundleError(f"run bundle {folder} failed validation", report.issues, report.counts_by_code())
+    source = reader.manifest or {}
+    events = (reader.event(i) for i in range(len(reader)))
+    derived, ledger, contingency = derive_events(source, events, threshold)
+    manifest = dict(source, derivation_config_id=ledger["derivation_config_id"])
     from .validation.in_memory import validate_run_bundle_schema
 
     # load_run_bundle validated the raw trace; check only what is new here (schema-checking every
     # raw event again with jsonschema would cost minutes on a long run). Cross-file agreement holds
     # by construction and the whole bundle is validated once more on disk below.
-    new_parts = validate_run_bundle_schema(manifest, [], bundle["layout"], derived, ledger, contingency)
+    new_parts = validate_run_bundle_schema(manifest, [], reader.layout, derived, ledger, contingency)
     issues = [i for i in new_parts if i.severity == "error"]
     if issues:
         raise RunBundleError("refusing to write derived artifacts", issues)

@@ -112,3 +112,27 @@ async def test_overview_is_not_offered_before_the_pass_and_skips_unusable_entrie
         app.model.overview = None  # type: ignore[union-attr]  # as before the streaming pass ends
         await pilot.press("v")
         assert not isinstance(app.screen, OverviewScreen)
+
+
+async def test_long_drill_lists_are_paged_and_every_token_is_reachable(tmp_path: Path) -> None:
+    from ..conftest import make_bundle_parts, write_raw_bundle
+
+    folder = write_raw_bundle(tmp_path / "long", *make_bundle_parts(tokens=600, layers=1, experts=2, top_k=1))
+    events = _events(folder)
+    expected = [t for t, e in enumerate(events) if e["layers"][0]["topk_indices"] == [0]]
+    assert len(expected) > 200
+    app = InferoscopeApp(folder)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await _open_overview(app, pilot)
+        await pilot.press("enter")
+        await pilot.pause()
+        drill = app.screen
+        assert isinstance(drill, DrillScreen) and drill.total == len(expected) and drill.pages >= 2
+        seen = []
+        for _page in range(drill.pages):
+            seen += [position for position, _label in drill.rows]
+            await pilot.press("right_square_bracket")
+        assert seen == expected
+        await pilot.press("end", "enter")
+        await pilot.pause()
+        assert app.position == expected[-1]

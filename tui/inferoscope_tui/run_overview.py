@@ -8,7 +8,7 @@ so each can be drilled into.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,6 +27,7 @@ class LayerOverview:
     coactivation: np.ndarray  # [n, n]: tokens that picked both (diagonal = load)
     topk: np.ndarray  # [events, k], -1 where the entry is not usable
     entropy: np.ndarray  # [events] normalized entropy, NaN where not usable
+    _bins: dict[int, tuple[np.ndarray, list[tuple[int, int]]]] = field(default_factory=dict)
 
     def load_ratio(self) -> np.ndarray:
         """Each expert's share of the picks as a multiple of the uniform share (1.0 = uniform)."""
@@ -35,17 +36,20 @@ class LayerOverview:
 
     def entropy_bins(self, bins: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
         """Mean normalized entropy in ``bins`` consecutive token ranges; the ranges with it."""
+        cached = self._bins.get(bins)
+        if cached is not None:
+            return cached
         count = self.entropy.size
-        bins = max(1, min(bins, count)) if count else 0
-        edges = np.linspace(0, count, bins + 1).astype(int) if bins else np.zeros(1, dtype=int)
-        means = np.full(bins, np.nan)
-        spans = []
-        for b in range(bins):
-            part = self.entropy[edges[b] : edges[b + 1]]
-            part = part[~np.isnan(part)]
-            if part.size:
-                means[b] = float(part.mean())
-            spans.append((int(edges[b]), int(edges[b + 1])))
+        used = max(1, min(bins, count)) if count else 0
+        edges = np.linspace(0, count, used + 1).astype(np.int64) if used else np.zeros(1, dtype=np.int64)
+        column = np.searchsorted(edges, np.arange(count), side="right") - 1
+        valid = ~np.isnan(self.entropy)
+        sums = np.bincount(column[valid], weights=self.entropy[valid].astype(np.float64), minlength=used)
+        counts = np.bincount(column[valid], minlength=used)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        spans = [(int(edges[b]), int(edges[b + 1])) for b in range(used)]
+        self._bins[bins] = (means, spans)
         return means, spans
 
     def top_pairs(self, count: int) -> list[tuple[int, int, int, float]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from rich.style import Style
@@ -31,6 +32,13 @@ EXPERT_COLOURS = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb
 MARGIN = 6
 PAIRS_SHOWN = 6
 TEXT_LINES = 3
+
+
+@lru_cache(maxsize=32)
+def _cell_style(level: int, cursor: bool, no_color: bool) -> Style:
+    if no_color:
+        return Style(reverse=cursor)
+    return Style(bgcolor=PALETTE[level], color="#000000" if level >= 4 else "#ffffff", reverse=cursor)
 
 
 @dataclass(slots=True)
@@ -78,6 +86,7 @@ class OverviewScreen(Screen[Target | None]):
         self.bin = 0
         self.pair = 0
         self.text_position = position
+        self.drawn_width = -1
 
     # -- structure -------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -88,7 +97,8 @@ class OverviewScreen(Screen[Target | None]):
         self.redraw()
 
     def on_resize(self) -> None:
-        self.redraw()
+        if self.size.width != self.drawn_width:
+            self.redraw()
 
     @property
     def chosen_layer(self) -> LayerOverview | None:
@@ -160,13 +170,15 @@ class OverviewScreen(Screen[Target | None]):
             top1 = int(layer.top1()[self.text_position]) if layer.topk.shape[0] else -1
             self.dismiss(Target(self.text_position, layer.layer_index, top1 if top1 >= 0 else None))
             return
-        rows = [(int(p), self._drill_label(layer, int(p), expert)) for p in positions[:2000]]
 
         def chosen(position: int | None) -> None:
             if position is not None:
                 self.dismiss(Target(position, layer.layer_index, expert))
 
-        self.app.push_screen(DrillScreen(title, rows, int(positions.size)), chosen)
+        def label(position: int) -> Text:
+            return self._drill_label(layer, position, expert)
+
+        self.app.push_screen(DrillScreen(title, positions.tolist(), label), chosen)
 
     def _drill_label(self, layer: LayerOverview, position: int, expert: int | None) -> Text:
         text = Text(no_wrap=True, overflow="ellipsis")
@@ -191,6 +203,7 @@ class OverviewScreen(Screen[Target | None]):
     def redraw(self) -> None:
         if not self.is_mounted:
             return
+        self.drawn_width = self.size.width
         body = Text(no_wrap=True, overflow="crop")
         body.append_text(self.title_text)
         body.append("\n")
@@ -227,12 +240,19 @@ class OverviewScreen(Screen[Target | None]):
             ratio = layer.load_ratio()
             order = self.order_of(layer)
             cell = max(1, min(3, (self.width - MARGIN - 22) // max(1, layer.experts)))
+            run_text, run_key = "", None  # neighbouring cells of one style become one span
             for column, expert in enumerate(order):
                 level = level_of(float(ratio[expert]), 1)
                 cursor = focused and chosen and column == self.expert_column
                 glyph = GLYPH_RAMP[level] if self.no_color else " "
-                style = self._cell_style(level, cursor)
-                body.append(glyph.center(cell) if cell > 1 else glyph, style)
+                key = (level, cursor)
+                if key != run_key and run_text:
+                    body.append(run_text, _cell_style(*run_key, self.no_color))  # type: ignore[misc]
+                    run_text = ""
+                run_text += glyph.center(cell) if cell > 1 else glyph
+                run_key = key
+            if run_text:
+                body.append(run_text, _cell_style(*run_key, self.no_color))  # type: ignore[misc]
             busiest = int(np.argmax(layer.load)) if layer.load.size else 0
             if chosen and focused:
                 expert = order[min(self.expert_column, len(order) - 1)]
@@ -240,11 +260,6 @@ class OverviewScreen(Screen[Target | None]):
             else:
                 body.append(f" max e{busiest} x{ratio[busiest]:.2f}", style="dim")
             body.append("\n")
-
-    def _cell_style(self, level: int, cursor: bool) -> Style:
-        if self.no_color:
-            return Style(reverse=cursor)
-        return Style(bgcolor=PALETTE[level], color="#000000" if level >= 4 else "#ffffff", reverse=cursor)
 
     def _entropy(self, body: Text, focused: bool) -> None:
         binned = {i: layer.entropy_bins(self.bins_wanted) for i, layer in self.by_layer.items()}
@@ -257,10 +272,14 @@ class OverviewScreen(Screen[Target | None]):
             chosen = row == self.layer_row
             self._layer_label(body, layer, chosen)
             means, spans = binned[layer.layer_index]
-            for column, value in enumerate(means.tolist()):
-                cursor = focused and chosen and column == self.bin
-                glyph = spark_glyph(value, low, high)
-                body.append(glyph, Style(reverse=cursor, color=None if self.no_color else "#7fb8e0"))
+            glyphs = "".join(spark_glyph(value, low, high) for value in means.tolist())
+            plain = Style(color=None if self.no_color else "#7fb8e0")
+            if focused and chosen and 0 <= self.bin < len(glyphs):  # one span, or three with the cursor
+                body.append(glyphs[: self.bin], plain)
+                body.append(glyphs[self.bin], plain + Style(reverse=True))
+                body.append(glyphs[self.bin + 1 :], plain)
+            else:
+                body.append(glyphs, plain)
             body.append("\n")
         chosen_layer = self.chosen_layer
         if focused and chosen_layer is not None:
