@@ -13,9 +13,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from .bundle.reader import EventReadError, RunReader
+
+
+class _Layer(msgspec.Struct, gc=False):
+    """The fields a comparison reads; the rest of the event is skipped, not parsed."""
+
+    layer_index: int
+    router_probs: list[float]
+    topk_indices: list[int]
+
+
+class _Event(msgspec.Struct, gc=False):
+    token_id: int | None = None
+    layers: list[_Layer] = []
+
+
+_DECODER = msgspec.json.Decoder(_Event)
 
 
 @dataclass(slots=True)
@@ -97,12 +114,40 @@ def jensen_shannon_bits(p: np.ndarray, q: np.ndarray) -> float:
     return max(0.0, (kl(p) + kl(q)) / 2)
 
 
+def jensen_shannon_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """JSD in bits of each row pair of two [rows, n] arrays (the same as jensen_shannon_bits)."""
+    m = (p + q) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kp = np.where(p > 0, p * np.log2(np.where(p > 0, p, 1.0) / np.where(m > 0, m, 1.0)), 0.0).sum(axis=1)
+        kq = np.where(q > 0, q * np.log2(np.where(q > 0, q, 1.0) / np.where(m > 0, m, 1.0)), 0.0).sum(axis=1)
+    result: np.ndarray = np.maximum(0.0, (kp + kq) / 2)
+    return result
+
+
 def _layers_of(event: dict[str, Any]) -> dict[int, dict[str, Any]]:
     out = {}
     for layer in event.get("layers") or []:
         if isinstance(layer, dict) and isinstance(layer.get("layer_index"), int):
             out[layer["layer_index"]] = layer
     return out
+
+
+def _read(reader: RunReader, t: int) -> tuple[Any, dict[int, tuple[list[float], list[int]]]]:
+    """(token_id, {layer: (router_probs, topk_indices)}) of event ``t``, decoding only those fields.
+
+    Lines the typed decode refuses go through the reader's strict parser, so an unreadable event
+    is reported (EventReadError) exactly as elsewhere and an odd one is compared as far as it can.
+    """
+    try:
+        event = _DECODER.decode(reader.raw_line(t))
+        return event.token_id, {la.layer_index: (la.router_probs, la.topk_indices) for la in event.layers}
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        loose = reader.event(t)  # raises EventReadError when the line is not JSON at all
+        layers = {
+            index: (layer.get("router_probs") or [], layer.get("topk_indices") or [])
+            for index, layer in _layers_of(loose).items()
+        }
+        return loose.get("token_id"), layers
 
 
 def compare_runs(run_a: Path | str, run_b: Path | str) -> RunComparison:
@@ -125,26 +170,38 @@ def compare_runs(run_a: Path | str, run_b: Path | str) -> RunComparison:
     mismatched: set[int] = set()
     for t in range(count):
         try:
-            ea, eb = a.event(t), b.event(t)
+            (id_a, la), (id_b, lb) = _read(a, t), _read(b, t)
         except EventReadError as exc:
             notes.append(f"token {t} not compared: {exc}")
             continue
-        if ea.get("token_id") != eb.get("token_id"):
+        if id_a != id_b:
             differs.append(t)
-        la, lb = _layers_of(ea), _layers_of(eb)
+        columns, xs, ys = [], [], []
         for column, layer in enumerate(layers):
             x, y = la.get(layer), lb.get(layer)
             if x is None or y is None:
                 continue
-            px = np.asarray(x.get("router_probs") or [], dtype=np.float64)
-            py = np.asarray(y.get("router_probs") or [], dtype=np.float64)
-            if px.shape != py.shape or px.size == 0:
+            try:
+                px, py = np.asarray(x[0], dtype=np.float64), np.asarray(y[0], dtype=np.float64)
+            except (TypeError, ValueError):
                 mismatched.add(layer)
                 continue
-            sx, sy = set(x.get("topk_indices") or []), set(y.get("topk_indices") or [])
+            if px.shape != py.shape or px.ndim != 1 or px.size == 0:
+                mismatched.add(layer)
+                continue
+            sx, sy = {i for i in x[1] if isinstance(i, int)}, {i for i in y[1] if isinstance(i, int)}
             jaccard[t, column] = len(sx & sy) / len(sx | sy) if sx | sy else 1.0
-            jsd[t, column] = jensen_shannon_bits(px, py)
-            agree[t, column] = float(int(np.argmax(px)) == int(np.argmax(py)))
+            columns.append(column)
+            xs.append(px)
+            ys.append(py)
+        if columns and len({p.size for p in xs}) == 1:  # every layer at once
+            px, py = np.stack(xs), np.stack(ys)
+            jsd[t, columns] = jensen_shannon_rows(px, py)
+            agree[t, columns] = (np.argmax(px, axis=1) == np.argmax(py, axis=1)).astype(np.float64)
+        else:
+            for column, px, py in zip(columns, xs, ys, strict=True):
+                jsd[t, column] = jensen_shannon_bits(px, py)
+                agree[t, column] = float(int(np.argmax(px)) == int(np.argmax(py)))
     if mismatched:
         notes.append(f"layers with different expert counts (not compared): {sorted(mismatched)}")
     if differs:
