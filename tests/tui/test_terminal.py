@@ -107,3 +107,35 @@ def test_an_unreadable_path_gets_a_message_and_exit_code_1(tmux: Tmux, tmp_path:
     tmux.wait_for("cannot open run bundle")
     tmux.keys("q")
     tmux.wait_for("EXIT=1")
+
+
+def test_run_view_scramble_and_compare_in_tmux(tmux: Tmux, tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[2] / "inferoscope" / "examples" / "demo-run"
+    tmux.start(f"env XDG_CACHE_HOME={tmp_path / 'cache'} {INFEROSCOPE} tui {example}")
+    tmux.wait_for("clean")
+    tmux.keys("v")
+    screen = tmux.wait_for("RUN VIEW")
+    assert "expert load" in screen and "co-activation" in screen and "text by top-1 expert" in screen
+    tmux.keys("Enter")
+    tmux.wait_for("tokens that picked expert")
+    tmux.keys("Enter")
+    tmux.wait_for("token ")
+    tmux.keys("s")
+    screen = tmux.wait_for("SCRAMBLED: tokens")
+    assert "demo-run-SCRAMBLED-tokens-seed0" in screen
+    tmux.keys("s")
+    tmux.wait_for("SCRAMBLED: experts")
+    tmux.keys("s")
+    deadline = time.monotonic() + 10
+    while "SCRAMBLED" in tmux.screen() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "SCRAMBLED" not in tmux.screen()
+    tmux.keys("q")
+    tmux.close()
+    other = Tmux(tmux.term)
+    try:
+        other.start(f"{INFEROSCOPE} tui {example} --compare {example}")
+        screen = other.wait_for("here 1.00")
+        assert "A↔B" in screen and screen.count("demo-run") >= 2
+    finally:
+        other.close()
