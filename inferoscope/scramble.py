@@ -14,12 +14,14 @@ import copy
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .bundle.loader import load_run_bundle
+from .bundle.errors import RunBundleError
+from .bundle.reader import BundleOpenError, RunReader
 from .bundle.writer import write_run_bundle
 
 VARIANTS = ("tokens", "experts")
@@ -33,28 +35,112 @@ def scrambled_events(events: list[dict[str, Any]], variant: str, seed: int) -> l
     """A scrambled copy of ``events`` (the input is not modified)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown scramble variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    copied = copy.deepcopy(events)
+    return list(_scrambled(lambda: iter(copied), variant, seed))
+
+
+def _scrambled(
+    events: Callable[[], Iterator[dict[str, Any]]], variant: str, seed: int
+) -> Iterator[dict[str, Any]]:
+    """Scrambled events, one at a time. ``events()`` yields fresh (mutable) events in order and
+    may be called twice: the token scramble reads the run once to gather each layer's entries."""
     rng = np.random.default_rng(seed)
-    out = copy.deepcopy(events)
-    if variant == "tokens":
-        layer_ids = sorted({layer["layer_index"] for event in out for layer in event["layers"]})
-        for layer_index in layer_ids:
-            holders = [
-                (e, i) for e in out for i, la in enumerate(e["layers"]) if la["layer_index"] == layer_index
-            ]
-            entries = [copy.deepcopy(event["layers"][i]) for event, i in holders]
-            for (event, i), j in zip(holders, rng.permutation(len(entries)), strict=True):
-                event["layers"][i] = entries[j]
-        return out
-    for event in out:
+    if variant == "experts":
+        for event in events():
+            for layer in event["layers"]:
+                _permute_experts(layer, rng)
+            yield event
+        return
+    columns: dict[int, _LayerColumns] = {}
+    for event in events():
         for layer in event["layers"]:
-            n = len(layer["router_probs"])
-            new_label = rng.permutation(n)  # expert i is called new_label[i]
-            probs = [0.0] * n
-            for old, value in enumerate(layer["router_probs"]):
-                probs[int(new_label[old])] = value
-            layer["router_probs"] = probs
-            layer["topk_indices"] = [int(new_label[i]) for i in layer["topk_indices"]]
-    return out
+            columns.setdefault(layer["layer_index"], _LayerColumns()).add(layer)
+    # one permutation per layer, drawn in layer order: output slot h of a layer gets entry perm[h]
+    permutations = {index: rng.permutation(len(columns[index])) for index in sorted(columns)}
+    for column in columns.values():
+        column.freeze()
+    slots: dict[int, int] = dict.fromkeys(columns, 0)
+    for event in events():
+        layers = []
+        for layer in event["layers"]:
+            index = layer["layer_index"]
+            layers.append(columns[index].entry(int(permutations[index][slots[index]])))
+            slots[index] += 1
+        event["layers"] = layers
+        yield event
+
+
+def _permute_experts(layer: dict[str, Any], rng: np.random.Generator) -> None:
+    n = len(layer["router_probs"])
+    new_label = rng.permutation(n)  # expert i is called new_label[i]
+    probs = [0.0] * n
+    for old, value in enumerate(layer["router_probs"]):
+        probs[int(new_label[old])] = value
+    layer["router_probs"] = probs
+    layer["topk_indices"] = [int(new_label[i]) for i in layer["topk_indices"]]
+
+
+class _LayerColumns:
+    """Every entry of one MoE layer, held as arrays (a 50,000-token OLMoE layer is ~30 MB, not GBs).
+
+    Numbers keep their JSON kind: columns of integers stay integers, other numbers are float64
+    (exact for every value a bundle can hold); anything else is kept as it is.
+    """
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[Any]] = {}
+        self.keys: list[str] = []
+        self.count = 0
+        self.arrays: dict[str, Any] = {}
+        self.kinds: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return self.count
+
+    def add(self, layer: dict[str, Any]) -> None:
+        if not self.keys:  # a valid bundle's layer entries share one shape: decided on the first
+            self.keys = list(layer)
+            self.parts = {key: [] for key in self.keys}
+            self.kinds = {key: _kind(layer[key]) for key in self.keys}
+        for key in self.keys:
+            value, kind = layer[key], self.kinds[key]
+            if kind is np.int64 and _kind(value) is not np.int64:  # e.g. a one-hot router came first
+                self.kinds[key] = kind = np.float64
+            self.parts[key].append(value)
+        self.count += 1
+
+    def freeze(self) -> None:
+        for key, values in self.parts.items():
+            kind = self.kinds[key]
+            if kind is not None and len({len(v) if isinstance(v, list) else -1 for v in values}) == 1:
+                self.arrays[key] = np.asarray(values, dtype=kind)
+            else:
+                self.arrays[key] = values
+        self.parts = {}
+
+    def entry(self, row: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in self.keys:
+            column = self.arrays[key]
+            value = column[row]
+            out[key] = (
+                value.tolist()
+                if isinstance(value, np.ndarray)
+                else (value.item() if isinstance(value, np.generic) else copy.deepcopy(value))
+            )
+        return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _kind(value: Any) -> Any:
+    """The array type for a field: int64 for integers, float64 for other numbers, None: keep as is."""
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(_is_number(v) for v in items):
+        return None
+    return np.int64 if all(type(v) is int for v in items) else np.float64
 
 
 def scramble_bundle(
@@ -67,8 +153,16 @@ def scramble_bundle(
     """Write the scrambled twin of a valid bundle under ``out_root``; returns its directory."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown scramble variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    bundle = load_run_bundle(run_dir)
-    manifest = copy.deepcopy(bundle["manifest"])
+    try:
+        reader = RunReader(run_dir)
+    except BundleOpenError as exc:
+        raise RunBundleError(f"run bundle cannot be opened: {exc}", []) from None
+    report = reader.validate()
+    if not report.ok:
+        raise RunBundleError(
+            f"run bundle {run_dir} failed validation", report.issues, report.counts_by_code()
+        )
+    manifest = copy.deepcopy(reader.manifest or {})
     source = manifest["run_id"]
     new_id = run_id or f"{source}-SCRAMBLED-{variant}-seed{seed}"
     manifest["run_id"] = new_id
@@ -81,12 +175,18 @@ def scramble_bundle(
             "meaning": MEANING[variant],
         },
     }
-    events = scrambled_events(bundle["raw_events"], variant, seed)
-    for event in events:
-        event["run_id"] = new_id
-    layout = copy.deepcopy(bundle["layout"])
+
+    def read_all() -> Iterator[dict[str, Any]]:
+        return (reader.event(i) for i in range(len(reader)))
+
+    def events() -> Iterator[dict[str, Any]]:  # streamed: the twin is never held in memory
+        for event in _scrambled(read_all, variant, seed):
+            event["run_id"] = new_id
+            yield event
+
+    layout = copy.deepcopy(reader.layout or {})
     layout["run_id"] = new_id
-    return write_run_bundle(out_root, manifest, events, layout)
+    return write_run_bundle(out_root, manifest, events(), layout)
 
 
 def default_cache_root() -> Path:

@@ -78,3 +78,15 @@ def test_token_scramble_destroys_token_to_expert_information(tmp_path: Path) -> 
 def test_unknown_variant_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="variant"):
         scramble_bundle(EXAMPLE_RUN, tmp_path, "layers")
+
+
+@pytest.mark.parametrize("variant", ["tokens", "experts"])
+def test_the_streamed_twin_equals_the_in_memory_scramble(tmp_path: Path, variant: str) -> None:
+    from inferoscope.scramble import scrambled_events
+
+    run = scramble_bundle(EXAMPLE_RUN, tmp_path, variant, seed=3)
+    real = load_run_bundle(EXAMPLE_RUN)["raw_events"]
+    expected = scrambled_events(real, variant, 3)
+    got = load_run_bundle(run)["raw_events"]
+    assert [e["layers"] for e in got] == [e["layers"] for e in expected]
+    assert [e["token_text"] for e in got] == [e["token_text"] for e in real]
