@@ -113,10 +113,9 @@ class _Clusters:
 
     def ledger(self) -> tuple[dict[str, int], dict[str, list[float]]]:
         counts = {self._name(i): c for i, c in enumerate(self.counts)}
-        centroids = {
-            self._name(i): [round(float(v), 8) for v in self.prob_sums[i] / c]
-            for i, c in enumerate(self.counts)
-        }
+        number = len(self.counts)
+        means = np.round(self.prob_sums[:number] / np.asarray(self.counts, dtype=np.float64)[:, None], 8)
+        centroids = {self._name(i): row for i, row in enumerate(means.tolist())}
         return counts, centroids
 
 
