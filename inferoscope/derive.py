@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from .bundle.errors import RunBundleError
-from .bundle.reader import BundleOpenError, RunReader
+from .bundle.loader import open_valid_reader
+from .bundle.reader import RunReader
 from .jsonfmt import dumps_json_file, dumps_ndjson_line
 from .versions import (
     CONTINGENCY_FILE,
@@ -222,13 +223,7 @@ def write_derived(run_dir: Path | str, threshold: float | None = DEFAULT_THRESHO
     each replacement is an atomic rename, and the raw trace and layout are never touched.
     """
     folder = Path(run_dir)
-    try:
-        reader = RunReader(folder)
-    except BundleOpenError as exc:
-        raise RunBundleError(f"run bundle cannot be opened: {exc}", []) from None
-    report = reader.validate()
-    if not report.ok:
-        raise RunBundleError(f"run bundle {folder} failed validation", report.issues, report.counts_by_code())
+    reader = open_valid_reader(folder)
     source = reader.manifest or {}
     events = (reader.event(i) for i in range(len(reader)))
     derived, ledger, contingency = derive_events(source, events, threshold)

@@ -20,8 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .bundle.errors import RunBundleError
-from .bundle.reader import BundleOpenError, RunReader
+from .bundle.loader import open_valid_reader
 from .bundle.writer import write_run_bundle
 
 VARIANTS = ("tokens", "experts")
@@ -153,15 +152,7 @@ def scramble_bundle(
     """Write the scrambled twin of a valid bundle under ``out_root``; returns its directory."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown scramble variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    try:
-        reader = RunReader(run_dir)
-    except BundleOpenError as exc:
-        raise RunBundleError(f"run bundle cannot be opened: {exc}", []) from None
-    report = reader.validate()
-    if not report.ok:
-        raise RunBundleError(
-            f"run bundle {run_dir} failed validation", report.issues, report.counts_by_code()
-        )
+    reader = open_valid_reader(run_dir)
     manifest = copy.deepcopy(reader.manifest or {})
     source = manifest["run_id"]
     new_id = run_id or f"{source}-SCRAMBLED-{variant}-seed{seed}"

@@ -14,12 +14,8 @@ from .reader import BundleOpenError, RunReader
 from .report import ValidationReport
 
 
-def load_run_bundle(run_dir: Path | str) -> dict[str, Any]:
-    """Load and fully validate a bundle; RunBundleError lists every code if it is not clean.
-
-    Returns ``manifest``, ``raw_events``, ``layout``, ``derived_events`` (a list, empty when
-    the file is absent), ``motif_ledger`` and ``contingency`` (None when absent).
-    """
+def open_valid_reader(run_dir: Path | str) -> RunReader:
+    """A reader on a bundle that validated clean (streaming); RunBundleError names every code if not."""
     try:
         reader = RunReader(run_dir)
     except BundleOpenError as exc:
@@ -29,6 +25,16 @@ def load_run_bundle(run_dir: Path | str) -> dict[str, Any]:
         raise RunBundleError(
             f"run bundle {run_dir} failed validation", report.issues, report.counts_by_code()
         )
+    return reader
+
+
+def load_run_bundle(run_dir: Path | str) -> dict[str, Any]:
+    """Load and fully validate a bundle; RunBundleError lists every code if it is not clean.
+
+    Returns ``manifest``, ``raw_events``, ``layout``, ``derived_events`` (a list, empty when
+    the file is absent), ``motif_ledger`` and ``contingency`` (None when absent).
+    """
+    reader = open_valid_reader(run_dir)
     base = Path(run_dir)
     derived_path = base / DERIVED_FILE
     derived = (
