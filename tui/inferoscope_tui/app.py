@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 from rich.text import Text
 from textual.app import App, ComposeResult
@@ -25,8 +24,9 @@ from inferoscope.scramble import MEANING as SCRAMBLE_MEANING
 from inferoscope.scramble import VARIANTS as SCRAMBLE_VARIANTS
 from inferoscope.scramble import scrambled_twin
 
-from .compare_view import agreement_line, layer_agreement, mark_disagreements
-from .motifs import GLOBAL_COLOURS, LAYER_COLOURS, NOVEL_GLYPH
+from .compare_view import agreement_line, compare_detail, mark_disagreements
+from .grid_rows import as_int, grid_rows
+from .motifs import GLOBAL_COLOURS, NOVEL_GLYPH, motif_detail, strip_wash
 from .run_model import EventSlot, RunModel
 from .screens.help import HelpScreen
 from .screens.message import MessageScreen
@@ -281,51 +281,7 @@ class InferoscopeApp(App[None]):
     def _rows_for(self, slot: EventSlot | None, model: RunModel | None = None) -> list[GridRow]:
         model = model or self.model
         assert model is not None
-        issues = model.issue_index.at(self.position) if slot else []
-        flagged_layers = {i.location.layer_index for i in issues if i.location.layer_index is not None}
-        flagged_layers |= model.issue_index.layout_layers
-        rows: list[GridRow] = []
-        layers = slot.layers() if slot is not None else []
-        motifs = model.motifs_at(self.position) if self.show_motifs and slot is not None else None
-        if slot is None or slot.event is None or not layers:
-            for layer_index in sorted(model.grid_orders):
-                rows.append(
-                    GridRow(
-                        layer_index,
-                        model.grid_orders[layer_index],
-                        None,
-                        flagged=layer_index in flagged_layers,
-                    )
-                )
-            return rows
-        for layer in sorted(layers, key=lambda la: _int(la.get("layer_index"), -1)):
-            layer_index = _int(layer.get("layer_index"), -1)
-            probs = layer.get("router_probs")
-            numbers = [_float(p) for p in probs] if isinstance(probs, list) else None
-            order = model.grid_orders.get(layer_index) or list(range(len(numbers or [])))
-            topk = [t for t in layer.get("topk_indices") or [] if isinstance(t, int)]
-            experts = {
-                i.location.expert_index
-                for i in issues
-                if i.location.layer_index == layer_index and i.location.expert_index is not None
-            }
-            ne = layer.get("normalized_entropy")
-            motif = motifs.layers.get(layer_index) if motifs is not None else None
-            rows.append(
-                GridRow(
-                    layer_index,
-                    order,
-                    numbers,
-                    topk,
-                    _float(ne) if isinstance(ne, (int, float)) else None,
-                    layer_index in flagged_layers,
-                    {e for e in experts if e is not None},
-                    motif_colour=motif.colour(LAYER_COLOURS) if motif is not None else None,
-                    motif_fit_strength=model.motifs.strength(motif) if motif and model.motifs else 1.0,
-                    motif_novel=motif.novel if motif is not None else False,
-                )
-            )
-        return rows
+        return grid_rows(model, slot, self.position, show_motifs=self.show_motifs)
 
     def _draw_grid(self, slot: EventSlot | None) -> None:
         grid = self.query_one("#grid", ExpertGrid)
@@ -392,38 +348,8 @@ class InferoscopeApp(App[None]):
         self.query_one(TokenStrip).update(text)
 
     def _strip_wash(self, position: int) -> str | None:
-        """The background of token ``position`` in the strip: its global motif, faded by fit."""
-        model = self.model
-        assert model is not None and model.motifs is not None
-        motifs = model.motifs.by_token.get(position)
-        if motifs is None or motifs.global_motif is None:
-            return None
-        mark = motifs.global_motif
-        return faded(mark.colour(GLOBAL_COLOURS), 0.45 * model.motifs.strength(mark))
-
-    def _motif_detail(self, position: int) -> Text:
-        """The motif numbers behind the colours: ids, fits, novelty, motif sizes, matcher."""
-        model = self.model
-        assert model is not None
-        text = Text()
-        index = model.motifs
-        motifs = model.motifs_at(position)
-        if index is None or motifs is None:
-            return text
-        text.append("motif ", style="bold")
-        parts = [("global", motifs.global_motif), ("layer", motifs.layers.get(self.cursor_layer or 0))]
-        for label, mark in parts:
-            if mark is None:
-                continue
-            size = index.counts.get(mark.motif_id)
-            fit = "fit not recorded" if mark.fit is None else f"fit {mark.fit:.3f}"
-            text.append(f"{label} {visible(mark.motif_id, 20)}")
-            text.append(f" ({size} tok)" if size is not None else "")
-            text.append(f" {fit}")
-            text.append(f" {NOVEL_GLYPH} new" if mark.novel else "")
-            text.append("  ")
-        text.append(f"[{visible(index.config_id, 40)}, provisional]\n", style="dim")
-        return text
+        assert self.model is not None and self.model.motifs is not None
+        return strip_wash(self.model.motifs, position)
 
     def _draw_detail(self, slot: EventSlot | None) -> None:
         detail = self.query_one(DetailPane)
@@ -458,34 +384,17 @@ class InferoscopeApp(App[None]):
             token.append(f" {SCRAMBLE_MEANING[self.scramble]}: not the model's routing\n", style="bold")
         token.append("token ", style="dim")
         token.append(visible(slot.token_text or "", 60), style="bold")
-        token_id = _int(slot.event.get("token_id"), -1)
-        context = _int(slot.event.get("context_length"), -1)
+        token_id = as_int(slot.event.get("token_id"), -1)
+        context = as_int(slot.event.get("context_length"), -1)
         token.append(f"  id {token_id}  ctx {context}\n", style="dim")
         if self.model_b is not None:
-            token.append_text(self._compare_detail(slot, layer))
-        if self.show_motifs:
-            token.append_text(self._motif_detail(self.position))
+            token.append_text(compare_detail(self.model_b, slot, layer, self.cursor_layer))
+        if self.show_motifs and model.motifs is not None:
+            token.append_text(
+                motif_detail(model.motifs, model.motifs_at(self.position), self.cursor_layer or 0)
+            )
         token.append_text(layer_detail(layer, self.cursor_expert, messages))
         detail.show(token)
-
-    def _compare_detail(self, slot: EventSlot, layer: dict[str, Any] | None) -> Text:
-        """A vs B at the cursor layer: the numbers behind the marks."""
-        model_b = self.model_b
-        assert model_b is not None
-        text = Text()
-        if self.position >= model_b.count:
-            text.append("B: no token here\n", style="bold red")
-            return text
-        other = model_b.slot(self.position)
-        layer_b = next((la for la in other.layers() if la.get("layer_index") == self.cursor_layer), None)
-        text.append("A vs B ", style="bold magenta")
-        if other.event is not None and other.event.get("token_id") != (slot.event or {}).get("token_id"):
-            text.append("different tokens: ", style="bold red")
-            text.append(visible(other.token_text or "", 30))
-            text.append(" ")
-        numbers = layer_agreement(layer, layer_b)
-        text.append(numbers + "\n" if numbers else "layer not comparable\n")
-        return text
 
     # -- events from panes ----------------------------------------------------------------
     def on_expert_grid_cursor_moved(self, message: ExpertGrid.CursorMoved) -> None:
@@ -743,14 +652,6 @@ def _start_resource_tracker() -> None:
         resource_tracker.ensure_running()
     except (OSError, ValueError):
         pass
-
-
-def _int(value: Any, default: int) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
-
-
-def _float(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 def run_app(run_dir: Path | str, token: int | None = None, compare: Path | str | None = None) -> int:

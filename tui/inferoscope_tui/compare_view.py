@@ -12,8 +12,10 @@ import numpy as np
 from rich.style import Style
 from rich.text import Text
 
+from inferoscope import visible
 from inferoscope.compare import RunComparison, jensen_shannon_bits
 
+from .run_model import EventSlot, RunModel
 from .run_overview import spark_glyph
 from .widgets.expert_grid import GridRow
 
@@ -92,4 +94,24 @@ def agreement_line(comparison: RunComparison | None, position: int, width: int) 
     here = values[position] if 0 <= position < count else float("nan")
     shown = "—" if np.isnan(here) else f"{here:.2f}"
     text.append(f" Jaccard ▁0 █1 · here {shown}", style="dim")
+    return text
+
+
+def compare_detail(
+    model_b: RunModel, slot: EventSlot, layer: dict[str, Any] | None, layer_index: int | None
+) -> Text:
+    """A vs B at the cursor layer for the detail pane: the numbers behind the marks."""
+    text = Text()
+    if slot.position >= model_b.count:
+        text.append("B: no token here\n", style="bold red")
+        return text
+    other = model_b.slot(slot.position)
+    layer_b = next((la for la in other.layers() if la.get("layer_index") == layer_index), None)
+    text.append("A vs B ", style="bold magenta")
+    if other.event is not None and other.event.get("token_id") != (slot.event or {}).get("token_id"):
+        text.append("different tokens: ", style="bold red")
+        text.append(visible(other.token_text or "", 30))
+        text.append(" ")
+    numbers = layer_agreement(layer, layer_b)
+    text.append(numbers + "\n" if numbers else "layer not comparable\n")
     return text

@@ -15,6 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from rich.text import Text
+
+from inferoscope import visible
+
+from .widgets.expert_grid import faded
 
 #: global motifs: warm and pastel hues (the probability palette is navy-to-blue then orange/yellow)
 GLOBAL_COLOURS = ("#d75f87", "#87d75f", "#af87ff", "#5fd7af", "#ff875f", "#d7d75f", "#5fafff", "#ff5fd7")
@@ -139,3 +144,32 @@ def _read_ledger(path: Path, index: MotifIndex) -> None:
             index.counts.update(
                 {k: v for k, v in counts.items() if isinstance(k, str) and isinstance(v, int)}
             )
+
+
+def strip_wash(index: MotifIndex, position: int) -> str | None:
+    """The strip background of token ``position``: its global motif colour, faded by fit."""
+    motifs = index.by_token.get(position)
+    if motifs is None or motifs.global_motif is None:
+        return None
+    mark = motifs.global_motif
+    return faded(mark.colour(GLOBAL_COLOURS), 0.45 * index.strength(mark))
+
+
+def motif_detail(index: MotifIndex, motifs: TokenMotifs | None, layer_index: int) -> Text:
+    """The numbers behind the motif colours: ids, fits, novelty, motif sizes, matcher."""
+    text = Text()
+    if motifs is None:
+        return text
+    text.append("motif ", style="bold")
+    for label, mark in (("global", motifs.global_motif), ("layer", motifs.layers.get(layer_index))):
+        if mark is None:
+            continue
+        size = index.counts.get(mark.motif_id)
+        fit = "fit not recorded" if mark.fit is None else f"fit {mark.fit:.3f}"
+        text.append(f"{label} {visible(mark.motif_id, 20)}")
+        text.append(f" ({size} tok)" if size is not None else "")
+        text.append(f" {fit}")
+        text.append(f" {NOVEL_GLYPH} new" if mark.novel else "")
+        text.append("  ")
+    text.append(f"[{visible(index.config_id, 40)}, provisional]\n", style="dim")
+    return text
