@@ -12,7 +12,8 @@ Two matchers, named in ``derivation_config_id``:
 
 Each assignment carries ``fit`` (the similarity to the motif's centroid before the token joined;
 1.0 for a token that founds a motif) and ``novel`` (it founded the motif). The ledger keeps counts,
-centroids (mean router_probs) and the configuration; the contingency table maps token text to
+each motif's founding token, centroids (mean router_probs) of motifs with two or more members and
+the configuration; the contingency table maps token text to
 global motifs and back. Writing replaces only derived.ndjson, motif_ledger.json, contingency.json
 and the manifest's derivation_config_id (each file atomically); the raw trace is never touched.
 """
@@ -59,9 +60,10 @@ class _Clusters:
     prob_sums: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     norms: np.ndarray = field(default_factory=lambda: np.zeros(0))
     counts: list[int] = field(default_factory=list)
+    founders: list[int] = field(default_factory=list)  # token_index that founded each motif
     exact: dict[bytes, int] = field(default_factory=dict)
 
-    def assign(self, fingerprint: np.ndarray, probs: np.ndarray) -> tuple[str, float, bool]:
+    def assign(self, fingerprint: np.ndarray, probs: np.ndarray, token: int) -> tuple[str, float, bool]:
         """The motif of one token: (motif_id, fit, novel). Centroids average ``probs``."""
         if self.threshold is None:
             key = probs.tobytes()
@@ -70,7 +72,7 @@ class _Clusters:
                 self._join(number, fingerprint, probs)
                 return self._name(number), 1.0, False
             self.exact[key] = len(self.counts)
-            return self._found(fingerprint, probs), 1.0, True
+            return self._found(fingerprint, probs, token), 1.0, True
         count = len(self.counts)
         if count and self.sums.shape[1] == fingerprint.size:
             norm = float(np.linalg.norm(fingerprint))
@@ -86,7 +88,7 @@ class _Clusters:
             if fit >= self.threshold:
                 self._join(best, fingerprint, probs)
                 return self._name(best), round(fit, 6), False
-        return self._found(fingerprint, probs), 1.0, True
+        return self._found(fingerprint, probs, token), 1.0, True
 
     def _join(self, number: int, fingerprint: np.ndarray, probs: np.ndarray) -> None:
         self.sums[number] += fingerprint
@@ -94,8 +96,9 @@ class _Clusters:
         self.norms[number] = float(np.linalg.norm(self.sums[number]))
         self.counts[number] += 1
 
-    def _found(self, fingerprint: np.ndarray, probs: np.ndarray) -> str:
+    def _found(self, fingerprint: np.ndarray, probs: np.ndarray, token: int) -> str:
         number = len(self.counts)
+        self.founders.append(token)
         if number == self.sums.shape[0] or self.sums.shape[1] != fingerprint.size:
             capacity = max(16, 2 * number)
             self.sums = _grown(self.sums, capacity, fingerprint.size)
@@ -112,12 +115,19 @@ class _Clusters:
     def _name(self, number: int) -> str:
         return f"{self.prefix}{number:03d}"
 
-    def ledger(self) -> tuple[dict[str, int], dict[str, list[float]]]:
+    def ledger(self) -> tuple[dict[str, int], dict[str, list[float]], dict[str, int]]:
+        """Counts, centroids of motifs with two or more members, and every motif's founding token.
+
+        A one-member motif's centroid is its founder's router_probs, already in the raw trace;
+        writing it again would make a structureless run's ledger as large as the trace itself.
+        """
         counts = {self._name(i): c for i, c in enumerate(self.counts)}
-        number = len(self.counts)
-        means = np.round(self.prob_sums[:number] / np.asarray(self.counts, dtype=np.float64)[:, None], 8)
-        centroids = {self._name(i): row for i, row in enumerate(means.tolist())}
-        return counts, centroids
+        shared = [i for i, c in enumerate(self.counts) if c > 1]
+        sizes = np.asarray([self.counts[i] for i in shared], dtype=np.float64)
+        means = np.round(self.prob_sums[shared] / sizes[:, None], 8) if shared else np.zeros((0, 0))
+        centroids = {self._name(i): row for i, row in zip(shared, means.tolist(), strict=True)}
+        founders = {self._name(i): token for i, token in enumerate(self.founders)}
+        return counts, centroids, founders
 
 
 def _grown(array: np.ndarray, rows: int, width: int) -> np.ndarray:
@@ -157,10 +167,10 @@ def derive_events(
         for layer, probs in zip(layers, vectors, strict=True):
             index = layer["layer_index"]
             clusters = layer_clusters.setdefault(index, _Clusters(f"l{index:02d}_", threshold))
-            motif, fit, novel = clusters.assign(probs - 1.0 / probs.size, probs)
+            motif, fit, novel = clusters.assign(probs - 1.0 / probs.size, probs, event["token_index"])
             layer_motifs.append({"layer_index": index, "motif_id": motif, "fit": fit, "novel": novel})
         fingerprint = np.concatenate([v - 1.0 / v.size for v in vectors])
-        motif, fit, novel = global_clusters.assign(fingerprint, np.concatenate(vectors))
+        motif, fit, novel = global_clusters.assign(fingerprint, np.concatenate(vectors), event["token_index"])
         text = event["token_text"]
         text_to_motifs[text].add(motif)
         motif_to_texts[motif][text] += 1
@@ -178,13 +188,15 @@ def derive_events(
                 },
             }
         )
-    global_counts, global_centroids = global_clusters.ledger()
+    global_counts, global_centroids, global_founders = global_clusters.ledger()
     layer_counts: dict[str, int] = {}
     layer_centroids: dict[str, list[float]] = {}
+    layer_founders: dict[str, int] = {}
     for index in sorted(layer_clusters):
-        counts, centroids = layer_clusters[index].ledger()
+        counts, centroids, founders = layer_clusters[index].ledger()
         layer_counts.update(counts)
         layer_centroids.update(centroids)
+        layer_founders.update(founders)
     ledger = {
         "schema_version": MOTIF_LEDGER_SCHEMA_VERSION,
         "run_id": run_id,
@@ -197,8 +209,12 @@ def derive_events(
             "tokens": len(derived),
             "global_motif_counts": global_counts,
             "layer_motif_counts": layer_counts,
+            "centroids": "mean router_probs of a motif's members, for motifs with two or more; a "
+            "one-member motif's centroid is its founding token's router_probs in raw_trace.ndjson",
             "global_centroids": global_centroids,
             "layer_centroids": layer_centroids,
+            "global_founders": global_founders,
+            "layer_founders": layer_founders,
         },
     }
     contingency = {

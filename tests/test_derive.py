@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 from inferoscope import RunReader, load_run_bundle
 from inferoscope.cli import EXAMPLE_RUN
 from inferoscope.derive import write_derived
@@ -88,3 +91,30 @@ def test_the_real_run_has_fewer_global_motifs_than_its_token_scramble(tmp_path: 
     assert "SCRAMBLED" in result.stderr and "SCRAMBLED" in scrambled["run_dir"]
     assert real["layer_motifs"] == scrambled["layer_motifs"]  # per-layer vectors are only reordered
     assert real["global_motifs"] < scrambled["global_motifs"]  # their combination across layers is structure
+
+
+def test_the_ledger_names_every_founder_and_keeps_centroids_of_shared_motifs(tmp_path: Path) -> None:
+    run = _copy(tmp_path)
+    write_derived(run, 0.9)
+    bundle = load_run_bundle(run)
+    payload = bundle["motif_ledger"]["ledger_payload"]
+    events = bundle["raw_events"]
+    derived = bundle["derived_events"]
+    for scope in ("global", "layer"):
+        counts, founders = payload[f"{scope}_motif_counts"], payload[f"{scope}_founders"]
+        centroids = payload[f"{scope}_centroids"]
+        assert set(founders) == set(counts)
+        assert set(centroids) == {m for m, c in counts.items() if c > 1}
+    for position, event in enumerate(derived):
+        motif = event["derived_payload"]["global_motif"]
+        if motif["novel"]:
+            assert payload["global_founders"][motif["motif_id"]] == events[position]["token_index"]
+    # a shared motif's centroid is the mean of its members' router_probs (layer 0)
+    members: dict[str, list[list[float]]] = {}
+    for position, event in enumerate(derived):
+        layer0 = event["derived_payload"]["layer_motifs"][0]["motif_id"]
+        members.setdefault(layer0, []).append(events[position]["layers"][0]["router_probs"])
+    for motif, vectors in members.items():
+        if len(vectors) > 1:
+            expected = [round(float(v), 8) for v in np.mean(np.asarray(vectors), axis=0)]
+            assert payload["layer_centroids"][motif] == pytest.approx(expected, abs=1e-8)
