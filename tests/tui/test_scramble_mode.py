@@ -12,6 +12,7 @@ import pytest
 from inferoscope.cli import EXAMPLE_RUN
 from inferoscope.scramble import scrambled_twin
 from inferoscope_tui import InferoscopeApp
+from inferoscope_tui.screens.drill import DrillScreen
 from inferoscope_tui.screens.overview import OverviewScreen
 from inferoscope_tui.widgets.expert_grid import ExpertGrid
 
@@ -53,6 +54,11 @@ async def test_s_cycles_real_tokens_experts_real_and_labels_every_pane() -> None
         await pilot.pause()
         assert isinstance(app.screen, OverviewScreen)
         assert "SCRAMBLED: tokens" in str(app.screen.title_text)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, DrillScreen) and app.screen.title_text.startswith("SCRAMBLED: tokens")
+        await pilot.press("escape")
+        await pilot.pause()
         await pilot.press("escape", "s")
         await _settle(app, pilot)
         assert app.scramble == "experts" and "SCRAMBLED: experts" in header(app)

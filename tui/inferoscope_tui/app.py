@@ -608,6 +608,7 @@ class InferoscopeApp(App[None]):
             position=self.position,
             layer_index=self.cursor_layer,
             no_color=self.no_color,
+            scrambled=self.scramble,
         )
 
         def back(target: Target | None) -> None:

@@ -72,8 +72,10 @@ class OverviewScreen(Screen[Target | None]):
         position: int,
         layer_index: int | None,
         no_color: bool,
+        scrambled: str | None = None,
     ) -> None:
         super().__init__()
+        self.scrambled = scrambled  # the null model's variant: every title says so
         self.by_layer = layers
         self.title_text = title
         self.orders = orders
@@ -178,6 +180,8 @@ class OverviewScreen(Screen[Target | None]):
         def label(position: int) -> Text:
             return self._drill_label(layer, position, expert)
 
+        if self.scrambled is not None:
+            title = f"SCRAMBLED: {self.scrambled} · {title}"
         self.app.push_screen(DrillScreen(title, positions.tolist(), label), chosen)
 
     def _drill_label(self, layer: LayerOverview, position: int, expert: int | None) -> Text:
