@@ -29,6 +29,17 @@ from .drill import DrillScreen
 SECTIONS = ("load", "entropy", "pairs", "text")
 #: colours of top-1 experts in the text view; a vocabulary apart from the probability palette
 EXPERT_COLOURS = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6")
+#: without colour, the same eight experts are told apart by text attributes (named in the legend)
+NO_COLOR_EXPERT_STYLES = (
+    Style(bold=True),
+    Style(underline=True),
+    Style(italic=True),
+    Style(reverse=True),
+    Style(strike=True),
+    Style(bold=True, underline=True),
+    Style(bold=True, italic=True),
+    Style(italic=True, underline=True),
+)
 MARGIN = 6
 PAIRS_SHOWN = 6
 TEXT_LINES = 3
@@ -223,6 +234,12 @@ class OverviewScreen(Screen[Target | None]):
         body.append("tab section · j/k layer · h/l move · enter tokens behind it · esc back", style="dim")
         self.query_one("#overview-body", Static).update(body)
 
+    def _expert_style(self, rank: int, colour: str) -> Style:
+        """An expert's style in the text view: its colour, or without colour a text attribute."""
+        if self.no_color:
+            return NO_COLOR_EXPERT_STYLES[rank % len(NO_COLOR_EXPERT_STYLES)]
+        return Style(color=colour, bold=True)
+
     def _title(self, body: Text, name: str, description: str, focused: bool) -> None:
         """A section title on one line: the description is cut to the width, never wrapped."""
         body.append(name, style="bold underline" if focused else "bold")
@@ -343,10 +360,10 @@ class OverviewScreen(Screen[Target | None]):
             entry = f"e{expert}:{int(counts[expert])} "
             if used + len(entry) + 11 > self.width:
                 break
-            body.append(f"e{expert}", Style(color=None if self.no_color else colour[expert], bold=True))
+            body.append(f"e{expert}", self._expert_style(ranked.index(expert), colour[expert]))
             body.append(f":{int(counts[expert])} ", style="dim")
             used += len(entry)
-        body.append("other: grey\n", style="dim")
+        body.append("other: dim\n" if self.no_color else "other: grey\n", style="dim")
         budget = (self.width - 4) * TEXT_LINES
         count = top1.size
         start = max(0, self.text_position - budget // 3)
@@ -357,13 +374,18 @@ class OverviewScreen(Screen[Target | None]):
             token = self.text_of(position)
             shown = (visible(token) if token else "∅") if token is not None else "⟨unreadable⟩"
             expert = int(top1[position])
-            if self.no_color:
-                style = Style(underline=expert in colour)
+            if expert in colour:
+                style = self._expert_style(ranked.index(expert), colour[expert])
             else:
-                style = Style(color=colour.get(expert, "#808080"))
-            if focused and position == self.text_position:
+                style = Style(dim=True) if self.no_color else Style(color="#808080")
+            cursor = focused and position == self.text_position
+            if cursor and self.no_color:  # reverse already names an expert here: mark the cursor apart
+                line.append("⟦", Style(bold=True))
+            elif cursor:
                 style += Style(reverse=True, bold=True)
             line.append(shown, style)
+            if cursor and self.no_color:
+                line.append("⟧", Style(bold=True))
             used += len(shown)
             position += 1
         for part in line.wrap(self.app.console, self.width)[:TEXT_LINES]:
