@@ -71,7 +71,7 @@ async def test_a_shorter_run_b_and_another_expert_count_are_reported_not_crashed
     app = InferoscopeApp(a, compare=b)
     async with app.run_test(size=(100, 34)) as pilot:
         await _ready(app, pilot)
-        assert "B has 5 tokens" in header(app)
+        assert "B has 5 tokens" in header(app) and "run-b · clean" in plain(app, "#grid-b-title")
         assert all(row.compare_mark == "?" for row in _grid(app, "#grid").rows)
         await pilot.press("G")
         assert app.position == 11 and "run B ends at token 4" in plain(app, "#grid-b-title")

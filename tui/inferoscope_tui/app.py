@@ -171,6 +171,7 @@ class InferoscopeApp(App[None]):
         if self.model_b is not None:
             self.model_b.build_index()
             self.model_b.validate()
+            self.call_from_thread(self.refresh_view)
             comparison = compare_runs(self.run_dir, self.model_b.run_dir)
             self.call_from_thread(self._on_compared, comparison)
 
@@ -316,6 +317,16 @@ class InferoscopeApp(App[None]):
         title_b = Text(no_wrap=True, overflow="ellipsis")
         title_b.append("B ", style="bold reverse")
         title_b.append(" " + visible(model_b.field("run_id"), 40), style="bold")
+        title_b.append(" · ")
+        if model_b.report is None:
+            title_b.append("validating", style="yellow")
+        elif model_b.report.total == 0:
+            title_b.append("clean", style="bold green")
+        else:
+            total = model_b.report.total
+            title_b.append(
+                f"{total} issue{'s' if total != 1 else ''} (see inferoscope validate)", style="bold red"
+            )
         if not inside_b:
             title_b.append(f"  run B ends at token {model_b.count - 1}", style="bold red")
         self.query_one("#grid-b-title", Static).update(title_b)
@@ -519,7 +530,11 @@ class InferoscopeApp(App[None]):
     def action_scramble(self) -> None:
         """Cycle real → SCRAMBLED tokens → SCRAMBLED experts → real; twins are built once."""
         if self.model_b is not None:
-            self.notify("scramble mode is for one run; compare the twin with --compare instead", markup=False)
+            self.notify(
+                "scramble mode is for one run; `inferoscope derive RUN --scramble tokens --out DIR` writes "
+                "a twin to open with --compare",
+                markup=False,
+            )
             return
         if self.real_model is None:
             return
