@@ -291,7 +291,7 @@ def _capture_summary(out: Console, run_dir: Path, elapsed: float) -> None:
             (visible(str(run_dir)), "cyan"),
         )
     )
-    out.print(Text(f"open it: inferoscope tui {visible(str(run_dir))}"))
+    out.print(Text(f"open it: inferoscope tui {visible(str(run_dir))}"), soft_wrap=True)
 
 
 def _capture_imports_missing(err: Console, exc: ImportError) -> int:
@@ -334,16 +334,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
     except (CaptureError, FileExistsError, RunIdError) as exc:
         err.print(f"inferoscope: {visible(str(exc), 500)}", markup=False)
         return EXIT_UNREADABLE
-    from .derive import write_derived
-
-    summary = write_derived(run_dir)  # provisional motifs, so the app shows its motif channels
-    out.print(
-        Text(
-            f"derived provisional motifs ({summary['matcher']}): {summary['global_motifs']} global, "
-            f"{summary['layer_motifs']} layer motifs"
-        )
-    )
     _capture_summary(out, run_dir, elapsed)
+    out.print(Text(f"motifs: inferoscope derive {visible(str(run_dir))}"), soft_wrap=True)
     return EXIT_OK
 
 

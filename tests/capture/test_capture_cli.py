@@ -53,6 +53,9 @@ def test_capture_writes_a_valid_bundle_and_says_how_to_open_it(olmoe: Path, tmp_
     report = RunReader(tmp_path / "cli-run").validate()
     assert report.ok and report.aggregates.events == 4
     assert RunReader(tmp_path / "cli-run").manifest["model_id"] == str(olmoe)
+    # capture writes the raw trace only; provisional motifs are a separate, named step
+    assert not (tmp_path / "cli-run" / "derived.ndjson").exists()
+    assert f"inferoscope derive {tmp_path / 'cli-run'}" in result.stdout
 
 
 def test_existing_output_is_refused_before_generating(olmoe: Path, tmp_path: Path) -> None:
