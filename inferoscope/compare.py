@@ -150,9 +150,14 @@ def _read(reader: RunReader, t: int) -> tuple[Any, dict[int, tuple[list[float], 
         return loose.get("token_id"), layers
 
 
-def compare_runs(run_a: Path | str, run_b: Path | str) -> RunComparison:
-    """Compare two bundles event by event (BundleOpenError if either cannot be opened)."""
-    a, b = RunReader(run_a), RunReader(run_b)
+def compare_runs(run_a: Path | str | RunReader, run_b: Path | str | RunReader) -> RunComparison:
+    """Compare two bundles event by event (BundleOpenError if either cannot be opened).
+
+    Readers already open (with their offset index built) are used as they are, so a caller that
+    has both runs open does not scan either file again.
+    """
+    a = run_a if isinstance(run_a, RunReader) else RunReader(run_a)
+    b = run_b if isinstance(run_b, RunReader) else RunReader(run_b)
     na, nb = len(a), len(b)
     count = min(na, nb)
     notes = []
@@ -209,4 +214,4 @@ def compare_runs(run_a: Path | str, run_b: Path | str) -> RunComparison:
             f"generated token ids differ at {len(differs)} position(s), first at token {differs[0]}; "
             "routing after a divergence compares different contexts"
         )
-    return RunComparison(str(run_a), str(run_b), na, nb, layers, jaccard, jsd, agree, differs, notes)
+    return RunComparison(str(a.run_dir), str(b.run_dir), na, nb, layers, jaccard, jsd, agree, differs, notes)

@@ -172,7 +172,7 @@ class InferoscopeApp(App[None]):
             self.model_b.build_index()
             self.model_b.validate()
             self.call_from_thread(self.refresh_view)
-            comparison = compare_runs(self.run_dir, self.model_b.run_dir)
+            comparison = compare_runs(model.reader, self.model_b.reader)  # both indexes already built
             self.call_from_thread(self._on_compared, comparison)
 
     def _on_compared(self, comparison: RunComparison) -> None:

@@ -52,6 +52,10 @@ def _cell_style(level: int, cursor: bool, no_color: bool) -> Style:
     return Style(bgcolor=PALETTE[level], color="#000000" if level >= 4 else "#ffffff", reverse=cursor)
 
 
+def _pair_label(a: int, b: int, together: int, lift: float) -> str:
+    return f"e{a}+e{b} {together} tok x{lift:.1f}"
+
+
 @dataclass(slots=True)
 class Target:
     """Where the main view should go after a drill: token, layer and expert."""
@@ -315,7 +319,7 @@ class OverviewScreen(Screen[Target | None]):
     def pairs_fitting(self, layer: LayerOverview) -> int:
         used, count = 4, 0
         for a, b, together, lift in layer.top_pairs(PAIRS_SHOWN):
-            used += len(f"e{a}+e{b} {together} tok x{lift:.1f}") + 2
+            used += len(_pair_label(a, b, together, lift)) + 2
             if used - 2 > self.width:
                 break
             count += 1
@@ -335,7 +339,7 @@ class OverviewScreen(Screen[Target | None]):
         used = 4
         for number, (a, b, count, lift) in enumerate(pairs):
             cursor = focused and number == self.pair
-            label = f"e{a}+e{b} {count} tok x{lift:.1f}"
+            label = _pair_label(a, b, count, lift)
             if used + len(label) > self.width:
                 break
             body.append(label, Style(reverse=cursor, bold=cursor))
