@@ -20,8 +20,13 @@ DEMO = VALID / "b_olmoe_64tok_16x64_top8"
 
 
 async def _ready(app: InferoscopeApp, pilot) -> None:  # type: ignore[no-untyped-def]
-    await app.workers.wait_for_complete()
-    await pilot.pause()
+    """Until the background pass has finished (it starts only after token 0 is painted)."""
+    for _ in range(600):
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        if app.model is None or app.model.report is not None or app.open_error:
+            return
+        await pilot.pause(0.05)
 
 
 async def test_opens_on_token_zero_with_header_and_all_sixteen_layers() -> None:
