@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
+from textual.pilot import Pilot
 from textual.widgets import Static
+from textual.worker import WorkerState
 
 from inferoscope_tui import InferoscopeApp
 from inferoscope_tui.widgets.detail import DetailPane
@@ -14,6 +17,41 @@ from inferoscope_tui.widgets.expert_grid import ExpertGrid
 from ..conftest import make_bundle_parts, write_raw_bundle
 
 HOSTILE_TEXTS = ["[bold red]x[/]", "\x1b[2J", "\x1b]52;c;SGVsbG8=\x07", "two\nlines", "tab\there", " ok"]
+
+
+async def settle(pilot: Pilot[Any], timeout: float = 120.0) -> None:
+    """Wait until every piece of background work of the app has finished.
+
+    The app starts its loading worker only after token 0 is painted, and starts more workers
+    from keys (search texts, scramble twins) and from callbacks; so waiting for the workers
+    that exist *now* is not enough. This waits until no worker is pending or running AND the
+    app says its work is done: the run validated (or could not be opened), run B validated and
+    compared in compare mode. Every TUI test waits through this one helper.
+    """
+    app: Any = pilot.app
+    deadline = time.monotonic() + timeout
+    while True:
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        if _work_done(app):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"background work of the app did not finish in {timeout:.0f} s")
+        await pilot.pause(0.05)
+
+
+def _work_done(app: Any) -> bool:
+    if any(worker.state in (WorkerState.PENDING, WorkerState.RUNNING) for worker in app.workers):
+        return False
+    if not isinstance(app, InferoscopeApp):
+        return True
+    if app.open_error or app.model is None or app.model.fatal_problem:
+        return True
+    if app.painted_at is None or app.model.report is None:
+        return False
+    if app.real_model is not None and app.real_model.report is None:
+        return False
+    return app.model_b is None or app.comparison is not None
 
 
 def plain(app: InferoscopeApp, selector: str) -> str:

@@ -11,6 +11,7 @@ from inferoscope_tui.screens.message import MessageScreen
 from inferoscope_tui.widgets.issues_pane import IssuesPane
 
 from ..conftest import INVALID, VALID
+from .helpers import settle
 
 BROKEN = sorted(p.name for p in INVALID.iterdir())
 
@@ -20,8 +21,7 @@ async def test_broken_upstream_bundle_opens_with_its_issues(name: str) -> None:
     expected = json.loads((INVALID / name / "expected.json").read_text())
     app = InferoscopeApp(INVALID / name)
     async with app.run_test(size=(100, 30)) as pilot:
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         assert not isinstance(app.screen, MessageScreen)
         pane = app.query_one(IssuesPane)
         codes = {issue.code for issue in pane.all_issues}
@@ -39,7 +39,7 @@ async def test_the_same_keys_give_the_same_screen() -> None:
     for _ in range(2):
         app = InferoscopeApp(VALID / "b_olmoe_64tok_16x64_top8")
         async with app.run_test(size=(80, 24)) as pilot:
-            await app.workers.wait_for_complete()
+            await settle(pilot)
             await pilot.press(*keys)
             await pilot.pause()
             screens.append(app.export_screenshot(title="replay"))

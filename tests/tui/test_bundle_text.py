@@ -6,14 +6,13 @@ from pathlib import Path
 
 from inferoscope_tui import InferoscopeApp
 
-from .helpers import detail, header, hostile_bundle, strip
+from .helpers import detail, header, hostile_bundle, settle, strip
 
 
 async def test_hostile_token_texts_are_shown_visibly_and_never_interpreted(tmp_path: Path) -> None:
     app = InferoscopeApp(hostile_bundle(tmp_path / "b"))
     async with app.run_test(size=(160, 50)) as pilot:
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         shown = strip(app)
         for visible_form in (
             "[bold red]x[/]",
@@ -38,8 +37,7 @@ async def test_hostile_token_texts_are_shown_visibly_and_never_interpreted(tmp_p
 async def test_searching_for_markup_text_finds_it_literally(tmp_path: Path) -> None:
     app = InferoscopeApp(hostile_bundle(tmp_path / "b"))
     async with app.run_test(size=(100, 30)) as pilot:
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         await pilot.press("slash", *"[bold", "enter")
         assert app.position == 0
         await pilot.press("slash", *"tab", "enter")

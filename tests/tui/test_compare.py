@@ -10,18 +10,13 @@ from inferoscope_tui.screens.message import MessageScreen
 from inferoscope_tui.widgets.expert_grid import ExpertGrid
 
 from ..conftest import make_bundle_parts, write_raw_bundle
-from .helpers import detail, header, plain
+from .helpers import detail, header, plain, settle
 
 
 def _pair(tmp_path: Path, *, seed_b: int = 0, tokens_b: int = 12, experts_b: int = 8) -> tuple[Path, Path]:
     a = write_raw_bundle(tmp_path / "a", *make_bundle_parts(tokens=12, layers=3, experts=8, run_id="run-a"))
     parts = make_bundle_parts(tokens=tokens_b, layers=3, experts=experts_b, seed=seed_b, run_id="run-b")
     return a, write_raw_bundle(tmp_path / "b", *parts)
-
-
-async def _ready(app: InferoscopeApp, pilot) -> None:  # type: ignore[no-untyped-def]
-    await app.workers.wait_for_complete()
-    await pilot.pause()
 
 
 def _grid(app: InferoscopeApp, selector: str) -> ExpertGrid:
@@ -32,7 +27,7 @@ async def test_identical_runs_show_full_agreement_and_no_marks(tmp_path: Path) -
     a, _b = _pair(tmp_path)
     app = InferoscopeApp(a, compare=a)
     async with app.run_test(size=(100, 34)) as pilot:
-        await _ready(app, pilot)
+        await settle(pilot)
         for _step in range(3):
             for selector in ("#grid", "#grid-b"):
                 rows = _grid(app, selector).rows
@@ -49,7 +44,7 @@ async def test_disagreements_are_marked_on_both_grids_where_the_top_k_sets_diffe
     parts_b = make_bundle_parts(tokens=12, layers=3, experts=8, seed=1, run_id="run-b")[1]
     app = InferoscopeApp(a, compare=b)
     async with app.run_test(size=(100, 34)) as pilot:
-        await _ready(app, pilot)
+        await settle(pilot)
         assert app.comparison is not None
         for token in range(4):
             for layer in range(3):
@@ -70,7 +65,7 @@ async def test_a_shorter_run_b_and_another_expert_count_are_reported_not_crashed
     a, b = _pair(tmp_path, tokens_b=5, experts_b=4)
     app = InferoscopeApp(a, compare=b)
     async with app.run_test(size=(100, 34)) as pilot:
-        await _ready(app, pilot)
+        await settle(pilot)
         assert "B has 5 tokens" in header(app) and "run-b · clean" in plain(app, "#grid-b-title")
         assert all(row.compare_mark == "?" for row in _grid(app, "#grid").rows)
         await pilot.press("G")

@@ -14,25 +14,15 @@ from inferoscope_tui.widgets.expert_grid import ExpertGrid
 from inferoscope_tui.widgets.issues_pane import IssuesPane
 
 from ..conftest import VALID
-from .helpers import bundle_with_issues, detail, grid_lines, header, strip
+from .helpers import bundle_with_issues, detail, grid_lines, header, settle, strip
 
 DEMO = VALID / "b_olmoe_64tok_16x64_top8"
-
-
-async def _ready(app: InferoscopeApp, pilot) -> None:  # type: ignore[no-untyped-def]
-    """Until the background pass has finished (it starts only after token 0 is painted)."""
-    for _ in range(600):
-        await app.workers.wait_for_complete()
-        await pilot.pause()
-        if app.model is None or app.model.report is not None or app.open_error:
-            return
-        await pilot.pause(0.05)
 
 
 async def test_opens_on_token_zero_with_header_and_all_sixteen_layers() -> None:
     app = InferoscopeApp(DEMO)
     async with app.run_test(size=(80, 24)) as pilot:
-        await _ready(app, pilot)
+        await settle(pilot)
         assert app.position == 0
         assert "olmoe-64tok-seed7" in header(app) and "token 0/64" in header(app)
         assert "clean" in header(app)
@@ -44,7 +34,7 @@ async def test_opens_on_token_zero_with_header_and_all_sixteen_layers() -> None:
 async def test_stepping_keys_move_and_stop_at_the_ends() -> None:
     app = InferoscopeApp(DEMO)
     async with app.run_test(size=(80, 24)) as pilot:
-        await _ready(app, pilot)
+        await settle(pilot)
         await pilot.press("h")
         assert app.position == 0
         await pilot.press("l", "right", "l")
@@ -62,7 +52,7 @@ async def test_stepping_keys_move_and_stop_at_the_ends() -> None:
 async def test_go_to_index_and_bad_input() -> None:
     app = InferoscopeApp(DEMO)
     async with app.run_test(size=(80, 24)) as pilot:
-        await _ready(app, pilot)
+        await settle(pilot)
         await pilot.press("colon", *"40", "enter")
         assert app.position == 40 and "tok40" in detail(app)
         await pilot.press("colon", *"abc", "enter")
@@ -74,7 +64,7 @@ async def test_go_to_index_and_bad_input() -> None:
 async def test_search_and_next_previous_match() -> None:
     app = InferoscopeApp(DEMO)
     async with app.run_test(size=(80, 24)) as pilot:
-        await _ready(app, pilot)
+        await settle(pilot)
         await pilot.press("slash", *"tok17", "enter")
         assert app.position == 17
         await pilot.press("slash", *"tok1", "enter")
@@ -89,7 +79,7 @@ async def test_search_and_next_previous_match() -> None:
 async def test_next_and_previous_issue_and_marks(tmp_path: Path) -> None:
     app = InferoscopeApp(bundle_with_issues(tmp_path / "b"))
     async with app.run_test(size=(100, 30)) as pilot:
-        await _ready(app, pilot)
+        await settle(pilot)
         assert "issues" in header(app)
         await pilot.press("right_square_bracket")
         assert app.position == 3
@@ -110,7 +100,7 @@ async def test_next_and_previous_issue_and_marks(tmp_path: Path) -> None:
 async def test_layer_and_expert_cursor_drive_the_detail_pane() -> None:
     app = InferoscopeApp(DEMO)
     async with app.run_test(size=(120, 40)) as pilot:
-        await _ready(app, pilot)
+        await settle(pilot)
         await pilot.press("j", "j", "down", "k")
         assert app.cursor_layer == 2
         await pilot.press("L", "L", "shift+right", "H")
@@ -127,7 +117,7 @@ async def test_layer_and_expert_cursor_drive_the_detail_pane() -> None:
 async def test_raw_view_shows_the_event_exactly_as_stored() -> None:
     app = InferoscopeApp(DEMO)
     async with app.run_test(size=(120, 40)) as pilot:
-        await _ready(app, pilot)
+        await settle(pilot)
         await pilot.press("l", "r")
         line = (DEMO / "raw_trace.ndjson").read_text().splitlines()[1]
         assert line in detail(app).replace("\n", "")
@@ -140,7 +130,7 @@ async def test_copy_sends_the_current_event_json(monkeypatch: pytest.MonkeyPatch
     copied: list[str] = []
     monkeypatch.setattr(app, "copy_to_clipboard", copied.append)
     async with app.run_test(size=(80, 24)) as pilot:
-        await _ready(app, pilot)
+        await settle(pilot)
         await pilot.press("l", "l", "y")
     assert copied == [(DEMO / "raw_trace.ndjson").read_text().splitlines()[2]]
 
@@ -148,7 +138,7 @@ async def test_copy_sends_the_current_event_json(monkeypatch: pytest.MonkeyPatch
 async def test_play_pause_and_speed() -> None:
     app = InferoscopeApp(DEMO)
     async with app.run_test(size=(80, 24)) as pilot:
-        await _ready(app, pilot)
+        await settle(pilot)
         await pilot.press("plus", "plus", "plus")
         assert "32 tok/s" in header(app)
         await pilot.press("space")
@@ -166,7 +156,7 @@ async def test_play_pause_and_speed() -> None:
 async def test_issues_pane_lists_filters_and_jumps(tmp_path: Path) -> None:
     app = InferoscopeApp(bundle_with_issues(tmp_path / "b"))
     async with app.run_test(size=(120, 40)) as pilot:
-        await _ready(app, pilot)
+        await settle(pilot)
         pane = app.query_one(IssuesPane)
         codes = {issue.code for issue in pane.all_issues}
         assert {"topk_prob_mismatch", "decode_duration_mismatch", "json_parse_error"} <= codes
@@ -191,7 +181,7 @@ async def test_issues_pane_lists_filters_and_jumps(tmp_path: Path) -> None:
 async def test_help_is_built_from_the_live_bindings() -> None:
     app = InferoscopeApp(DEMO)
     async with app.run_test(size=(100, 40)) as pilot:
-        await _ready(app, pilot)
+        await settle(pilot)
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
         descriptions = {description for _key, description in app.screen.rows}
@@ -218,7 +208,7 @@ async def test_help_is_built_from_the_live_bindings() -> None:
 async def test_open_at_token_option_and_quit() -> None:
     app = InferoscopeApp(DEMO, token=20)
     async with app.run_test(size=(80, 24)) as pilot:
-        await _ready(app, pilot)
+        await settle(pilot)
         assert app.position == 20
         await pilot.press("q")
     assert app.return_code == 0
@@ -237,7 +227,7 @@ async def test_no_color_grid_uses_a_glyph_ramp(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("NO_COLOR", "1")
     app = InferoscopeApp(DEMO)
     async with app.run_test(size=(80, 24)) as pilot:
-        await _ready(app, pilot)
+        await settle(pilot)
         grid = app.query_one(ExpertGrid)
         assert grid.no_color
         cells = "".join(line[11:] for line in grid_lines(app)[:16])

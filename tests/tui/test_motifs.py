@@ -14,23 +14,18 @@ from inferoscope_tui.motifs import GLOBAL_COLOURS, LAYER_COLOURS, MotifIndex, Mo
 from inferoscope_tui.widgets.expert_grid import ExpertGrid, faded
 
 from ..conftest import make_bundle_parts, write_raw_bundle
-from .helpers import HOSTILE_TEXTS, detail, header
+from .helpers import HOSTILE_TEXTS, detail, header, settle
 
 
 def _derived(folder: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (folder / "derived.ndjson").read_text().splitlines()]
 
 
-async def _ready(app: InferoscopeApp, pilot) -> None:  # type: ignore[no-untyped-def]
-    await app.workers.wait_for_complete()
-    await pilot.pause()
-
-
 async def test_every_channel_shows_the_derived_assignment_of_the_token() -> None:
     derived = _derived(EXAMPLE_RUN)
     app = InferoscopeApp(EXAMPLE_RUN)
     async with app.run_test(size=(100, 30)) as pilot:
-        await _ready(app, pilot)
+        await settle(pilot)
         grid = app.query_one("#grid", ExpertGrid)
         for position in (0, 1, 40, 199):
             await pilot.press("colon", *str(position), "enter")
@@ -93,7 +88,7 @@ async def test_hostile_and_malformed_derived_payloads_are_shown_as_data(tmp_path
     (folder / "derived.ndjson").write_text("\n".join(lines) + "\n")
     app = InferoscopeApp(folder)
     async with app.run_test(size=(100, 30)) as pilot:
-        await _ready(app, pilot)
+        await settle(pilot)
         assert app.model is not None and app.model.motifs is not None
         assert app.model.motifs.unreadable_lines == 1
         assert "[bold red]x[/]" in header(app) and "fit not recorded" in detail(app)
@@ -111,5 +106,5 @@ async def test_the_exact_matcher_is_named_beside_the_motifs(tmp_path: Path) -> N
     assert summary["matcher"] == "motifs/exact-fingerprint"
     app = InferoscopeApp(folder)
     async with app.run_test(size=(100, 30)) as pilot:
-        await _ready(app, pilot)
+        await settle(pilot)
         assert "motifs/exact-fingerprint" in detail(app)

@@ -13,7 +13,7 @@ from inferoscope_tui import InferoscopeApp
 from inferoscope_tui.screens.drill import DrillScreen
 from inferoscope_tui.screens.overview import OverviewScreen
 
-from .helpers import bundle_with_issues
+from .helpers import bundle_with_issues, settle
 
 
 def _events(folder: Path) -> list[dict[str, Any]]:
@@ -26,8 +26,7 @@ def _body(app: InferoscopeApp) -> str:
 
 
 async def _open_overview(app: InferoscopeApp, pilot) -> OverviewScreen:  # type: ignore[no-untyped-def]
-    await app.workers.wait_for_complete()
-    await pilot.pause()
+    await settle(pilot)
     await pilot.press("v")
     await pilot.pause()
     assert isinstance(app.screen, OverviewScreen)

@@ -16,17 +16,12 @@ from inferoscope_tui.screens.drill import DrillScreen
 from inferoscope_tui.screens.overview import OverviewScreen
 from inferoscope_tui.widgets.expert_grid import ExpertGrid
 
-from .helpers import bundle_with_issues, detail, header, strip
+from .helpers import bundle_with_issues, detail, header, settle, strip
 
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-
-
-async def _settle(app: InferoscopeApp, pilot) -> None:  # type: ignore[no-untyped-def]
-    await app.workers.wait_for_complete()
-    await pilot.pause()
 
 
 def _events(folder: Path) -> list[dict[str, Any]]:
@@ -37,11 +32,11 @@ async def test_s_cycles_real_tokens_experts_real_and_labels_every_pane() -> None
     real = _events(EXAMPLE_RUN)
     app = InferoscopeApp(EXAMPLE_RUN)
     async with app.run_test(size=(100, 30)) as pilot:
-        await _settle(app, pilot)
+        await settle(pilot)
         assert app.model is not None and app.model.overview is not None
         real_load = {i: layer.load.copy() for i, layer in app.model.overview.items()}
         await pilot.press("l", "l", "l", "s")
-        await _settle(app, pilot)
+        await settle(pilot)
         assert app.scramble == "tokens" and app.position == 3
         for text in (header(app), strip(app), detail(app)):
             assert "SCRAMBLED: tokens" in text
@@ -60,7 +55,7 @@ async def test_s_cycles_real_tokens_experts_real_and_labels_every_pane() -> None
         await pilot.press("escape")
         await pilot.pause()
         await pilot.press("escape", "s")
-        await _settle(app, pilot)
+        await settle(pilot)
         assert app.scramble == "experts" and "SCRAMBLED: experts" in header(app)
         # every distribution keeps its shape: the sorted probabilities of each layer are the real ones
         grid = app.query_one("#grid", ExpertGrid)
@@ -90,8 +85,8 @@ def test_the_twin_is_deterministic_and_derived_like_the_real_run(tmp_path: Path)
 async def test_a_run_with_issues_cannot_be_scrambled_and_stays_real(tmp_path: Path) -> None:
     app = InferoscopeApp(bundle_with_issues(tmp_path / "b"))
     async with app.run_test(size=(100, 30)) as pilot:
-        await _settle(app, pilot)
+        await settle(pilot)
         await pilot.press("s")
-        await _settle(app, pilot)
+        await settle(pilot)
         assert app.scramble is None
         assert any("cannot scramble this run" in str(n.message) for n in app._notifications)

@@ -10,15 +10,10 @@ import pytest
 from inferoscope_tui import InferoscopeApp
 
 from ..conftest import VALID
-from .helpers import bundle_with_issues
+from .helpers import bundle_with_issues, settle
 
 DEMO = VALID / "b_olmoe_64tok_16x64_top8"
 SIZES = [(80, 24), (160, 50)]
-
-
-async def _settle(pilot) -> None:  # type: ignore[no-untyped-def]
-    await pilot.app.workers.wait_for_complete()
-    await pilot.pause()
 
 
 @pytest.fixture
@@ -32,26 +27,26 @@ def issues_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_clean_bundle(snap_compare, size: tuple[int, int]) -> None:  # type: ignore[no-untyped-def]
     assert snap_compare(
-        InferoscopeApp(DEMO), terminal_size=size, run_before=_settle, press=["l", "l", "j", "L", "L"]
+        InferoscopeApp(DEMO), terminal_size=size, run_before=settle, press=["l", "l", "j", "L", "L"]
     )
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_bundle_with_issues(snap_compare, issues_bundle: Path, size: tuple[int, int]) -> None:  # type: ignore[no-untyped-def]
     assert snap_compare(
-        InferoscopeApp(issues_bundle), terminal_size=size, run_before=_settle, press=["right_square_bracket"]
+        InferoscopeApp(issues_bundle), terminal_size=size, run_before=settle, press=["right_square_bracket"]
     )
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_no_color(snap_compare, monkeypatch: pytest.MonkeyPatch, size: tuple[int, int]) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("NO_COLOR", "1")
-    assert snap_compare(InferoscopeApp(DEMO), terminal_size=size, run_before=_settle, press=["G"])
+    assert snap_compare(InferoscopeApp(DEMO), terminal_size=size, run_before=settle, press=["G"])
 
 
 def test_help_screen(snap_compare) -> None:  # type: ignore[no-untyped-def]
     assert snap_compare(
-        InferoscopeApp(DEMO), terminal_size=(80, 24), run_before=_settle, press=["question_mark"]
+        InferoscopeApp(DEMO), terminal_size=(80, 24), run_before=settle, press=["question_mark"]
     )
 
 
@@ -62,9 +57,9 @@ def _then(*keys: str):  # type: ignore[no-untyped-def]
     """Settle, press ``keys`` and settle again (for views that build something in a worker)."""
 
     async def run(pilot) -> None:  # type: ignore[no-untyped-def]
-        await _settle(pilot)
+        await settle(pilot)
         await pilot.press(*keys)
-        await _settle(pilot)
+        await settle(pilot)
 
     return run
 
