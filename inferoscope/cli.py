@@ -243,14 +243,59 @@ def cmd_derive(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _no_terminal() -> str | None:
+    """Why the app cannot draw here (no TTY on stdin or stdout), or None.
+
+    Textual's web and headless drivers bring their own screen, so a driver named in
+    TEXTUAL_DRIVER (``textual serve``) is trusted.
+    """
+    if os.environ.get("TEXTUAL_DRIVER"):
+        return None
+    missing = [name for name, stream in (("stdin", sys.stdin), ("stdout", sys.stdout)) if not _is_tty(stream)]
+    if not missing:
+        return None
+    return (
+        f"tui needs a terminal, but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not one; "
+        "over SSH use `ssh -t HOST inferoscope tui ...`; for a summary without a terminal use "
+        "`inferoscope inspect RUN_DIR`"
+    )
+
+
+def _is_tty(stream: Any) -> bool:
+    try:
+        return bool(stream is not None and stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def _unopenable(run_dir: str, role: str) -> str | None:
+    """One line saying why ``run_dir`` cannot be opened as a bundle at all, or None."""
+    try:
+        RunReader(run_dir)
+    except BundleOpenError as exc:
+        return f"cannot open {role}: {visible(str(exc), 300)}"
+    return None
+
+
 def cmd_tui(args: argparse.Namespace) -> int:
+    if args.token is not None and args.token < 0:
+        return _fail("--token must be >= 0")
+    run_dir = args.run_dir if args.run_dir is not None else str(EXAMPLE_RUN)
+    problem = _unopenable(run_dir, "run bundle")
+    if problem is None and args.compare is not None:
+        problem = _unopenable(args.compare, "run B (--compare)")
+    problem = problem or _no_terminal()
+    if problem is not None:
+        return _fail(problem)
     from inferoscope_tui import run_app  # the app (and textual) only load for this command
 
-    if args.token is not None and args.token < 0:
-        print("inferoscope: --token must be >= 0", file=sys.stderr)
-        return EXIT_UNREADABLE
-    run_dir = args.run_dir if args.run_dir is not None else str(EXAMPLE_RUN)
     return run_app(run_dir, token=args.token, compare=args.compare)
+
+
+def _fail(message: str) -> int:
+    """One line on stderr (never wrapped, whatever the width) and exit 2."""
+    print(f"inferoscope: {message}", file=sys.stderr)
+    return EXIT_UNREADABLE
 
 
 def _capture_with_progress(

@@ -102,11 +102,21 @@ def test_hostile_text_never_reaches_the_terminal(tmux: Tmux, tmp_path: Path) -> 
     assert "\x1b" not in screen
 
 
-def test_an_unreadable_path_gets_a_message_and_exit_code_1(tmux: Tmux, tmp_path: Path) -> None:
+def test_a_wrong_path_gets_one_line_and_exit_2_before_any_screen(tmux: Tmux, tmp_path: Path) -> None:
     tmux.start(f"{INFEROSCOPE} tui {tmp_path / 'missing'}; echo EXIT=$?")
-    tmux.wait_for("cannot open run bundle")
-    tmux.keys("q")
-    tmux.wait_for("EXIT=1")
+    screen = tmux.wait_for("EXIT=2")
+    assert "inferoscope: cannot open run bundle:" in screen and "no such directory" in screen
+    assert "keys" not in screen  # no app was drawn: the shell prompt is still there
+
+
+def test_without_a_terminal_it_refuses_at_once_and_names_ssh_t(tmux: Tmux, tmp_path: Path) -> None:
+    # as `ssh host inferoscope tui RUN` without -t: stdin and stdout are not a terminal
+    out = tmp_path / "out.txt"
+    tmux.start(f"{INFEROSCOPE} tui < /dev/null > {out} 2>&1; echo EXIT=$?")
+    tmux.wait_for("EXIT=2")
+    lines = out.read_text().splitlines()
+    assert len(lines) == 1 and "needs a terminal" in lines[0] and "ssh -t" in lines[0]
+    assert "\x1b" not in out.read_text()
 
 
 def test_run_view_scramble_and_compare_in_tmux(tmux: Tmux, tmp_path: Path) -> None:
