@@ -67,17 +67,17 @@ def _progress(console: Console, reader: RunReader, label: str) -> Iterator[Calla
         yield update
 
 
-def _open(run_dir: str, err: Console) -> RunReader | None:
+def _open(run_dir: str) -> RunReader | None:
     try:
         return RunReader(run_dir)
     except BundleOpenError as exc:
-        err.print(f"inferoscope: {visible(str(exc))}", markup=False, highlight=False)
+        _error_line(f"inferoscope: {visible(str(exc))}")
         return None
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     out, err = _consoles()
-    reader = _open(args.run_dir, err)
+    reader = _open(args.run_dir)
     if reader is None:
         return EXIT_UNREADABLE
     with _progress(err, reader, f"validating {RAW_TRACE_FILE}") as progress:
@@ -92,12 +92,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     out, err = _consoles()
     if args.max_issues < 0:
-        err.print("inferoscope: --max-issues must be >= 0", markup=False)
+        _error_line("inferoscope: --max-issues must be >= 0")
         return EXIT_UNREADABLE
     worst = EXIT_OK
     results: list[dict[str, Any]] = []
     for run_dir in args.run_dirs:
-        reader = _open(run_dir, err)
+        reader = _open(run_dir)
         if reader is None:
             worst = EXIT_UNREADABLE
             results.append({"run_dir": run_dir, "readable": False})
@@ -123,11 +123,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     from .compare import compare_runs
 
-    out, err = _consoles()
+    out, _err = _consoles()
     try:
         result = compare_runs(args.run_a, args.run_b)
     except BundleOpenError as exc:
-        err.print(f"inferoscope: {visible(str(exc))}", markup=False)
+        _error_line(f"inferoscope: {visible(str(exc))}")
         return EXIT_UNREADABLE
     data = result.to_dict(worst=args.top)
     if args.json:
@@ -182,28 +182,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    out, err = _consoles()
+    out, _err = _consoles()
     from .export import export_parquet
 
-    reader = _open(args.run_dir, err)
+    reader = _open(args.run_dir)
     if reader is None:
         return EXIT_UNREADABLE
     report = reader.validate()
     if not report.ok and not args.force:
-        err.print(
+        _error_line(
             f"inferoscope: {visible(args.run_dir)} has {report.total} contract issue(s) "
             f"({', '.join(report.counts_by_code())}); run 'inferoscope validate', or --force to export "
-            "what is readable",
-            markup=False,
+            "what is readable"
         )
         return EXIT_ISSUES
     try:
         rows = export_parquet(args.run_dir, args.parquet, overwrite=args.overwrite)
     except ModuleNotFoundError as exc:
-        err.print(f"inferoscope: export needs {exc.name}: pip install 'inferoscope[export]'", markup=False)
+        _error_line(f"inferoscope: export needs {exc.name}: pip install 'inferoscope[export]'")
         return EXIT_UNREADABLE
     except (FileExistsError, OSError) as exc:
-        err.print(f"inferoscope: {visible(str(exc), 300)}", markup=False)
+        _error_line(f"inferoscope: {visible(str(exc), 300)}")
         return EXIT_UNREADABLE
     out.print(Text(f"wrote {rows} rows (token x layer) to {visible(str(args.parquet))}"))
     return EXIT_OK
@@ -215,6 +214,8 @@ def cmd_derive(args: argparse.Namespace) -> int:
 
     out, err = _consoles()
     threshold = None if args.exact else args.threshold
+    if _open(args.run_dir) is None:
+        return EXIT_UNREADABLE
     try:
         target = Path(args.run_dir)
         if args.scramble:
@@ -227,7 +228,7 @@ def cmd_derive(args: argparse.Namespace) -> int:
             (err if args.json else out).print(notice, soft_wrap=True)
         summary = write_derived(target, threshold)
     except (RunBundleError, FileExistsError, RunIdError, ValueError) as exc:
-        err.print(f"inferoscope: {visible(str(exc).splitlines()[0], 400)}", markup=False)
+        _error_line(f"inferoscope: {visible(str(exc).splitlines()[0], 400)}")
         return EXIT_ISSUES if isinstance(exc, RunBundleError) else EXIT_UNREADABLE
     if args.json:
         sys.stdout.write(json.dumps({"run_dir": str(target), **summary}, indent=2, sort_keys=True) + "\n")
@@ -293,9 +294,15 @@ def cmd_tui(args: argparse.Namespace) -> int:
 
 
 def _fail(message: str) -> int:
-    """One line on stderr (never wrapped, whatever the width) and exit 2."""
-    print(f"inferoscope: {message}", file=sys.stderr)
+    """One line on stderr and exit 2."""
+    _error_line(f"inferoscope: {message}")
     return EXIT_UNREADABLE
+
+
+def _error_line(message: str) -> None:
+    """Exactly one line on stderr, never wrapped whatever the width, no markup, no control codes."""
+    sys.stderr.write(" ".join(message.splitlines()) + "\n")
+    sys.stderr.flush()
 
 
 def _capture_with_progress(
@@ -340,10 +347,9 @@ def _capture_summary(out: Console, run_dir: Path, elapsed: float) -> None:
 
 
 def _capture_imports_missing(err: Console, exc: ImportError) -> int:
-    err.print(
+    _error_line(
         f"inferoscope: capture needs torch and transformers ({exc.name} is missing): "
-        "pip install 'inferoscope[capture]'",
-        markup=False,
+        "pip install 'inferoscope[capture]'"
     )
     return EXIT_UNREADABLE
 
@@ -356,7 +362,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     except ImportError as exc:
         return _capture_imports_missing(err, exc)
     if not args.prompt.strip():
-        err.print("inferoscope: the prompt is empty", markup=False)
+        _error_line("inferoscope: the prompt is empty")
         return EXIT_UNREADABLE
     try:
         model, tokenizer = load_local(args.model, device=args.device, dtype=args.dtype)
@@ -377,7 +383,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
             ),
         )
     except (CaptureError, FileExistsError, RunIdError) as exc:
-        err.print(f"inferoscope: {visible(str(exc), 500)}", markup=False)
+        _error_line(f"inferoscope: {visible(str(exc), 500)}")
         return EXIT_UNREADABLE
     _capture_summary(out, run_dir, elapsed)
     out.print(Text(f"motifs: inferoscope derive {visible(str(run_dir))}"), soft_wrap=True)
@@ -396,7 +402,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             err, args.tokens, lambda step: capture_demo(args.out, args.run_id, args.tokens, step)
         )
     except (CaptureError, FileExistsError, RunIdError) as exc:
-        err.print(f"inferoscope: {visible(str(exc), 500)}", markup=False)
+        _error_line(f"inferoscope: {visible(str(exc), 500)}")
         return EXIT_UNREADABLE
     from .derive import write_derived
 

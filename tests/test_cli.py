@@ -127,6 +127,37 @@ def test_unreadable_input_is_one_line_on_stderr_and_exit_2(args: list[str]) -> N
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+LONG = "/no/such/" + "deeply-nested-folder/" * 8 + "run"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["validate", LONG],
+        ["inspect", LONG],
+        ["compare", LONG, LONG],
+        ["export", LONG, "--parquet", "x.parquet"],
+        ["derive", LONG],
+        ["tui", LONG],
+        ["tui", str(B), "--compare", LONG],
+    ],
+)
+def test_every_error_is_one_line_whatever_the_width(args: list[str], tmp_path: Path) -> None:
+    for columns in ("40", "80", "300"):
+        result = subprocess.run(
+            [sys.executable, "-m", "inferoscope", *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "COLUMNS": columns},
+            cwd=tmp_path,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+        assert "deeply-nested-folder/run" in result.stderr
+
+
 def test_usage_errors_exit_2() -> None:
     assert run("inferoscope").returncode == 2
     assert run("inferoscope", "frobnicate").returncode == 2

@@ -20,7 +20,7 @@ class RunBundleError(ValueError):
         self.counts = counts if counts is not None else count_by_code(self.issues)
         total = sum(self.counts.values())
         codes = ", ".join(f"{code} x{count}" for code, count in self.counts.items())
-        lines = [visible(f"{what}: {total} issue(s): {codes}")]
+        lines = [visible(f"{what}: {total} issue(s): {codes}" if total else what)]
         lines += [f"  - {visible(issue.describe(), 500)}" for issue in self.issues[:_SHOWN]]
         if total > _SHOWN:
             lines.append(f"  ... and {total - _SHOWN} more")
