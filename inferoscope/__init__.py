@@ -13,6 +13,7 @@ from .bundle import (
     load_run_bundle,
     write_run_bundle,
 )
+from .derive import derive_bundle_artifacts
 from .extraction import (
     MoELayerCaptureInput,
     PyTorchRunBundleRecorder,
@@ -50,6 +51,7 @@ __all__ = [
     "build_manifest",
     "build_moe_layer_trace",
     "build_token_complete_event",
+    "derive_bundle_artifacts",
     "load_run_bundle",
     "record_olmoe_generated_token",
     "validate_run_bundle",

@@ -1,4 +1,4 @@
-"""Provisional motifs (SPEC §1: derived, separate from the raw trace, never trusted blindly).
+"""Provisional motifs (contract §1: derived, separate from the raw trace, never trusted blindly).
 
 Two matchers, named in ``derivation_config_id``:
 - ``motifs/exact-fingerprint``: a motif is an exact router_probs vector (the baseline; on real
@@ -141,20 +141,36 @@ def matcher_id(threshold: float | None) -> str:
     return "motifs/exact-fingerprint" if threshold is None else f"motifs/online-cosine-{threshold:.2f}"
 
 
-def derive_bundle_artifacts(
-    bundle: dict[str, Any], threshold: float | None = DEFAULT_THRESHOLD
-) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
-    """(derived_events, motif_ledger, contingency) of a loaded bundle; ``threshold=None`` is exact."""
-    return derive_events(bundle["manifest"], bundle["raw_events"], threshold)
+def derive_bundle_artifacts(bundle: dict[str, Any], threshold: float | None = None) -> dict[str, Any]:
+    """``derived_events``, ``motif_ledger`` and ``contingency`` of a loaded bundle (the original API).
+
+    As the original library's first pass, motifs are exact fingerprints unless a cosine
+    ``threshold`` is given, and the artifacts carry the manifest's own derivation_version and
+    derivation_config_id, so they can be written beside the unchanged manifest. (``inferoscope
+    derive`` instead names the matcher in derivation_config_id and updates the manifest.)
+    """
+    manifest = bundle["manifest"]
+    derived, ledger, contingency = derive_events(
+        manifest, bundle["raw_events"], threshold, config_id=manifest["derivation_config_id"]
+    )
+    return {"derived_events": derived, "motif_ledger": ledger, "contingency": contingency}
 
 
 def derive_events(
     manifest: dict[str, Any],
     raw_events: Iterable[dict[str, Any]],
     threshold: float | None = DEFAULT_THRESHOLD,
+    *,
+    config_id: str | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
-    """The same from raw events streamed one at a time (a long run is never held in memory)."""
-    run_id, version, config_id = manifest["run_id"], manifest["derivation_version"], matcher_id(threshold)
+    """(derived_events, motif_ledger, contingency) from raw events streamed one at a time.
+
+    ``config_id`` stamps the artifacts (default: the matcher's id); the ledger's
+    ``matching_rule`` always names the matcher.
+    """
+    rule = matcher_id(threshold)
+    run_id, version = manifest["run_id"], manifest["derivation_version"]
+    config_id = config_id if config_id is not None else rule
     global_clusters = _Clusters("g_", threshold)
     layer_clusters: dict[int, _Clusters] = {}
     derived: list[dict[str, Any]] = []
@@ -203,7 +219,7 @@ def derive_events(
         "derivation_version": version,
         "derivation_config_id": config_id,
         "ledger_payload": {
-            "matching_rule": config_id,
+            "matching_rule": rule,
             "threshold": threshold,
             "similarity": None if threshold is None else "cosine of router_probs minus uniform",
             "tokens": len(derived),
@@ -244,12 +260,12 @@ def write_derived(run_dir: Path | str, threshold: float | None = DEFAULT_THRESHO
     events = (reader.event(i) for i in range(len(reader)))
     derived, ledger, contingency = derive_events(source, events, threshold)
     manifest = dict(source, derivation_config_id=ledger["derivation_config_id"])
-    from .validation.in_memory import validate_run_bundle_schema
+    from .validation.in_memory import validate_run_bundle_schema_issues
 
     # load_run_bundle validated the raw trace; check only what is new here (schema-checking every
     # raw event again with jsonschema would cost minutes on a long run). Cross-file agreement holds
     # by construction and the whole bundle is validated once more on disk below.
-    new_parts = validate_run_bundle_schema(manifest, [], reader.layout, derived, ledger, contingency)
+    new_parts = validate_run_bundle_schema_issues(manifest, [], reader.layout, derived, ledger, contingency)
     issues = [i for i in new_parts if i.severity == "error"]
     if issues:
         raise RunBundleError("refusing to write derived artifacts", issues)

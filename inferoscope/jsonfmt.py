@@ -1,4 +1,4 @@
-"""The byte format of bundle files (SPEC §5) and the strict JSON reading rules.
+"""The byte format of bundle files (contract §5) and the strict JSON reading rules.
 
 Writing uses the standard library encoder so that the bytes match the original library's
 output exactly (sorted keys, default separators, ASCII escapes, trailing newline).
@@ -15,6 +15,9 @@ from typing import Any
 import msgspec
 
 _UTF8_BOM = b"\xef\xbb\xbf"
+
+#: words every refusal of NaN / Infinity carries, on reading and on writing
+NON_STANDARD_NUMBERS = "non-standard JSON numeric values"
 
 
 class JSONParseError(ValueError):
@@ -36,7 +39,7 @@ def dumps_ndjson_line(obj: Any) -> str:
 
 
 def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+    raise ValueError(f"{name} is one of the {NON_STANDARD_NUMBERS}, not valid JSON")
 
 
 def _finite_float(text: str) -> float:

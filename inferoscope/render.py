@@ -125,7 +125,7 @@ def issues_view(run_dir: str, report: ValidationReport, max_issues: int) -> Rend
             line = Text("    ")
             line.append(visible(where, 200), style="cyan")
             line.append(": ")
-            line.append(visible(issue.message, 400))
+            line.append(visible(issue.message + (f" ({issue.detail})" if issue.detail else ""), 400))
             lines.append(line)
     shown = min(report.total, max_issues, len(report.issues))
     if shown < report.total:

@@ -22,6 +22,7 @@ class RunSummary:
     manifest: dict[str, Any] | None
     report: ValidationReport
     optional_artifacts: dict[str, bool]
+    layout: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, reader: RunReader, progress: ProgressFn | None = None) -> RunSummary:
@@ -31,7 +32,7 @@ class RunSummary:
             "motif_ledger": (reader.run_dir / MOTIF_LEDGER_FILE).exists(),
             "contingency": (reader.run_dir / CONTINGENCY_FILE).exists(),
         }
-        return cls(reader.run_dir, reader.manifest, report, present)
+        return cls(reader.run_dir, reader.manifest, report, present, reader.layout)
 
     def field(self, key: str) -> Any:
         return (self.manifest or {}).get(key)
@@ -68,17 +69,20 @@ class RunSummary:
         return rows
 
     def compat_dict(self) -> dict[str, Any]:
-        """The keys the original ``python -m inferoscope.inspect --json`` printed."""
+        """The keys the original ``python -m inferoscope.inspect --json`` printed.
+
+        As there, the layers and their expert counts are the layout's (so a run of zero
+        events still lists its layers).
+        """
+        layers = layout_expert_counts(self.layout)
         return {
             "run_id": self.field("run_id"),
             "created_at": self.field("created_at"),
             "model_id": self.field("model_id"),
             "tokenizer_id": self.field("tokenizer_id"),
             "raw_events": self.report.aggregates.events,
-            "layers": len(self.report.aggregates.layers),
-            "layer_expert_counts": [
-                {"layer_index": index, "num_total_experts": n} for index, n in self.layer_expert_counts()
-            ],
+            "layers": layout_layer_count(self.layout),
+            "layer_expert_counts": [{"layer_index": index, "num_total_experts": n} for index, n in layers],
             "optional_artifacts": dict(self.optional_artifacts),
             "prompt_text": self.prompt_text,
             "decode_duration_ms": self.decode_duration(),
@@ -110,3 +114,21 @@ class RunSummary:
             }
         )
         return data
+
+
+def layout_layer_count(layout: Any) -> int:
+    layers = layout.get("layers") if isinstance(layout, dict) else None
+    return len(layers) if isinstance(layers, list) else 0
+
+
+def layout_expert_counts(layout: Any) -> list[tuple[int, int]]:
+    """(layer_index, number of positions) of each well-formed layout layer, by layer_index."""
+    layers = layout.get("layers") if isinstance(layout, dict) else None
+    counts = []
+    for layer in layers if isinstance(layers, list) else []:
+        if not isinstance(layer, dict):
+            continue
+        index, positions = layer.get("layer_index"), layer.get("positions")
+        if isinstance(index, int) and not isinstance(index, bool) and isinstance(positions, list):
+            counts.append((index, len(positions)))
+    return sorted(counts)

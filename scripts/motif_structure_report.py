@@ -20,13 +20,13 @@ from typing import Any
 
 from inferoscope import load_run_bundle
 from inferoscope.cli import EXAMPLE_RUN
-from inferoscope.derive import derive_bundle_artifacts
+from inferoscope.derive import derive_events
 from inferoscope.scramble import scrambled_events
 from inferoscope.stats import mutual_information, shuffled_mutual_information
 
 
 def structure(bundle: dict[str, Any], threshold: float) -> dict[str, float]:
-    derived, ledger, _contingency = derive_bundle_artifacts(bundle, threshold)
+    derived, ledger, _contingency = derive_events(bundle["manifest"], bundle["raw_events"], threshold)
     payload = ledger["ledger_payload"]
     ids = [e["token_id"] for e in bundle["raw_events"]]
     motifs = [d["derived_payload"]["global_motif"]["motif_id"] for d in derived]

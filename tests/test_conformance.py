@@ -1,4 +1,4 @@
-"""Bundles written by the original library get the same verdicts here (SPEC, fixtures/)."""
+"""Bundles written by the original library get the same verdicts here (contract, tests/fixtures/upstream)."""
 
 from __future__ import annotations
 

@@ -164,7 +164,7 @@ def test_every_single_mutation_of_a_valid_event_is_caught(
         and how == "bump"
         and events[victim]["layers"][path[1]]["num_total_experts"] == 1
     ):
-        return  # SPEC §4 checks entropy only for n > 1: with one expert it is not a violation
+        return  # contract §4 checks entropy only for n > 1: with one expert it is not a violation
     with tempfile.TemporaryDirectory() as root:
         folder = write_raw_bundle(Path(root) / "b", manifest, mutated, layout)
         report = RunReader(folder).validate()

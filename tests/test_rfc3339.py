@@ -1,4 +1,4 @@
-"""created_at is strict RFC 3339 (SPEC §2), leap seconds only where they really happened."""
+"""created_at is strict RFC 3339 (contract §2), leap seconds only where they really happened."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every SPEC §4 code fires where the problem is, on the streaming path and the in-memory API."""
+"""Every contract §4 code fires where the problem is, on the streaming path and the in-memory API."""
 
 from __future__ import annotations
 
@@ -155,7 +155,7 @@ def test_a_layer_missing_from_the_layout_names_the_raw_line_that_uses_it(tmp_pat
     for issues in _both_paths(tmp_path, manifest, events, layout):
         [issue] = issues
         assert issue.code == "layout_expert_count_mismatch" and issue.location.layer_index == 1
-        assert "raw_trace.ndjson line 2" in issue.message
+        assert "raw_trace.ndjson line 2" in issue.describe()
 
 
 def test_derived_artifacts_are_checked_against_manifest_and_raw(tmp_path: Path) -> None:

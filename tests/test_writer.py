@@ -19,7 +19,7 @@ from .conftest import DATA, VALID, make_bundle_parts
 
 
 def _rebuild_fixture_b(root: Path) -> Path:
-    """Bundle b from SPEC fixtures/README's recipe, through our recorder and writer."""
+    """Bundle b from tests/fixtures/upstream/README's recipe, through our recorder and writer."""
     rng = np.random.default_rng(7)
     logits = rng.standard_normal((64, 16, 64))
     token_ids = rng.integers(0, 50280, size=64)
@@ -39,7 +39,7 @@ def _rebuild_fixture_b(root: Path) -> Path:
         },
     )
     for t in range(64):
-        start = 100 + 25 * t
+        start = 100.0 + 25 * t  # the recipe used float milliseconds (the bytes say 100.0)
         recorder.record_generated_token(
             token_id=int(token_ids[t]),
             token_text=f" tok{t}",

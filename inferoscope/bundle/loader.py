@@ -1,4 +1,4 @@
-"""The strict loader of SPEC §7: a whole bundle as dicts, or an exception naming every issue."""
+"""The strict loader of contract §7: a whole bundle as dicts, or an exception naming every issue."""
 
 from __future__ import annotations
 
@@ -7,32 +7,42 @@ from typing import Any
 
 from ..jsonfmt import parse_json_bytes
 from ..versions import CONTINGENCY_FILE, DERIVED_FILE, MOTIF_LEDGER_FILE
-from .errors import RunBundleError
+from .errors import RunBundleNotFoundError, bundle_error
 from .files import read_json_object
 from .lines import iter_lines
 from .reader import BundleOpenError, RunReader
 from .report import ValidationReport
 
 
+def not_found(exc: BundleOpenError) -> RunBundleNotFoundError:
+    """The error for a path that is no bundle at all (also a FileNotFoundError)."""
+    return RunBundleNotFoundError(
+        f"run bundle cannot be opened: {exc} (a bundle needs manifest.json, raw_trace.ndjson, layout.json)",
+        [],
+    )
+
+
 def open_valid_reader(run_dir: Path | str) -> RunReader:
-    """A reader on a bundle that validated clean (streaming); RunBundleError names every code if not."""
+    """A reader on a bundle that validated clean (streaming); RunBundleError names every code if not.
+
+    A missing folder is a RunBundleNotFoundError (also a FileNotFoundError); see ``bundle_error``
+    for the other types.
+    """
     try:
         reader = RunReader(run_dir)
     except BundleOpenError as exc:
-        raise RunBundleError(f"run bundle cannot be opened: {exc}", []) from None
+        raise not_found(exc) from None
     report: ValidationReport = reader.validate()
     if not report.ok:
-        raise RunBundleError(
-            f"run bundle {run_dir} failed validation", report.issues, report.counts_by_code()
-        )
+        raise bundle_error(str(run_dir), report.issues, report.counts_by_code())
     return reader
 
 
 def load_run_bundle(run_dir: Path | str) -> dict[str, Any]:
     """Load and fully validate a bundle; RunBundleError lists every code if it is not clean.
 
-    Returns ``manifest``, ``raw_events``, ``layout``, ``derived_events`` (a list, empty when
-    the file is absent), ``motif_ledger`` and ``contingency`` (None when absent).
+    Returns ``manifest``, ``raw_events``, ``layout``, and ``derived_events`` (a list),
+    ``motif_ledger`` and ``contingency``, each None when its file is absent.
     """
     reader = open_valid_reader(run_dir)
     base = Path(run_dir)
@@ -40,7 +50,7 @@ def load_run_bundle(run_dir: Path | str) -> dict[str, Any]:
     derived = (
         [parse_json_bytes(line.data) for line in iter_lines(derived_path) if line.data is not None]
         if derived_path.exists()
-        else []
+        else None
     )
     return {
         "manifest": reader.manifest,

@@ -1,4 +1,4 @@
-"""The atomic bundle writer (SPEC §5).
+"""The atomic bundle writer (contract §5).
 
 Everything is serialised into a hidden staging directory beside the target, validated
 there with the same reader every consumer uses, and only then renamed into place in one
@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from ..jsonfmt import dumps_json_file, dumps_ndjson_line
+from ..jsonfmt import NON_STANDARD_NUMBERS, dumps_json_file, dumps_ndjson_line
 from ..run_ids import run_dir_for
 from ..validation.issues import Location, ValidationIssue
 from ..versions import (
@@ -26,14 +26,14 @@ from ..versions import (
     MOTIF_LEDGER_FILE,
     RAW_TRACE_FILE,
 )
-from .errors import RunBundleError
+from .errors import RunBundleError, bundle_error
 from .reader import RunReader
 
 UNSERIALISABLE = "unserialisable_value"
 
 
 def write_run_bundle(
-    root: Path | str,
+    root_dir: Path | str,
     manifest: Mapping[str, Any],
     raw_events: Iterable[Mapping[str, Any]],
     layout: Mapping[str, Any],
@@ -41,14 +41,16 @@ def write_run_bundle(
     motif_ledger: Mapping[str, Any] | None = None,
     contingency: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write a validated bundle to ``root/<run_id>`` and return that directory.
+    """Write a validated bundle to ``root_dir/<run_id>`` and return that directory.
 
     Raises RunIdError (a ValueError) for a run_id that is not a canonical relative path,
     FileExistsError if the target exists, and RunBundleError listing every issue if the
-    bundle breaks the contract; in each case nothing is left on disk.
+    bundle breaks the contract (typed as the original library typed it: TypeError for a value
+    JSON cannot hold, "failed schema validation" / "failed semantic validation"); in each case
+    nothing is left on disk.
     """
     run_id = manifest.get("run_id") if isinstance(manifest, Mapping) else None
-    target = run_dir_for(root, run_id)  # type: ignore[arg-type]
+    target = run_dir_for(root_dir, run_id, subject="manifest run_id")  # type: ignore[arg-type]
     if target.exists() or target.is_symlink():
         raise FileExistsError(f"run bundle target already exists: {target}")
     created = _make_parents(target.parent)
@@ -58,9 +60,7 @@ def write_run_bundle(
         _write_files(staging, manifest, raw_events, layout, derived_events, motif_ledger, contingency)
         report = RunReader(staging).validate()
         if not report.ok:
-            raise RunBundleError(
-                f"refusing to write run bundle {run_id!r}", report.issues, report.counts_by_code()
-            )
+            raise bundle_error(f"refusing to write {run_id!r}", report.issues, report.counts_by_code())
         if target.exists() or target.is_symlink():
             raise FileExistsError(f"run bundle target already exists: {target}")
         os.rename(staging, target)
@@ -109,11 +109,14 @@ def _write_files(
 
 
 def _refuse(name: str, file: str, line: int | None, exc: Exception) -> RunBundleError:
-    reason = "holds NaN or Infinity" if isinstance(exc, ValueError) else f"is not JSON-serialisable ({exc})"
+    if isinstance(exc, ValueError):
+        reason = f"holds {NON_STANDARD_NUMBERS} (NaN or Infinity), which JSON cannot represent"
+    else:
+        reason = f"is not JSON-serialisable ({exc})"
     issue = ValidationIssue(
         "run_bundle", UNSERIALISABLE, f"{name} {reason}", location=Location(file=file, line=line)
     )
-    return RunBundleError("refusing to write run bundle", [issue])
+    return bundle_error("refusing to write it", [issue])
 
 
 def _write_json(path: Path, obj: Any, name: str) -> None:

@@ -1,4 +1,4 @@
-"""Builders of manifest, raw event, layer trace and grid layout (SPEC §3, §7).
+"""Builders of manifest, raw event, layer trace and grid layout (contract §3, §7).
 
 The arithmetic is plain Python in a fixed order (max-subtracted exp, left-to-right sums)
 so that the numbers, and therefore the bundle bytes, equal the original library's.
@@ -7,11 +7,14 @@ so that the numbers, and therefore the bundle bytes, equal the original library'
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ..run_ids import run_id_path
+from ..validation.rfc3339 import is_rfc3339_date_time
 from ..versions import (
     ARTIFACT_VERSION_KEYS,
     LAYOUT_SCHEMA_VERSION,
@@ -48,7 +51,22 @@ def build_manifest(
     capture_config: Mapping[str, Any] | None = None,
     seed: int | None = None,
 ) -> dict[str, Any]:
-    """A ``manifest/v0.1.0`` object; ``created_at`` defaults to now (UTC)."""
+    """A ``manifest/v0.1.0`` object; ``created_at`` defaults to now (UTC).
+
+    Refuses (ValueError) what the original library refuses: an empty or non-canonical run_id,
+    a created_at that is not RFC 3339, empty model, tokenizer or derivation ids.
+    """
+    _check_run_id(run_id)
+    if created_at is not None and not (isinstance(created_at, str) and is_rfc3339_date_time(created_at)):
+        raise ValueError(f"created_at must be a valid RFC 3339 date-time string, got {created_at!r}")
+    for name, value in (
+        ("model_id", model_id),
+        ("tokenizer_id", tokenizer_id),
+        ("derivation_version", derivation_version),
+        ("derivation_config_id", derivation_config_id),
+    ):
+        if not value:
+            raise ValueError(f"{name} must not be empty")
     return {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "run_id": run_id,
@@ -65,6 +83,39 @@ def build_manifest(
     }
 
 
+def _check_run_id(run_id: object) -> None:
+    if not isinstance(run_id, str) or not run_id:
+        raise ValueError("run_id must not be empty")
+    run_id_path(run_id)
+
+
+def as_integer(value: object) -> int | None:
+    """``value`` as a Python int when it is an integer (numpy integers too, bools not), else None."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        return None
+    return int(value)
+
+
+def _check_index(name: str, value: object) -> int:
+    """A non-negative integer index (numpy integers included), else TypeError / ValueError."""
+    number = as_integer(value)
+    if number is None:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if number < 0:
+        raise ValueError(f"{name} must be non-negative (>= 0), got {number}")
+    return number
+
+
+def _milliseconds(name: str, value: object) -> int | float:
+    """A finite time in ms; integers stay integers (the bytes then equal the original's)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    number: int | float = int(value) if isinstance(value, numbers.Integral) else float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite")
+    return number
+
+
 def softmax(logits: Sequence[float]) -> list[float]:
     """Max-subtracted softmax without temperature; refuses non-finite logits."""
     if not logits:
@@ -77,25 +128,22 @@ def softmax(logits: Sequence[float]) -> list[float]:
     return [value / total for value in exps]
 
 
-def build_moe_layer_trace(
-    layer_input: MoELayerCaptureInput | None = None,
-    *,
-    layer_index: int | None = None,
-    router_logits: Any = None,
-    num_active_experts: int | None = None,
-) -> dict[str, Any]:
-    """The raw layer entry for one token: probabilities, top-k and sharpness numbers."""
-    if layer_input is not None:
-        layer_index = layer_input.layer_index
-        router_logits = layer_input.router_logits
-        num_active_experts = layer_input.num_active_experts
-    if layer_index is None or router_logits is None or num_active_experts is None:
-        raise TypeError("build_moe_layer_trace needs layer_index, router_logits and num_active_experts")
+def build_moe_layer_trace(layer_index: int, router_logits: Any, *, num_active_experts: int) -> dict[str, Any]:
+    """The raw layer entry for one token: probabilities, top-k and sharpness numbers.
+
+    ``router_logits`` is one flat row (list, numpy array or tensor-like); top-k is the k most
+    probable experts, ties broken by the lower index.
+    """
+    layer_index = _check_index("layer_index", layer_index)
     probs = softmax(to_float_list(router_logits))
     n = len(probs)
-    k = num_active_experts
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
-        raise ValueError(f"num_active_experts must be an integer in [1, {n}], got {k!r}")
+    k = as_integer(num_active_experts)
+    if k is None:
+        raise TypeError(f"num_active_experts must be an integer, got {type(num_active_experts).__name__}")
+    if k < 1:
+        raise ValueError(f"num_active_experts must be an integer >= 1, got {k}")
+    if k > n:
+        raise ValueError(f"num_active_experts ({k}) must not exceed the number of experts ({n})")
     ranking = sorted(range(n), key=lambda i: (-probs[i], i))
     return layer_from_probs(layer_index, probs, ranking[:k])
 
@@ -112,7 +160,7 @@ def build_moe_layer_from_selection(
 
 
 def layer_from_probs(layer_index: int, probs: list[float], topk_indices: list[int]) -> dict[str, Any]:
-    """The layer entry for probabilities and chosen experts (SPEC §3 arithmetic, in order)."""
+    """The layer entry for probabilities and chosen experts (contract §3 arithmetic, in order)."""
     n = len(probs)
     topk_probs = [probs[i] for i in topk_indices]
     entropy = -sum(p * math.log(p) for p in probs if p > 0)
@@ -143,7 +191,21 @@ def build_token_complete_event(
     decode_end_ms: float,
     layer_inputs: Iterable[MoELayerCaptureInput],
 ) -> dict[str, Any]:
-    """A ``raw/v0.1.0`` ``token_complete`` event; layers keep the order given."""
+    """A ``raw/v0.1.0`` ``token_complete`` event; layers come out sorted by ``layer_index``."""
+    inputs = list(layer_inputs)
+    if not inputs:
+        raise ValueError("layer_inputs must not be empty")
+    indices = [_check_index("layer_index", layer_input.layer_index) for layer_input in inputs]
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"duplicate layer_index values are not allowed: {sorted(indices)}")
+    layers = [
+        build_moe_layer_trace(
+            layer_input.layer_index,
+            layer_input.router_logits,
+            num_active_experts=layer_input.num_active_experts,
+        )
+        for layer_input in inputs
+    ]
     return token_event_with_layers(
         run_id=run_id,
         token_index=token_index,
@@ -152,7 +214,7 @@ def build_token_complete_event(
         context_length=context_length,
         decode_start_ms=decode_start_ms,
         decode_end_ms=decode_end_ms,
-        layers=[build_moe_layer_trace(layer_input) for layer_input in layer_inputs],
+        layers=sorted(layers, key=lambda layer: layer["layer_index"]),
     )
 
 
@@ -167,7 +229,14 @@ def token_event_with_layers(
     decode_end_ms: float,
     layers: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """A ``token_complete`` event around already built layer entries."""
+    """A ``token_complete`` event around already built layer entries (inputs checked here)."""
+    _check_run_id(run_id)
+    token_index = _check_index("token_index", token_index)
+    context_length = _check_index("context_length", context_length)
+    start = _milliseconds("decode_start_ms", decode_start_ms)
+    end = _milliseconds("decode_end_ms", decode_end_ms)
+    if end < start:
+        raise ValueError(f"decode_end_ms ({end}) must be >= decode_start_ms ({start})")
     return {
         "event_type": "token_complete",
         "schema_version": RAW_EVENT_SCHEMA_VERSION,
@@ -176,11 +245,7 @@ def token_event_with_layers(
         "token_id": token_id,
         "token_text": token_text,
         "context_length": context_length,
-        "timing_ms": {
-            "decode_start": float(decode_start_ms),
-            "decode_end": float(decode_end_ms),
-            "decode_duration": float(decode_end_ms) - float(decode_start_ms),
-        },
+        "timing_ms": {"decode_start": start, "decode_end": end, "decode_duration": end - start},
         "layers": layers,
     }
 
@@ -193,9 +258,23 @@ def build_layer_grid_layout(
     layout_kind: str = "layer-grid",
 ) -> dict[str, Any]:
     """A square grid per layer: ceil(sqrt(n)) columns, x = i mod cols, y = i div cols, z = layer."""
-    layers = []
-    for layer_index, n in layer_expert_counts:
-        columns = math.isqrt(n - 1) + 1 if n > 0 else 1
+    _check_run_id(run_id)
+    if not layout_id:
+        raise ValueError("layout_id must not be empty")
+    counts = list(layer_expert_counts)
+    if not counts:
+        raise ValueError("layer_expert_counts must not be empty")
+    seen: set[int] = set()
+    layers: list[dict[str, Any]] = []
+    for layer_index, count in counts:
+        layer_index = _check_index("layer_index", layer_index)
+        if layer_index in seen:
+            raise ValueError(f"duplicate layer_index values are not allowed: {layer_index}")
+        seen.add(layer_index)
+        n = as_integer(count)
+        if n is None or n < 1:
+            raise ValueError(f"expert_count of layer {layer_index} must be at least 1, got {count!r}")
+        columns = math.isqrt(n - 1) + 1
         layers.append(
             {
                 "layer_index": layer_index,

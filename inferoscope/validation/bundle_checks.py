@@ -1,4 +1,4 @@
-"""Cross-file checks (SPEC §4, profile ``full_run``): manifest, layout, derived, whole run.
+"""Cross-file checks (contract §4, profile ``full_run``): manifest, layout, derived, whole run.
 
 ``RunChecks`` is fed the raw events chunk by chunk and keeps only arrays of token indices
 and line numbers (16 bytes a token), so it works the same for 5 and 5,000,000 tokens.
@@ -22,6 +22,7 @@ from ..versions import (
     RAW_TRACE_FILE,
 )
 from .issues import Location, ValidationIssue
+from .messages import contract_message
 from .raw_event import EventView
 
 FULL_RUN = "full_run"
@@ -35,15 +36,18 @@ def _is_int(value: object) -> TypeGuard[int]:
 def manifest_semantic_issues(manifest: Mapping[str, Any]) -> list[ValidationIssue]:
     """``run_id_path_invalid`` for a run_id that is not a canonical relative path."""
     run_id = manifest.get("run_id")
-    problem = run_id_problem(run_id)
-    if problem is None or not isinstance(run_id, str):
+    if not isinstance(run_id, str) or not run_id:  # the schema reports those
+        return []
+    problem = run_id_problem(run_id, "manifest run_id")
+    if problem is None:
         return []
     return [
         ValidationIssue(
             scope="manifest",
             code="run_id_path_invalid",
-            message=f"manifest run_id {run_id!r} is not a canonical relative path: {problem}",
+            message=problem,
             location=Location(file=MANIFEST_FILE, json_path="$.run_id"),
+            detail=f"run_id is {run_id!r}",
         )
     ]
 
@@ -75,7 +79,8 @@ class RunChecks:
             ValidationIssue(
                 scope="run_bundle",
                 code="run_id_mismatch",
-                message=f"{artifact} run_id {value!r} differs from the manifest's {self.run_id!r}",
+                message=contract_message("run_id_mismatch", artifact=artifact),
+                detail=f"{artifact} run_id {value!r} differs from the manifest's {self.run_id!r}",
                 location=location,
             )
         ]
@@ -88,7 +93,10 @@ class RunChecks:
             ValidationIssue(
                 scope="run_bundle",
                 code=f"{artifact}_schema_version_mismatch",
-                message=(
+                message=contract_message(
+                    "schema_version_mismatch", artifact=artifact, key=ARTIFACT_VERSION_FIELD[artifact]
+                ),
+                detail=(
                     f"{artifact} schema_version {value!r} differs from the manifest's declared {declared!r}"
                 ),
                 location=location,
@@ -109,7 +117,8 @@ class RunChecks:
                     ValidationIssue(
                         scope="run_bundle",
                         code=code,
-                        message=f"{artifact} {key} {value!r} differs from the manifest's {expected!r}",
+                        message=contract_message(code, artifact=artifact),
+                        detail=f"{artifact} {key} {value!r} differs from the manifest's {expected!r}",
                         location=location,
                     )
                 )
@@ -208,7 +217,8 @@ class RunChecks:
                     ValidationIssue(
                         scope="run_bundle",
                         code="duplicate_raw_token_index",
-                        message=f"token_index {int(tokens[position])} appears more than once",
+                        message=contract_message("duplicate_raw_token_index"),
+                        detail=f"token_index {int(tokens[position])} appears more than once",
                         location=Location(
                             file=file,
                             line=int(lines[position]) if lines[position] > 0 else None,
@@ -224,7 +234,8 @@ class RunChecks:
                     ValidationIssue(
                         scope="run_bundle",
                         code="raw_token_index_sequence_invalid",
-                        message=(
+                        message=contract_message("raw_token_index_sequence_invalid"),
+                        detail=(
                             f"raw token_index values are not 0..{tokens.size - 1} in file order: "
                             f"{int(wrong.sum())} event(s) out of place, the first is event {first} "
                             f"with token_index {int(tokens[first])}"
@@ -242,7 +253,8 @@ class RunChecks:
                 ValidationIssue(
                     scope="run_bundle",
                     code="raw_layer_expert_count_inconsistent",
-                    message=(
+                    message=contract_message("raw_layer_expert_count_inconsistent", layer=layer_index),
+                    detail=(
                         f"layer {layer_index} has num_total_experts {first_n} in earlier events "
                         f"but {n} from {'line ' + str(line) if token is None else 'token ' + str(token)} on"
                     ),
@@ -271,7 +283,8 @@ class RunChecks:
                     ValidationIssue(
                         scope=f"layout.layer[{layer_index}]",
                         code="duplicate_layer_index",
-                        message=f"layout lists layer {layer_index} more than once",
+                        message=contract_message("layout_duplicate_layer_index"),
+                        detail=f"layout lists layer {layer_index} more than once",
                         location=at,
                     )
                 )
@@ -287,7 +300,8 @@ class RunChecks:
                         ValidationIssue(
                             scope=f"layout.layer[{layer_index}]",
                             code="duplicate_expert_index",
-                            message=f"layout layer {layer_index} places expert {expert} more than once",
+                            message=contract_message("duplicate_expert_index"),
+                            detail=f"layout layer {layer_index} places expert {expert} more than once",
                             location=Location(
                                 file=file,
                                 layer_index=layer_index,
@@ -308,7 +322,10 @@ class RunChecks:
                     ValidationIssue(
                         scope="run_bundle",
                         code="layout_expert_count_mismatch",
-                        message=f"layout layer {layer_index} must place {n} experts as the raw events do"
+                        message=contract_message(
+                            "layout_expert_count_mismatch", layer=layer_index, experts=n
+                        ),
+                        detail=f"layout layer {layer_index} must place {n} experts as the raw events do"
                         f"{user}; it has {found}",
                         location=at,
                     )
@@ -324,7 +341,10 @@ class RunChecks:
                     ValidationIssue(
                         scope="run_bundle",
                         code="layout_expert_index_set_mismatch",
-                        message=f"layout layer {layer_index} expert indices are not exactly 0..{n - 1}",
+                        message=contract_message(
+                            "layout_expert_index_set_mismatch", layer=layer_index, last=n - 1
+                        ),
+                        detail=f"layout layer {layer_index} expert indices are not exactly 0..{n - 1}",
                         location=at,
                     )
                 )
@@ -356,7 +376,8 @@ class RunChecks:
                     ValidationIssue(
                         scope="run_bundle",
                         code="duplicate_derived_token_index",
-                        message=f"derived token_index {token} appears more than once",
+                        message=contract_message("duplicate_derived_token_index"),
+                        detail=f"derived token_index {token} appears more than once",
                         location=where,
                     )
                 )
@@ -367,7 +388,8 @@ class RunChecks:
                     ValidationIssue(
                         scope="run_bundle",
                         code="derived_token_index_missing_from_raw",
-                        message=f"derived token_index {token} has no raw event",
+                        message=contract_message("derived_token_index_missing_from_raw"),
+                        detail=f"derived token_index {token} has no raw event",
                         location=where,
                     )
                 )

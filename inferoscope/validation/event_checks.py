@@ -1,4 +1,4 @@
-"""Semantic checks of raw events, a chunk at a time (SPEC §4, scope ``raw_event``)."""
+"""Semantic checks of raw events, a chunk at a time (contract §4, scope ``raw_event``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from ..versions import RAW_TRACE_FILE
 from .aggregates import RunAggregates
 from .issues import Location, ValidationIssue, layer_scope
 from .layer_checks import TOL, LayerBlock, build_block, check_block
+from .messages import contract_message
 from .raw_event import EventView, Layer
 
 
@@ -113,7 +114,8 @@ def _check_one_block(
             ValidationIssue(
                 scope=layer_scope(layer_index),
                 code=finding.code,
-                message=finding.message,
+                message=contract_message(finding.code),
+                detail=finding.message,
                 location=Location(
                     file=file,
                     line=view.line,
@@ -160,7 +162,8 @@ def _check_durations(
             ValidationIssue(
                 scope="raw_event",
                 code="decode_duration_mismatch",
-                message=(
+                message=contract_message("decode_duration_mismatch"),
+                detail=(
                     f"timing_ms.decode_duration is {timing[r, 2]:.9g} but decode_end - decode_start "
                     f"is {expected[r]:.9g}"
                 ),
@@ -204,7 +207,8 @@ def _report_duplicates(
                 ValidationIssue(
                     scope=layer_scope(value),
                     code="duplicate_layer_index",
-                    message=f"layer_index {value!r} appears more than once in this event",
+                    message=contract_message("duplicate_layer_index"),
+                    detail=f"layer_index {value!r} appears more than once in this event",
                     location=Location(
                         file=file,
                         line=view.line,

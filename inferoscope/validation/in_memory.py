@@ -1,4 +1,4 @@
-"""Validation of a bundle held as Python objects (the library API of SPEC §7).
+"""Validation of a bundle held as Python objects (the library API of contract §7).
 
 Both functions report every issue. Schema problems come from the reference validator;
 semantic checks run on whatever is type-sound, even where the schema already failed,
@@ -32,7 +32,7 @@ def _token_of(event: object, position: int) -> int:
     return token if isinstance(token, int) and not isinstance(token, bool) else position
 
 
-def validate_run_bundle_schema(
+def validate_run_bundle_schema_issues(
     manifest: Any,
     raw_events: Sequence[Any],
     layout: Any,
@@ -82,6 +82,50 @@ def validate_run_bundle_schema(
     return issues
 
 
+def validate_run_bundle_schema(
+    manifest: Any,
+    raw_events: Sequence[Any],
+    layout: Any,
+    derived_events: Sequence[Any] | None = None,
+    motif_ledger: Any = None,
+    contingency: Any = None,
+) -> list[str]:
+    """Every schema problem as text, as the original library returns them.
+
+    ``validate_run_bundle_schema_issues`` gives the same problems as located issues.
+    """
+    return [
+        issue.message
+        for issue in validate_run_bundle_schema_issues(
+            manifest, raw_events, layout, derived_events, motif_ledger, contingency
+        )
+    ]
+
+
+def validate_raw_event_semantics(event: Any) -> list[ValidationIssue]:
+    """The semantic issues of one raw event on its own (its layers, its timing)."""
+    return check_event_chunk([view_of_dict(event, 0, None)], file=None)
+
+
+def validate_manifest_semantics(
+    manifest: Any, *, derived_artifacts_present: bool = False
+) -> list[ValidationIssue]:
+    """The semantic issues of a manifest on its own (a run_id that is not a canonical path)."""
+    del derived_artifacts_present  # accepted for the original library's callers; changes nothing
+    return manifest_semantic_issues(manifest if isinstance(manifest, Mapping) else {})
+
+
+def validate_layout_semantics(layout: Any) -> list[ValidationIssue]:
+    """The semantic issues of a layout on its own (repeated layers or experts)."""
+    if not isinstance(layout, Mapping):
+        return []
+    return [
+        issue
+        for issue in RunChecks({}).check_layout(layout)
+        if issue.code in ("duplicate_layer_index", "duplicate_expert_index")
+    ]
+
+
 def validate_run_bundle_semantics(
     manifest: Any,
     raw_events: Sequence[Any],
@@ -92,7 +136,7 @@ def validate_run_bundle_semantics(
     *,
     profile: str = FULL_RUN,
 ) -> list[ValidationIssue]:
-    """Every semantic issue (SPEC §4) of the bundle under ``profile`` (only ``full_run``)."""
+    """Every semantic issue (contract §4) of the bundle under ``profile`` (only ``full_run``)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown validation profile {profile!r}; known: {', '.join(PROFILES)}")
     manifest_map = manifest if isinstance(manifest, Mapping) else {}
@@ -126,6 +170,6 @@ def validate_run_bundle(
     contingency: Any = None,
 ) -> list[ValidationIssue]:
     """Schema issues, then semantic issues: everything, nothing hidden behind a first failure."""
-    return validate_run_bundle_schema(
+    return validate_run_bundle_schema_issues(
         manifest, raw_events, layout, derived_events, motif_ledger, contingency
     ) + validate_run_bundle_semantics(manifest, raw_events, layout, derived_events, motif_ledger, contingency)

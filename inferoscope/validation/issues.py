@@ -52,24 +52,37 @@ NO_LOCATION = Location()
 
 @dataclass(frozen=True, slots=True)
 class ValidationIssue:
-    """One contract violation. ``scope`` and ``code`` follow SPEC §4; location is ours."""
+    """One contract violation. ``scope`` and ``code`` follow contract §4; location is ours.
+
+    Two issues are equal when scope, code and message are (as in the original library);
+    severity, location and detail (the values involved) describe it further but do not
+    take part in equality or hashing.
+    """
 
     scope: str
     code: str
     message: str
-    severity: Severity = "error"
-    location: Location = field(default=NO_LOCATION)
+    severity: Severity = field(default="error", compare=False)
+    location: Location = field(default=NO_LOCATION, compare=False)
+    detail: str | None = field(default=None, compare=False)
+
+    @property
+    def specific(self) -> str:
+        """The most specific wording: the values involved when known, else the contract's sentence."""
+        return self.detail or self.message
 
     def describe(self) -> str:
         where = self.location.describe()
         prefix = f"{where}: " if where else ""
-        return f"{prefix}{self.code} [{self.scope}] {self.message}"
+        detail = f" ({self.detail})" if self.detail else ""
+        return f"{prefix}{self.code} [{self.scope}] {self.message}{detail}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "scope": self.scope,
             "code": self.code,
             "message": self.message,
+            "detail": self.detail,
             "severity": self.severity,
             "location": self.location.to_dict(),
         }

@@ -1,4 +1,4 @@
-"""Vectorised semantic checks (SPEC §4) over blocks of same-shaped layers.
+"""Vectorised semantic checks (contract §4) over blocks of same-shaped layers.
 
 A block stacks every layer of a chunk that shares (layer_index, num_total_experts,
 num_active_experts, array lengths) into numpy arrays, so a chunk of 1,024 OLMoE tokens
@@ -86,7 +86,7 @@ def _g(value: float) -> str:
 
 
 def check_block(block: LayerBlock) -> Iterator[Finding]:
-    """Every SPEC §4 per-layer check on a block, in SPEC order."""
+    """Every contract §4 per-layer check on a block, in the contract's order."""
     rp, ti, tp, n, k = block.rp, block.ti, block.tp, block.n, block.k
     count, n_rp = rp.shape
     len_ti, len_tp = ti.shape[1], tp.shape[1]

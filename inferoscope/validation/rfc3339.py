@@ -1,4 +1,4 @@
-"""Strict RFC 3339 date-time, as the manifest's ``created_at`` requires (SPEC §2)."""
+"""Strict RFC 3339 date-time, as the manifest's ``created_at`` requires (contract §2)."""
 
 from __future__ import annotations
 

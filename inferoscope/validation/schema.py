@@ -68,6 +68,37 @@ def schema_issues(
     return issues
 
 
+ARTIFACTS = ("manifest", "raw_event", "layout", "derived_event", "motif_ledger", "contingency")
+
+
+def validate_artifact_schema(artifact_name: str, payload: Any, *, location: str | None = None) -> list[str]:
+    """Every schema problem of one artifact as text (``manifest.seed must have schema type ...``).
+
+    The original library's function: ``location`` prefixes each path (default: the artifact
+    name). The located form is :func:`schema_issues`.
+    """
+    if artifact_name not in ARTIFACTS:
+        raise ValueError(
+            f"unsupported artifact schema {artifact_name!r}; expected one of: {', '.join(sorted(ARTIFACTS))}"
+        )
+    name = location or artifact_name
+    return [
+        issue.message
+        for issue in schema_issues(
+            payload, artifact_name, name=name, scope=artifact_name, location=Location()
+        )
+    ]
+
+
+def __getattr__(name: str) -> Any:
+    # the bundle-level function lives with the other in-memory validators (which import this module)
+    if name == "validate_run_bundle_schema":
+        from .in_memory import validate_run_bundle_schema
+
+        return validate_run_bundle_schema
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def is_schema_valid(instance: Any, artifact: str) -> bool:
     return bool(reference_validator(artifact).is_valid(instance))
 
@@ -102,9 +133,9 @@ def _keyword_text(keyword: str, value: Any) -> str:
         "enum": lambda: f"must be one of {value!r}",
         "minimum": lambda: f"must be >= {value}",
         "maximum": lambda: f"must be <= {value}",
-        "minLength": lambda: f"must have at least {value} character(s)",
-        "minItems": lambda: f"must have at least {value} item(s)",
-        "format": lambda: f"must be a valid {value} (strict RFC 3339)",
+        "minLength": lambda: f"must have length >= {value}",
+        "minItems": lambda: f"must contain at least {value} item(s)",
+        "format": lambda: f"must match format {value!r}",
     }
     return texts.get(keyword, lambda: f"fails the schema keyword {keyword!r}")()
 

@@ -385,7 +385,7 @@ class InferoscopeApp(App[None]):
             return
         layer = next((la for la in slot.layers() if la.get("layer_index") == self.cursor_layer), None)
         messages = [
-            i.message
+            i.specific
             for i in model.issue_index.at(self.position)
             if i.location.layer_index in (None, self.cursor_layer)
         ]

@@ -1,6 +1,6 @@
 """Provisional motifs as the app shows them: read from derived.ndjson, never trusted blindly.
 
-Derived payloads are free-form objects (SPEC §1: provisional), so every field is type-checked
+Derived payloads are free-form objects (contract §1: provisional), so every field is type-checked
 and a missing or malformed one is shown as unknown, not guessed. Two colour vocabularies keep
 global and per-layer motifs apart from each other and from the probability palette; the fit
 decides how strongly a colour is drawn, and novelty is a glyph, never a colour.

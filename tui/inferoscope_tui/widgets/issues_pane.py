@@ -19,7 +19,7 @@ def issue_label(issue: ValidationIssue) -> Text:
     if where:
         text.append(f"  {visible(where, 120)}", style="cyan")
     text.append("  ")
-    text.append(visible(issue.message, 300))
+    text.append(visible(issue.specific, 300))
     return text
 
 
