@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,7 +27,7 @@ from . import __version__
 from .bundle.errors import RunBundleError
 from .bundle.reader import BundleOpenError, RunReader
 from .render import inspect_view, issues_view
-from .run_ids import RunIdError
+from .run_ids import RunIdError, run_dir_for
 from .summary import RunSummary
 from .textsafe import visible
 from .versions import RAW_TRACE_FILE
@@ -209,11 +211,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_derive(args: argparse.Namespace) -> int:
-    from .derive import write_derived
+    from .derive import DEFAULT_THRESHOLD, write_derived
     from .scramble import scramble_bundle
 
     out, err = _consoles()
-    threshold = None if args.exact else args.threshold
+    if args.exact and args.threshold is not None:
+        return _fail("--exact and --threshold exclude each other: exact matching has no threshold")
+    threshold = None if args.exact else (DEFAULT_THRESHOLD if args.threshold is None else args.threshold)
+    if threshold is not None and not 0.0 < threshold <= 1.0:
+        return _fail(f"--threshold must be in (0, 1], got {threshold}")
     if _open(args.run_dir) is None:
         return EXIT_UNREADABLE
     try:
@@ -343,19 +349,34 @@ def _capture_summary(out: Console, run_dir: Path, elapsed: float) -> None:
             (visible(str(run_dir)), "cyan"),
         )
     )
-    out.print(Text(f"open it: inferoscope tui {visible(str(run_dir))}"), soft_wrap=True)
+    out.print(Text(f"open it: inferoscope tui {shlex.quote(visible(str(run_dir)))}"), soft_wrap=True)
+
+
+def _capture_dependencies() -> ImportError | None:
+    """Why capture cannot run here (torch, transformers or tokenizers missing), or None."""
+    try:
+        import tokenizers  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        return exc
+    return None
 
 
 def _capture_imports_missing(err: Console, exc: ImportError) -> int:
     _error_line(
-        f"inferoscope: capture needs torch and transformers ({exc.name} is missing): "
-        "pip install 'inferoscope[capture]'"
+        f"inferoscope: capture needs torch and transformers ({exc.name or 'one'} is missing): "
+        "pip install -e '.[capture]' (a CPU-only torch: add --extra-index-url "
+        "https://download.pytorch.org/whl/cpu)"
     )
     return EXIT_UNREADABLE
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
     out, err = _consoles()
+    missing = _capture_dependencies()
+    if missing is not None:
+        return _capture_imports_missing(err, missing)
     try:
         from .capture import CaptureError, capture_run
         from .capture.loading import load_local
@@ -386,20 +407,26 @@ def cmd_capture(args: argparse.Namespace) -> int:
         _error_line(f"inferoscope: {visible(str(exc), 500)}")
         return EXIT_UNREADABLE
     _capture_summary(out, run_dir, elapsed)
-    out.print(Text(f"motifs: inferoscope derive {visible(str(run_dir))}"), soft_wrap=True)
+    out.print(Text(f"motifs: inferoscope derive {shlex.quote(visible(str(run_dir)))}"), soft_wrap=True)
     return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     out, err = _consoles()
+    missing = _capture_dependencies()
+    if missing is not None:
+        return _capture_imports_missing(err, missing)
     try:
         from .capture import CaptureError
         from .capture.demo import capture_demo
     except ImportError as exc:
         return _capture_imports_missing(err, exc)
     try:
+        target = run_dir_for(args.out, args.run_id)
+        if (target.exists() or target.is_symlink()) and not args.overwrite:
+            return _fail(f"{shlex.quote(str(target))} already exists; use --overwrite to replace it")
         run_dir, elapsed = _capture_with_progress(
-            err, args.tokens, lambda step: capture_demo(args.out, args.run_id, args.tokens, step)
+            err, args.tokens, lambda step: _capture_demo_into(target, args, step, capture_demo)
         )
     except (CaptureError, FileExistsError, RunIdError) as exc:
         _error_line(f"inferoscope: {visible(str(exc), 500)}")
@@ -417,6 +444,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _capture_demo_into(
+    target: Path, args: argparse.Namespace, step: Callable[[int], None], capture: Callable[..., Path]
+) -> Path:
+    """Capture the demo run; with --overwrite the old bundle is replaced only once the new one exists."""
+    if not (target.exists() or target.is_symlink()):
+        return capture(args.out, args.run_id, args.tokens, step)
+    staging = target.parent / f".{target.name}.demo-{os.getpid()}"
+    try:
+        fresh = capture(staging, args.run_id, args.tokens, step)
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        os.rename(target, old)
+        os.rename(fresh, target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inferoscope",
@@ -425,11 +470,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"inferoscope {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     inspect = commands.add_parser("inspect", help="summarise one run bundle")
-    inspect.add_argument("run_dir", metavar="RUN_DIR")
+    inspect.add_argument("run_dir", metavar="RUN_DIR", help="the run bundle folder")
     inspect.add_argument("--json", action="store_true", help="machine-readable summary")
     inspect.set_defaults(handler=cmd_inspect)
     validate = commands.add_parser("validate", help="report every contract issue of bundles")
-    validate.add_argument("run_dirs", metavar="RUN_DIR", nargs="+")
+    validate.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="one or more run bundle folders")
     validate.add_argument("--json", action="store_true", help="machine-readable issues")
     validate.add_argument(
         "--max-issues",
@@ -446,31 +491,45 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", required=True, type=Path, metavar="PATH", help="local checkpoint directory"
     )
     capture.add_argument("--prompt", required=True, help="the prompt text")
-    capture.add_argument("--max-new-tokens", type=int, default=64, metavar="N")
+    capture.add_argument(
+        "--max-new-tokens", type=int, default=64, metavar="N", help="tokens to generate (default 64)"
+    )
     capture.add_argument("--out", type=Path, default=Path("runs"), help="bundle root (default: runs/)")
-    capture.add_argument("--run-id", default=None, metavar="ID")
-    capture.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
-    capture.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
+    capture.add_argument(
+        "--run-id", default=None, metavar="ID", help="run_id and folder name (default: model and time)"
+    )
+    capture.add_argument(
+        "--device",
+        choices=("cpu", "cuda", "auto"),
+        default="auto",
+        help="where to run (auto: cuda if present)",
+    )
+    capture.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="weights dtype (auto: the checkpoint's)",
+    )
     capture.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     capture.add_argument("--seed", type=int, default=None, help="seed for sampling (recorded)")
     capture.add_argument("--model-id", default=None, help="model_id to record (default: the path)")
     capture.set_defaults(handler=cmd_capture)
     compare = commands.add_parser("compare", help="token-aligned routing comparison of two runs")
-    compare.add_argument("run_a", metavar="RUN_A")
-    compare.add_argument("run_b", metavar="RUN_B")
+    compare.add_argument("run_a", metavar="RUN_A", help="the first run bundle")
+    compare.add_argument("run_b", metavar="RUN_B", help="the second run bundle, same prompt")
     compare.add_argument("--json", action="store_true", help="machine-readable comparison")
     compare.add_argument("--top", type=int, default=5, metavar="N", help="how many worst tokens to list")
     compare.set_defaults(handler=cmd_compare)
     derive = commands.add_parser(
         "derive", help="write provisional motifs (derived.ndjson, ledger, contingency)"
     )
-    derive.add_argument("run_dir", metavar="RUN_DIR")
+    derive.add_argument("run_dir", metavar="RUN_DIR", help="a valid run bundle folder")
     derive.add_argument(
         "--threshold",
         type=float,
-        default=0.9,
+        default=None,
         metavar="T",
-        help="cosine threshold of the online matcher (default 0.9)",
+        help="cosine threshold of the online matcher, in (0, 1] (default 0.9)",
     )
     derive.add_argument("--exact", action="store_true", help="exact-fingerprint matcher (the baseline)")
     derive.add_argument(
@@ -481,11 +540,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     derive.add_argument("--seed", type=int, default=0, help="seed of the scramble")
     derive.add_argument("--out", type=Path, default=None, help="where the scrambled copy goes")
-    derive.add_argument("--json", action="store_true")
+    derive.add_argument("--json", action="store_true", help="machine-readable summary")
     derive.set_defaults(handler=cmd_derive)
     export = commands.add_parser("export", help="write a run as Parquet, one row per token x layer")
-    export.add_argument("run_dir", metavar="RUN_DIR")
-    export.add_argument("--parquet", required=True, type=Path, metavar="OUT.parquet")
+    export.add_argument("run_dir", metavar="RUN_DIR", help="the run bundle folder")
+    export.add_argument(
+        "--parquet",
+        required=True,
+        type=Path,
+        metavar="OUT.parquet",
+        help="the Parquet file to write, outside the bundle (its folder is created)",
+    )
     export.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     export.add_argument("--force", action="store_true", help="export even if the bundle has issues")
     export.set_defaults(handler=cmd_export)
@@ -493,8 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="capture a demo run from the micro model shipped with inferoscope"
     )
     demo.add_argument("--out", type=Path, default=Path("runs"), help="bundle root (default: runs/)")
-    demo.add_argument("--run-id", default="demo-run", metavar="ID")
-    demo.add_argument("--tokens", type=int, default=200, metavar="N")
+    demo.add_argument("--run-id", default="demo-run", metavar="ID", help="run_id (default demo-run)")
+    demo.add_argument("--tokens", type=int, default=200, metavar="N", help="tokens to sample (default 200)")
+    demo.add_argument("--overwrite", action="store_true", help="replace an existing demo run")
     demo.set_defaults(handler=cmd_demo)
     tui = commands.add_parser("tui", help="step through a run token by token in the terminal")
     tui.add_argument(

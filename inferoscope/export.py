@@ -26,6 +26,9 @@ def export_parquet(run_dir: Path | str, out: Path | str, *, overwrite: bool = Fa
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists (use --overwrite)")
     reader = RunReader(run_dir)
+    if target.resolve().parent.is_relative_to(reader.run_dir.resolve()):
+        raise FileExistsError(f"{target} is inside the bundle {reader.run_dir}: write the export elsewhere")
+    target.parent.mkdir(parents=True, exist_ok=True)
     count = len(reader)
     run_id = (reader.manifest or {}).get("run_id", "")
     experts = _shared_expert_count(reader, count)

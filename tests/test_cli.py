@@ -192,3 +192,61 @@ def test_no_color_gives_no_colour_codes() -> None:
     )
     assert result.returncode == 1
     assert "\x1b[31" not in result.stdout and "\x1b[32" not in result.stdout and "38;" not in result.stdout
+
+
+def test_every_option_and_argument_has_help_text() -> None:
+    from inferoscope.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            if action.dest != "help":
+                assert action.help, f"inferoscope {name} {action.option_strings or action.dest}"
+
+
+def test_export_creates_its_folder_and_refuses_a_target_inside_the_bundle(tmp_path: Path) -> None:
+    out = tmp_path / "new" / "deeper" / "x.parquet"
+    result = run("inferoscope", "export", str(B), "--parquet", str(out))
+    assert result.returncode == 0, result.stderr and out.is_file()
+    bundle = tmp_path / "b"
+    __import__("shutil").copytree(B, bundle)
+    before = (bundle / "raw_trace.ndjson").read_bytes()
+    inside = run(
+        "inferoscope", "export", str(bundle), "--parquet", str(bundle / "raw_trace.ndjson"), "--overwrite"
+    )
+    assert inside.returncode == 2 and "inside the bundle" in inside.stderr
+    assert (bundle / "raw_trace.ndjson").read_bytes() == before
+
+
+def test_derive_refuses_exact_with_a_threshold(tmp_path: Path) -> None:
+    result = run("inferoscope", "derive", str(B), "--threshold", "0.8", "--exact")
+    assert result.returncode == 2 and "exclude each other" in result.stderr
+    assert run("inferoscope", "derive", str(B), "--threshold", "1.5").returncode == 2
+
+
+def test_demo_refuses_an_existing_run_before_loading_the_model_and_quotes_its_hints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import inferoscope.capture.demo as demo
+    from inferoscope.cli import main
+    from inferoscope.extraction import write_run_bundle
+
+    def must_not_run(*_args: object) -> Path:
+        raise AssertionError("the model was loaded although the output exists")
+
+    root = tmp_path / "my runs"
+    (root / "demo-run").mkdir(parents=True)
+    monkeypatch.setattr(demo, "capture_demo", must_not_run)
+    assert main(["demo", "--out", str(root)]) == 2
+    assert "already exists; use --overwrite" in capsys.readouterr().err
+
+    def fake_capture(out: Path, run_id: str, tokens: int, step: object) -> Path:
+        return write_run_bundle(out, *make_bundle_parts(run_id=run_id, tokens=3))
+
+    monkeypatch.setattr(demo, "capture_demo", fake_capture)
+    assert main(["demo", "--out", str(root), "--overwrite"]) == 0
+    printed = capsys.readouterr().out
+    assert f"open it: inferoscope tui '{root / 'demo-run'}'" in printed
+    assert sorted(p.name for p in root.iterdir()) == ["demo-run"]
+    assert len((root / "demo-run" / "raw_trace.ndjson").read_text().splitlines()) == 3
