@@ -57,7 +57,7 @@ async def test_disagreements_are_marked_on_both_grids_where_the_top_k_sets_diffe
                 drawn = _grid(app, "#grid").render_line(layer).text
                 assert drawn[10] == expected
             await pilot.press("l")
-        assert "A vs B layer" in detail(app) and "top-1 A" in detail(app)
+        assert "A vs B" in detail(app) and "top-k Jaccard" in detail(app) and "top-1 A" in detail(app)
         assert "here" in plain(app, "#agreement")
 
 

@@ -24,7 +24,7 @@ async def test_opens_on_token_zero_with_header_and_all_sixteen_layers() -> None:
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
         assert app.position == 0
-        assert "olmoe-64tok-seed7" in header(app) and "token 0/64" in header(app)
+        assert "olmoe-64tok-seed7" in header(app) and "token #0 of 64" in header(app)
         assert "clean" in header(app)
         lines = grid_lines(app)
         assert [line.split()[0] for line in lines[:16]] == [f"L{i}" for i in range(16)]
@@ -42,7 +42,7 @@ async def test_stepping_keys_move_and_stop_at_the_ends() -> None:
         await pilot.press("left")
         assert app.position == 2
         await pilot.press("G")
-        assert app.position == 63 and "token 63/64" in header(app)
+        assert app.position == 63 and "token #63 of 64" in header(app)
         await pilot.press("l")
         assert app.position == 63
         await pilot.press("g")

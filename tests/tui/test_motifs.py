@@ -34,7 +34,9 @@ async def test_every_channel_shows_the_derived_assignment_of_the_token() -> None
             motif = payload["global_motif"]
             assert f" {motif['motif_id']} " in header(app)
             assert ("✦" in header(app)) == motif["novel"]
-            assert f"global {motif['motif_id']}" in detail(app) and f"fit {motif['fit']:.3f}" in detail(app)
+            global_line = next(line for line in detail(app).splitlines() if line.startswith("global"))
+            assert global_line.split()[1] == motif["motif_id"] and f"fit {motif['fit']:.3f}" in global_line
+            assert ("✦new" in global_line) == motif["novel"]
             for row, layer in zip(grid.rows, payload["layer_motifs"], strict=True):
                 mark = MotifMark(layer["motif_id"], layer["fit"], layer["novel"])
                 assert row.motif_colour == mark.colour(LAYER_COLOURS)

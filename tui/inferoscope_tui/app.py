@@ -26,13 +26,14 @@ from inferoscope.scramble import scrambled_twin
 
 from .compare_view import agreement_line, compare_detail, mark_disagreements
 from .grid_rows import as_int, grid_rows
+from .header import Part, fit_header
 from .motifs import GLOBAL_COLOURS, NOVEL_GLYPH, motif_detail, strip_wash
 from .run_model import EventSlot, RunModel
 from .screens.help import HelpScreen
 from .screens.message import MessageScreen
 from .screens.overview import OverviewScreen, Target
 from .screens.prompt import PromptScreen
-from .widgets.detail import DetailPane, layer_detail
+from .widgets.detail import DetailPane, labelled, layer_detail
 from .widgets.expert_grid import ExpertGrid, GridRow, faded
 from .widgets.issues_pane import IssuesPane
 from .widgets.token_strip import TokenStrip, strip_text
@@ -148,6 +149,7 @@ class InferoscopeApp(App[None]):
 
     def on_resize(self) -> None:
         self._fit_panes()
+        self.refresh_header()
 
     def _fit_panes(self) -> None:
         """Give the grid the rows it needs (all layers when they fit) and the rest below."""
@@ -238,37 +240,49 @@ class InferoscopeApp(App[None]):
         model = self.model
         if model is None:
             return
-        text = Text(no_wrap=True, overflow="ellipsis")
+        header = self.query_one("#header", Static)
+        width = max(10, header.content_region.width or self.size.width - 2)
+        header.update(fit_header(self.header_parts(), width))
+
+    def header_parts(self) -> list[Part]:
+        """The header's segments with their priorities (see ``header.fit_header``)."""
+        model = self.model
+        assert model is not None
+        parts: list[Part] = []
         if self.scramble is not None:
-            text.append_text(self.scramble_label())
-            text.append(" ")
-        text.append(visible(model.field("run_id"), 40), style="bold")
+            parts.append(Part(self.scramble_label(), 2))
+        parts.append(Part(Text(visible(model.field("run_id")), style="bold"), 7, shrink_to=12))
         if self.scramble is None:  # the twin's run_id already names its source
-            text.append(" · ")
-            text.append(visible(model.field("model_id"), 40))
-        total = str(self.count) if model.count_known else "…"
-        text.append(f" · token {self.position}/{total}")
+            parts.append(Part(Text(visible(model.field("model_id"))), 8, shrink_to=8))
+        parts.append(Part(Text(self.position_label()), 1))
         motifs = model.motifs_at(self.position) if self.show_motifs and self.count else None
         if motifs is not None and motifs.global_motif is not None and model.motifs is not None:
             mark = motifs.global_motif
-            text.append(" · ")
             wash = faded(mark.colour(GLOBAL_COLOURS), model.motifs.strength(mark))
-            style = "bold" if self.no_color else f"bold #000000 on {wash}"
-            text.append(f" {visible(mark.motif_id, 16)} ", style=style)
+            chip = Text(
+                f" {visible(mark.motif_id, 16)} ",
+                style="bold" if self.no_color else f"bold #000000 on {wash}",
+            )
             if mark.novel:
-                text.append(NOVEL_GLYPH, style="bold")
-        text.append(" · ")
-        text.append_text(self._validation_state())
+                chip.append(NOVEL_GLYPH, style="bold")
+            parts.append(Part(chip, 5))
+        parts.append(Part(self._validation_state(), 0))
+        speed = SPEEDS[self.speed_index]
         if self.playing is not None:
-            text.append(f" · ▶ playing {SPEEDS[self.speed_index]} tok/s", style="bold green")
+            parts.append(Part(Text(f"▶ {speed} tok/s", style="bold green"), 3))
         else:
-            text.append(f" · paused, {SPEEDS[self.speed_index]} tok/s", style="dim")
+            parts.append(Part(Text(f"paused {speed} tok/s", style="dim"), 3))
         if self.search_query:
-            text.append(" · /")
-            text.append(visible(self.search_query, 20))
+            parts.append(Part(Text("/" + visible(self.search_query)), 6, shrink_to=6))
         if self.model_b is not None and self.model_b.count_known and self.model_b.count != self.count:
-            text.append(f" · B has {self.model_b.count} tokens", style="bold red")
-        self.query_one("#header", Static).update(text)
+            parts.append(Part(Text(f"B has {self.model_b.count} tokens", style="bold red"), 4))
+        return parts
+
+    def position_label(self) -> str:
+        """``token #i of N``: i is the token_index as stored (from 0), N how many there are."""
+        model = self.model
+        total = str(self.count) if model is not None and model.count_known else "…"
+        return f"token #{self.position} of {total}"
 
     def _validation_state(self) -> Text:
         model = self.model
@@ -393,11 +407,11 @@ class InferoscopeApp(App[None]):
         if self.scramble is not None:
             token.append_text(self.scramble_label())
             token.append(f" {SCRAMBLE_MEANING[self.scramble]}: not the model's routing\n", style="bold")
-        token.append("token ", style="dim")
-        token.append(visible(slot.token_text or "", 60), style="bold")
         token_id = as_int(slot.event.get("token_id"), -1)
         context = as_int(slot.event.get("context_length"), -1)
-        token.append(f"  id {token_id}  ctx {context}\n", style="dim")
+        shown = Text(visible(slot.token_text or "", 40), style="bold")
+        shown.append(f"  id {token_id} · ctx {context}", style="dim")
+        labelled(token, f"#{self.position}", shown)
         if self.model_b is not None:
             token.append_text(compare_detail(self.model_b, slot, layer, self.cursor_layer))
         if self.show_motifs and model.motifs is not None:
@@ -454,7 +468,15 @@ class InferoscopeApp(App[None]):
     def action_goto(self) -> None:
         def done(value: str | None) -> None:
             if value is not None and value.strip().lstrip("-").isdigit():
-                self.go_to(int(value.strip()))
+                wanted = int(value.strip())
+                self.go_to(wanted)
+                if wanted != self.position:
+                    self.notify(
+                        f"there is no token #{wanted}: went to #{self.position} (tokens are #0 to "
+                        f"#{max(0, self.count - 1)})",
+                        severity="warning",
+                        markup=False,
+                    )
             elif value:
                 self.notify(f"not a token index: {visible(value, 40)}", severity="warning", markup=False)
 

@@ -17,6 +17,7 @@ from inferoscope.compare import RunComparison, jensen_shannon_bits
 
 from .run_model import EventSlot, RunModel
 from .run_overview import spark_glyph
+from .widgets.detail import labelled
 from .widgets.expert_grid import GridRow
 
 
@@ -43,25 +44,25 @@ def mark_disagreements(rows_a: list[GridRow], rows_b: list[GridRow]) -> None:
             other.compare_mark = "?"
 
 
-def layer_agreement(layer_a: dict[str, Any] | None, layer_b: dict[str, Any] | None) -> str:
-    """'top-k Jaccard J · JSD D bits · top-1 A a / B b' for one layer, or '' if not comparable."""
+def layer_agreement(layer_a: dict[str, Any] | None, layer_b: dict[str, Any] | None) -> list[str]:
+    """['layer i: top-k Jaccard J · JSD D bits', 'top-1 A a / B b'] for one layer; [] if not comparable."""
     if layer_a is None or layer_b is None:
-        return ""
+        return []
     pa, pb = layer_a.get("router_probs"), layer_b.get("router_probs")
     if not isinstance(pa, list) or not isinstance(pb, list) or len(pa) != len(pb) or not pa:
-        return ""
+        return []
     try:
         x, y = np.asarray(pa, dtype=np.float64), np.asarray(pb, dtype=np.float64)
     except (TypeError, ValueError):
-        return ""
+        return []
     sa = {e for e in layer_a.get("topk_indices") or [] if isinstance(e, int)}
     sb = {e for e in layer_b.get("topk_indices") or [] if isinstance(e, int)}
     jaccard = len(sa & sb) / len(sa | sb) if sa | sb else 1.0
     jsd = jensen_shannon_bits(x, y)
-    return (
-        f"layer {layer_a.get('layer_index')}: top-k Jaccard {jaccard:.2f} · JSD {bits(jsd)} bits · "
-        f"top-1 A {int(np.argmax(x))} / B {int(np.argmax(y))}"
-    )
+    return [
+        f"layer {layer_a.get('layer_index')}: top-k Jaccard {jaccard:.2f} · JSD {bits(jsd)} bits",
+        f"top-1 A {int(np.argmax(x))} / B {int(np.argmax(y))}",
+    ]
 
 
 def bits(value: float) -> str:
@@ -107,11 +108,11 @@ def compare_detail(
         return text
     other = model_b.slot(slot.position)
     layer_b = next((la for la in other.layers() if la.get("layer_index") == layer_index), None)
-    text.append("A vs B ", style="bold magenta")
     if other.event is not None and other.event.get("token_id") != (slot.event or {}).get("token_id"):
-        text.append("different tokens: ", style="bold red")
-        text.append(visible(other.token_text or "", 30))
-        text.append(" ")
-    numbers = layer_agreement(layer, layer_b)
-    text.append(numbers + "\n" if numbers else "layer not comparable\n")
+        different = Text("different token: ", style="bold red")
+        different.append(visible(other.token_text or "", 30))
+        labelled(text, "B", different)
+    lines = layer_agreement(layer, layer_b) or ["layer not comparable"]
+    for label, line in zip(("A vs B", ""), lines, strict=False):
+        labelled(text, label, Text(line, style="magenta"))
     return text

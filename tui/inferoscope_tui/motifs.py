@@ -19,6 +19,7 @@ from rich.text import Text
 
 from inferoscope import visible
 
+from .widgets.detail import labelled
 from .widgets.expert_grid import faded
 
 #: global motifs: warm and pastel hues (the probability palette is navy-to-blue then orange/yellow)
@@ -156,20 +157,23 @@ def strip_wash(index: MotifIndex, position: int) -> str | None:
 
 
 def motif_detail(index: MotifIndex, motifs: TokenMotifs | None, layer_index: int) -> Text:
-    """The numbers behind the motif colours: ids, fits, novelty, motif sizes, matcher."""
+    """The numbers behind the motif colours, a labelled line each: id, novelty, size, fit, matcher."""
     text = Text()
     if motifs is None:
         return text
-    text.append("motif ", style="bold")
-    for label, mark in (("global", motifs.global_motif), ("layer", motifs.layers.get(layer_index))):
+    for label, mark in (
+        ("global", motifs.global_motif),
+        (f"L{layer_index} motif", motifs.layers.get(layer_index)),
+    ):
         if mark is None:
             continue
         size = index.counts.get(mark.motif_id)
-        fit = "fit not recorded" if mark.fit is None else f"fit {mark.fit:.3f}"
-        text.append(f"{label} {visible(mark.motif_id, 20)}")
-        text.append(f" ({size} tok)" if size is not None else "")
-        text.append(f" {fit}")
-        text.append(f" {NOVEL_GLYPH} new" if mark.novel else "")
-        text.append("  ")
-    text.append(f"[{visible(index.config_id, 40)}, provisional]\n", style="dim")
+        line = Text(visible(mark.motif_id, 20), style="bold")
+        if mark.novel:
+            line.append(f" {NOVEL_GLYPH}new", style="bold")
+        line.append(f" {size} tok" if size is not None else "")
+        line.append(" fit not recorded" if mark.fit is None else f" fit {mark.fit:.3f}")
+        labelled(text, label, line)
+    labelled(text, "matcher", Text(visible(index.config_id, 40), style="dim"))
+    labelled(text, "", Text("provisional: derived, not the raw trace", style="dim"))
     return text

@@ -17,33 +17,49 @@ def _g(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
+LABEL = 9  # width of the label column: every line of the pane is "label  value"
+
+
+def labelled(text: Text, label: str, value: str | Text, style: str = "") -> None:
+    """One ``label  value`` line: short lines that never wrap mid-phrase in a half-width pane."""
+    text.append(f"{label:<{LABEL - 1}} ", style="dim")
+    if isinstance(value, Text):
+        text.append_text(value)
+    else:
+        text.append(value, style=style)
+    text.append("\n")
+
+
 def layer_detail(layer: dict[str, Any] | None, expert: int | None, issues: list[str]) -> Text:
-    """Top-k, entropy, sharpness and the cursor expert's probability and rank."""
+    """The cursor layer's top-k, entropy and sharpness, and the cursor expert, one line each."""
     text = Text()
     if layer is None:
-        text.append("no layer data for this token", style="italic")
+        text.append("no layer data for this token\n", style="italic")
         return text
     probs, topk, topk_probs = (
         _list(layer, "router_probs"),
         _list(layer, "topk_indices"),
         _list(layer, "topk_probs"),
     )
-    text.append(f"layer {_g(layer.get('layer_index'))}", style="bold")
-    text.append(f"  n={_g(layer.get('num_total_experts'))} k={_g(layer.get('num_active_experts'))}")
-    if expert is not None and 0 <= expert < len(probs):
-        order = sorted(range(len(probs)), key=lambda i: (-_num(probs[i]), i))
-        text.append(
-            f" · expert {expert} p={_g(probs[expert], 6)} rank {order.index(expert) + 1}", style="bold"
-        )
-        if expert in topk:
-            text.append(" selected", style="bold")
-    text.append("\n")
-    text.append(
-        f"H {_g(layer.get('entropy'))} H/ln n {_g(layer.get('normalized_entropy'))} "
-        f"top1 {_g(layer.get('top1_prob'))} margin {_g(layer.get('top1_top2_margin'))}\n"
+    labelled(
+        text,
+        f"layer {_g(layer.get('layer_index'))}",
+        f"n={_g(layer.get('num_total_experts'))} k={_g(layer.get('num_active_experts'))}",
+        "bold",
     )
     pairs = " ".join(f"{_g(e)}:{_g(p, 3)}" for e, p in zip(topk, topk_probs, strict=False))
-    text.append(f"top-k {pairs}\n")
+    labelled(text, "top-k", pairs)
+    labelled(text, "H", f"{_g(layer.get('entropy'))} nats · H/ln n {_g(layer.get('normalized_entropy'))}")
+    labelled(text, "top1", f"{_g(layer.get('top1_prob'))} · margin {_g(layer.get('top1_top2_margin'))}")
+    if expert is not None and 0 <= expert < len(probs):
+        order = sorted(range(len(probs)), key=lambda i: (-_num(probs[i]), i))
+        chosen = " · selected" if expert in topk else ""
+        labelled(
+            text,
+            f"expert {expert}",
+            f"p={_g(probs[expert], 6)} · rank {order.index(expert) + 1}{chosen}",
+            "bold",
+        )
     for message in issues:
         text.append("! ", style="bold red")
         text.append(visible(message, 300) + "\n")
