@@ -34,7 +34,7 @@ from .screens.message import MessageScreen
 from .screens.overview import OverviewScreen, Target
 from .screens.prompt import PromptScreen
 from .widgets.detail import DetailPane, labelled, layer_detail
-from .widgets.expert_grid import ExpertGrid, GridRow, faded
+from .widgets.expert_grid import ExpertGrid, GridRow, faded, palette_for
 from .widgets.issues_pane import IssuesPane
 from .widgets.token_strip import TokenStrip, strip_text
 
@@ -98,6 +98,8 @@ class InferoscopeApp(App[None]):
         self.show_raw = False
         self.show_motifs = True
         self.real_model = self.model
+        #: the probability palette for this terminal's colour depth (16 colours get their own)
+        self.palette = palette_for(self.console.color_system)
         self.scramble: str | None = None  # None: the real run; else the SCRAMBLED twin's variant
         self.twins: dict[str, RunModel] = {}
         self.playing: Timer | None = None
@@ -114,10 +116,10 @@ class InferoscopeApp(App[None]):
         if self.compare_dir is not None:
             yield Static(id="agreement")
             yield Static(id="grid-title")
-        yield ExpertGrid(no_color=self.no_color, id="grid")
+        yield ExpertGrid(no_color=self.no_color, palette=self.palette, id="grid")
         if self.compare_dir is not None:
             yield Static(id="grid-b-title")
-            grid_b = ExpertGrid(no_color=self.no_color, id="grid-b")
+            grid_b = ExpertGrid(no_color=self.no_color, palette=self.palette, id="grid-b")
             grid_b.can_focus = False
             yield grid_b
         with Horizontal(id="bottom"):
@@ -241,7 +243,7 @@ class InferoscopeApp(App[None]):
         if model is None:
             return
         header = self.query_one("#header", Static)
-        width = max(10, header.content_region.width or self.size.width - 2)
+        width = max(10, self.size.width - 2)  # the header spans the screen, one column of padding each side
         header.update(fit_header(self.header_parts(), width))
 
     def header_parts(self) -> list[Part]:
@@ -418,7 +420,10 @@ class InferoscopeApp(App[None]):
             token.append_text(
                 motif_detail(model.motifs, model.motifs_at(self.position), self.cursor_layer or 0)
             )
-        token.append_text(layer_detail(layer, self.cursor_expert, messages))
+        grid = self.query_one("#grid", ExpertGrid)
+        packing = grid.packing
+        cell = grid.cursor_group() if packing.packed else None
+        token.append_text(layer_detail(layer, self.cursor_expert, messages, cell))
         detail.show(token)
 
     # -- events from panes ----------------------------------------------------------------
@@ -646,6 +651,7 @@ class InferoscopeApp(App[None]):
             layer_index=self.cursor_layer,
             no_color=self.no_color,
             scrambled=self.scramble,
+            palette=self.palette,
         )
 
         def back(target: Target | None) -> None:

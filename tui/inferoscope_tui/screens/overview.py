@@ -23,7 +23,7 @@ from textual.widgets import Static
 from inferoscope import visible
 
 from ..run_overview import LayerOverview, spark_glyph, spark_scale
-from ..widgets.expert_grid import GLYPH_RAMP, PALETTE, level_of
+from ..widgets.expert_grid import GLYPH_RAMP, PALETTE, cell_colours, level_of
 from .drill import DrillScreen
 
 SECTIONS = ("load", "entropy", "pairs", "text")
@@ -45,11 +45,12 @@ PAIRS_SHOWN = 6
 TEXT_LINES = 3
 
 
-@lru_cache(maxsize=32)
-def _cell_style(level: int, cursor: bool, no_color: bool) -> Style:
+@lru_cache(maxsize=64)
+def _cell_style(level: int, cursor: bool, no_color: bool, palette: tuple[str, ...] = PALETTE) -> Style:
     if no_color:
         return Style(reverse=cursor)
-    return Style(bgcolor=PALETTE[level], color="#000000" if level >= 4 else "#ffffff", reverse=cursor)
+    background, foreground = cell_colours(level, palette)
+    return Style(bgcolor=background, color=foreground, reverse=cursor)
 
 
 def _pair_label(a: int, b: int, together: int, lift: float) -> str:
@@ -88,8 +89,10 @@ class OverviewScreen(Screen[Target | None]):
         layer_index: int | None,
         no_color: bool,
         scrambled: str | None = None,
+        palette: tuple[str, ...] = PALETTE,
     ) -> None:
         super().__init__()
+        self.palette = palette
         self.scrambled = scrambled  # the null model's variant: every title says so
         self.by_layer = layers
         self.title_text = title
@@ -272,12 +275,12 @@ class OverviewScreen(Screen[Target | None]):
                 glyph = GLYPH_RAMP[level] if self.no_color else " "
                 key = (level, cursor)
                 if key != run_key and run_text:
-                    body.append(run_text, _cell_style(*run_key, self.no_color))  # type: ignore[misc]
+                    body.append(run_text, _cell_style(*run_key, self.no_color, self.palette))  # type: ignore[misc]
                     run_text = ""
                 run_text += glyph.center(cell) if cell > 1 else glyph
                 run_key = key
             if run_text:
-                body.append(run_text, _cell_style(*run_key, self.no_color))  # type: ignore[misc]
+                body.append(run_text, _cell_style(*run_key, self.no_color, self.palette))  # type: ignore[misc]
             busiest = int(np.argmax(layer.load)) if layer.load.size else 0
             if chosen and focused:
                 expert = order[min(self.expert_column, len(order) - 1)]

@@ -17,6 +17,7 @@ def _g(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
+SELECTED_MARK = "•"
 LABEL = 9  # width of the label column: every line of the pane is "label  value"
 
 
@@ -30,8 +31,14 @@ def labelled(text: Text, label: str, value: str | Text, style: str = "") -> None
     text.append("\n")
 
 
-def layer_detail(layer: dict[str, Any] | None, expert: int | None, issues: list[str]) -> Text:
-    """The cursor layer's top-k, entropy and sharpness, and the cursor expert, one line each."""
+def layer_detail(
+    layer: dict[str, Any] | None, expert: int | None, issues: list[str], cell: list[int] | None = None
+) -> Text:
+    """The cursor layer's top-k, entropy and sharpness, and the cursor expert, one line each.
+
+    ``cell``: the experts the grid packs into the cursor's cell, listed with their probabilities
+    (the packed grid shows only the strongest of them).
+    """
     text = Text()
     if layer is None:
         text.append("no layer data for this token\n", style="italic")
@@ -53,13 +60,21 @@ def layer_detail(layer: dict[str, Any] | None, expert: int | None, issues: list[
     labelled(text, "top1", f"{_g(layer.get('top1_prob'))} · margin {_g(layer.get('top1_top2_margin'))}")
     if expert is not None and 0 <= expert < len(probs):
         order = sorted(range(len(probs)), key=lambda i: (-_num(probs[i]), i))
-        chosen = " · selected" if expert in topk else ""
+        note = " · selected" if expert in topk else ""
         labelled(
             text,
             f"expert {expert}",
-            f"p={_g(probs[expert], 6)} · rank {order.index(expert) + 1}{chosen}",
+            f"p={_g(probs[expert], 6)} · rank {order.index(expert) + 1}{note}",
             "bold",
         )
+    if cell and len(cell) > 1:
+        chosen = {e for e in topk if isinstance(e, int)}
+        shown = Text()
+        for member in cell:
+            p = probs[member] if 0 <= member < len(probs) else None
+            shown.append(f"{member}:{_g(p, 3)}", style="bold" if member == expert else "")
+            shown.append(SELECTED_MARK if member in chosen else " ")
+        labelled(text, "cell", shown)
     for message in issues:
         text.append("! ", style="bold red")
         text.append(visible(message, 300) + "\n")

@@ -1,8 +1,16 @@
 """The expert grid: one row per MoE layer, experts in layout order, drawn line by line.
 
 Colour is router probability as a multiple of uniform (p x n) from a fixed six-step palette;
-top-k experts show their rank digit; the cursor cell is reversed; layers and experts with
-issues are marked in the margin and underlined. Without colour the cells use a glyph ramp.
+the cursor cell is reversed; layers and experts with issues are marked in the margin and
+underlined. Without colour the cells use a glyph ramp.
+
+Two encodings, chosen by the room there is:
+- *spread*: every expert gets 2-3 columns, the top-k experts show their rank digit, and two
+  neighbouring digits are always apart (one digit, one coloured column);
+- *packed* (too many experts for that, e.g. 64 at 80 columns): each cell holds ``group``
+  neighbouring experts and shows the strongest of them; a cell holding a selected expert shows
+  ``•``; the top-k expert ids follow the heat in rank order, so ranks never fuse. The detail pane
+  lists the experts of the cursor's cell with their probabilities.
 """
 
 from __future__ import annotations
@@ -21,8 +29,35 @@ from textual.strip import Strip
 #: p x n thresholds: under half of uniform, under uniform, 2x, 4x, 8x, above.
 LEVEL_BOUNDS = (0.5, 1.0, 2.0, 4.0, 8.0)
 PALETTE = ("#10141f", "#1d3557", "#2f6690", "#3a9ad9", "#f4a261", "#ffd166")
+#: for 16-colour terminals (TERM=xterm, the Linux console): six named colours that stay apart
+#: there, none of them grey (what "below uniform" and "about uniform" collapse to) or red (errors)
+PALETTE_16 = ("black", "blue", "cyan", "green", "yellow", "bright_white")
 GLYPH_RAMP = (" ", ".", ":", "-", "=", "#")
-MARGIN = 13  # "L12 0.95" + issue mark + compare mark + motif accent + novelty glyph + space
+MARGIN = 14  # "L12  0.95" + issue mark + compare mark + motif accent + novelty glyph + space
+SELECTED_GLYPH = "•"
+
+
+@dataclass(frozen=True, slots=True)
+class Packing:
+    """How a row is drawn: ``group`` experts a cell of ``width`` columns, then a top-k list."""
+
+    group: int
+    width: int
+    list_width: int
+
+    @property
+    def packed(self) -> bool:
+        return self.list_width > 0
+
+
+def packing_for(experts: int, top_k: int, columns: int) -> Packing:
+    """The encoding for ``experts`` per row in ``columns`` (margin excluded)."""
+    experts = max(1, experts)
+    if columns >= 2 * experts:
+        return Packing(1, min(3, columns // experts), 0)
+    list_width = max(1, top_k) * (len(str(experts - 1)) + 1) + 1
+    heat = max(8, columns - list_width)
+    return Packing(-(-experts // heat), 1, list_width)
 
 
 def level_of(p: float, n: int) -> int:
@@ -33,13 +68,33 @@ def level_of(p: float, n: int) -> int:
     return len(LEVEL_BOUNDS)
 
 
-@lru_cache(maxsize=256)
-def _cell_style(level: int, selected: bool, cursor: bool, flagged: bool, no_color: bool) -> Style:
+def palette_for(color_system: str | None) -> tuple[str, ...]:
+    """The probability palette for a terminal's colour depth (Rich's name for it)."""
+    return PALETTE_16 if color_system in ("standard", "windows") else PALETTE
+
+
+def cell_colours(level: int, palette: tuple[str, ...]) -> tuple[str, str]:
+    """(background, foreground) of a level: dark text on the light steps, white on the dark."""
+    light = level >= (2 if palette is PALETTE_16 else 4)
+    return palette[level], ("black" if palette is PALETTE_16 else "#000000") if light else (
+        "bright_white" if palette is PALETTE_16 else "#ffffff"
+    )
+
+
+@lru_cache(maxsize=512)
+def _cell_style(
+    level: int,
+    selected: bool,
+    cursor: bool,
+    flagged: bool,
+    no_color: bool,
+    palette: tuple[str, ...] = PALETTE,
+) -> Style:
     """One of a few dozen cell styles, made once (a grid redraw uses a thousand cells)."""
     if no_color:
         return Style(bold=selected, reverse=cursor, underline=flagged)
-    foreground = "#000000" if level >= 4 else "#ffffff"
-    return Style(bgcolor=PALETTE[level], color=foreground, bold=selected, reverse=cursor, underline=flagged)
+    background, foreground = cell_colours(level, palette)
+    return Style(bgcolor=background, color=foreground, bold=selected, reverse=cursor, underline=flagged)
 
 
 _DIFF = Style(strike=True, bold=True, color="#ff5fd7")
@@ -101,19 +156,33 @@ class ExpertGrid(ScrollView, can_focus=True, inherit_bindings=False):
             self.row = row
             self.column = column
 
-    def __init__(self, *, no_color: bool = False, id: str | None = None) -> None:
+    def __init__(
+        self, *, no_color: bool = False, palette: tuple[str, ...] = PALETTE, id: str | None = None
+    ) -> None:
         super().__init__(id=id)
+        self.palette = palette
         self.rows: list[GridRow] = []
         self.cursor_row = 0
         self.cursor_column = 0
         self.no_color = no_color
 
     @property
-    def cell_width(self) -> int:
-        """1 to 3 columns an expert: wider cells when few experts leave room (no reordering)."""
+    def packing(self) -> Packing:
         experts = max((len(row.order) for row in self.rows), default=1) or 1
-        room = (self.size.width or 80) - MARGIN
-        return max(1, min(3, room // experts))
+        top_k = max((len(row.topk) for row in self.rows), default=1)
+        return packing_for(experts, top_k, (self.size.width or 80) - MARGIN)
+
+    @property
+    def cell_width(self) -> int:
+        return self.packing.width
+
+    def cursor_group(self) -> list[int]:
+        """The experts drawn in the cursor's cell (one unless packed), in layout order."""
+        if not self.rows:
+            return []
+        group = self.packing.group
+        start = self.cursor_column // group * group
+        return self.rows[self.cursor_row].order[start : start + group]
 
     def set_rows(self, rows: list[GridRow]) -> None:
         self.rows = rows
@@ -134,15 +203,19 @@ class ExpertGrid(ScrollView, can_focus=True, inherit_bindings=False):
 
     def _update_virtual_size(self) -> None:
         experts = max((len(row.order) for row in self.rows), default=0)
-        self.virtual_size = Size(MARGIN + experts * self.cell_width, len(self.rows))
+        packing = self.packing
+        cells = -(-experts // packing.group)
+        self.virtual_size = Size(MARGIN + cells * packing.width + packing.list_width, len(self.rows))
 
     def on_resize(self) -> None:
         self._update_virtual_size()
         self.refresh()
 
     def _cell_region(self) -> Region:
-        width = self.cell_width
-        return Region(MARGIN + self.cursor_column * width, self.cursor_row, width, 1)
+        packing = self.packing
+        return Region(
+            MARGIN + self.cursor_column // packing.group * packing.width, self.cursor_row, packing.width, 1
+        )
 
     def action_layer(self, delta: int) -> None:
         self.move_cursor(self.cursor_row + delta, self.cursor_column)
@@ -186,8 +259,11 @@ class ExpertGrid(ScrollView, can_focus=True, inherit_bindings=False):
         if row.probs is None:
             segments.append(Segment("unreadable", Style(italic=True)))
             return segments
+        packing = self.packing
+        if packing.packed:
+            return segments + self._packed_cells(row, selected, packing)
         n = len(row.probs)
-        width = self.cell_width
+        width = packing.width
         ranks = {expert: rank for rank, expert in enumerate(row.topk)}
         for column, expert in enumerate(row.order):
             p = row.probs[expert] if 0 <= expert < n else 0.0
@@ -196,8 +272,41 @@ class ExpertGrid(ScrollView, can_focus=True, inherit_bindings=False):
             cursor = selected and column == self.cursor_column
             flagged = expert in row.flagged_experts
             glyph = rank_glyph(rank) if rank is not None else (GLYPH_RAMP[level] if self.no_color else " ")
-            style = _cell_style(level, rank is not None, cursor, flagged, self.no_color)
+            style = _cell_style(level, rank is not None, cursor, flagged, self.no_color, self.palette)
             if expert in row.diff_experts:
                 style = style + _DIFF_NO_COLOR if self.no_color else style + _DIFF
-            segments.append(Segment(glyph.center(width) if width > 1 else glyph, style))
+            # a digit, then a plain coloured column: two neighbouring ranks never fuse
+            segments.append(Segment(glyph.center(width), style))
+        return segments
+
+    def _packed_cells(self, row: GridRow, selected: bool, packing: Packing) -> list[Segment]:
+        """Cells of ``group`` experts (the strongest shown; ``•``: holds a selected one), then top-k ids."""
+        assert row.probs is not None
+        n, group = len(row.probs), packing.group
+        chosen = set(row.topk)
+        cursor_cell = self.cursor_column // group if selected else -1
+        segments: list[Segment] = []
+        for cell, start in enumerate(range(0, len(row.order), group)):
+            members = row.order[start : start + group]
+            level = max(level_of(row.probs[e] if 0 <= e < n else 0.0, n) for e in members)
+            holds = any(e in chosen for e in members)
+            flagged = any(e in row.flagged_experts for e in members)
+            glyph = SELECTED_GLYPH if holds else (GLYPH_RAMP[level] if self.no_color else " ")
+            style = _cell_style(level, holds, cell == cursor_cell, flagged, self.no_color, self.palette)
+            if any(e in row.diff_experts for e in members):
+                style = style + _DIFF_NO_COLOR if self.no_color else style + _DIFF
+            segments.append(Segment(glyph, style))
+        segments.append(Segment(" ", Style()))
+        cursor_expert = (
+            row.order[self.cursor_column] if selected and self.cursor_column < len(row.order) else None
+        )
+        digits = len(str(max(0, n - 1)))
+        for rank, expert in enumerate(row.topk):
+            style = Style(
+                bold=rank == 0, reverse=expert == cursor_expert, underline=expert in row.flagged_experts
+            )
+            if expert in row.diff_experts:
+                style = style + (_DIFF_NO_COLOR if self.no_color else _DIFF)
+            segments.append(Segment(f"{expert:>{digits}}", style))
+            segments.append(Segment(" ", Style()))
         return segments
