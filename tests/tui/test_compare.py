@@ -19,6 +19,11 @@ def _pair(tmp_path: Path, *, seed_b: int = 0, tokens_b: int = 12, experts_b: int
     return a, write_raw_bundle(tmp_path / "b", *parts)
 
 
+def grid_lines_of(app: InferoscopeApp, selector: str) -> list[str]:
+    grid = _grid(app, selector)
+    return [grid.render_line(y).text for y in range(min(grid.size.height, len(grid.rows)))]
+
+
 def _grid(app: InferoscopeApp, selector: str) -> ExpertGrid:
     return app.query_one(selector, ExpertGrid)
 
@@ -71,8 +76,15 @@ async def test_a_shorter_run_b_and_another_expert_count_are_reported_not_crashed
         await pilot.press("G")
         assert app.position == 11 and "run B ends at token 4" in plain(app, "#grid-b-title")
         assert "B: no token here" in detail(app)
-        notes = " ".join(str(n.message) for n in app._notifications)
-        assert "different lengths" in notes and "different expert counts" in notes
+        rows_b = grid_lines_of(app, "#grid-b")
+        assert rows_b and all(
+            "it ends at #4" in line and "unreadable" not in line for line in rows_b if line.strip()
+        )
+        notes = [line for line in detail(app).splitlines() if line.startswith("note")]
+        assert any("different lengths" in n for n in notes) and any(
+            "different expert counts" in n for n in notes
+        )
+        assert not app._notifications  # no toast covers grid B
 
 
 async def test_an_unopenable_run_b_is_a_message_and_exit_code_1(tmp_path: Path) -> None:

@@ -59,6 +59,8 @@ async def test_go_to_index_and_bad_input() -> None:
         assert app.position == 40
         await pilot.press("colon", *"999", "enter")
         assert app.position == 63
+        said = " ".join(str(n.message) for n in app._notifications)
+        assert "there is no token #999: went to #63" in said
 
 
 async def test_search_and_next_previous_match() -> None:
@@ -170,6 +172,10 @@ async def test_issues_pane_lists_filters_and_jumps(tmp_path: Path) -> None:
         while pane.code_filter != "topk_prob_mismatch":
             await pilot.press("f")
         assert len(pane.shown) == 1
+        await pilot.pause()
+        screen = app.export_screenshot().replace("&#160;", " ")
+        assert "only topk_prob_mismatch" in screen  # the filter is drawn, in the pane's top rule
+        assert pane.styles.border_top[1] != app.query_one("#detail").styles.border_top[1]  # focus shows
         await pilot.press("down", "enter")
         await pilot.pause()
         assert app.position == 3 and app.cursor_layer == 1

@@ -180,9 +180,9 @@ class InferoscopeApp(App[None]):
             self.call_from_thread(self._on_compared, comparison)
 
     def _on_compared(self, comparison: RunComparison) -> None:
+        # the notes (lengths, layers, expert counts) go in the detail pane and the titles: a toast
+        # would cover grid B for seconds at 80x24
         self.comparison = comparison
-        for note in comparison.notes:
-            self.notify(visible(note, 300), markup=False, timeout=8)
         self.refresh_view()
 
     def _load_texts(self) -> None:
@@ -318,8 +318,12 @@ class InferoscopeApp(App[None]):
         assert model is not None and model_b is not None
         grid_a, grid_b = self.query_one("#grid", ExpertGrid), self.query_one("#grid-b", ExpertGrid)
         inside_b = self.position < model_b.count
-        rows_b = self._rows_for(model_b.slot(self.position) if inside_b else None, model_b)
-        mark_disagreements(grid_a.rows, rows_b)
+        if inside_b:
+            rows_b = self._rows_for(model_b.slot(self.position), model_b)
+            mark_disagreements(grid_a.rows, rows_b)
+        else:  # B is simply shorter: say so on every row, not "unreadable"
+            ended = f"run B has no token #{self.position}: it ends at #{model_b.count - 1}"
+            rows_b = [GridRow(row.layer_index, [], None, note=ended) for row in grid_a.rows]
         grid_b.set_rows(rows_b)
         grid_b.cursor_row = min(grid_a.cursor_row, max(0, len(rows_b) - 1))
         grid_b.cursor_column = grid_a.cursor_column
@@ -416,6 +420,8 @@ class InferoscopeApp(App[None]):
         labelled(token, f"#{self.position}", shown)
         if self.model_b is not None:
             token.append_text(compare_detail(self.model_b, slot, layer, self.cursor_layer))
+            for note in self.comparison.notes if self.comparison is not None else []:
+                labelled(token, "note", Text(visible(note, 200), style="yellow"))
         if self.show_motifs and model.motifs is not None:
             token.append_text(
                 motif_detail(model.motifs, model.motifs_at(self.position), self.cursor_layer or 0)

@@ -96,5 +96,8 @@ class DetailPane(VerticalScroll):
     def compose(self):  # type: ignore[no-untyped-def]
         yield Static(id="detail-body")
 
+    def on_mount(self) -> None:
+        self.border_title = "detail"
+
     def show(self, content: Text) -> None:
         self.query_one("#detail-body", Static).update(content)

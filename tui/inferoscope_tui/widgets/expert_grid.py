@@ -134,6 +134,8 @@ class GridRow:
     motif_colour: str | None = None
     motif_fit_strength: float = 1.0
     motif_novel: bool = False
+    #: what to show instead of cells when there are no probabilities (default: "unreadable")
+    note: str | None = None
 
 
 class ExpertGrid(ScrollView, can_focus=True, inherit_bindings=False):
@@ -211,6 +213,12 @@ class ExpertGrid(ScrollView, can_focus=True, inherit_bindings=False):
         self._update_virtual_size()
         self.refresh()
 
+    def on_focus(self) -> None:
+        self.refresh()
+
+    def on_blur(self) -> None:
+        self.refresh()
+
     def _cell_region(self) -> Region:
         packing = self.packing
         return Region(
@@ -257,7 +265,7 @@ class ExpertGrid(ScrollView, can_focus=True, inherit_bindings=False):
             Segment(" ", Style()),
         ]
         if row.probs is None:
-            segments.append(Segment("unreadable", Style(italic=True)))
+            segments.append(Segment(row.note or "unreadable", Style(italic=True)))
             return segments
         packing = self.packing
         if packing.packed:
@@ -269,8 +277,8 @@ class ExpertGrid(ScrollView, can_focus=True, inherit_bindings=False):
             p = row.probs[expert] if 0 <= expert < n else 0.0
             level = level_of(p, n)
             rank = ranks.get(expert)
-            cursor = selected and column == self.cursor_column
-            flagged = expert in row.flagged_experts
+            cursor = selected and column == self.cursor_column and self.has_focus
+            flagged = expert in row.flagged_experts or (selected and column == self.cursor_column)
             glyph = rank_glyph(rank) if rank is not None else (GLYPH_RAMP[level] if self.no_color else " ")
             style = _cell_style(level, rank is not None, cursor, flagged, self.no_color, self.palette)
             if expert in row.diff_experts:
@@ -285,14 +293,17 @@ class ExpertGrid(ScrollView, can_focus=True, inherit_bindings=False):
         n, group = len(row.probs), packing.group
         chosen = set(row.topk)
         cursor_cell = self.cursor_column // group if selected else -1
+        focused = self.has_focus  # without focus the cursor cell is underlined, not reversed
         segments: list[Segment] = []
         for cell, start in enumerate(range(0, len(row.order), group)):
             members = row.order[start : start + group]
             level = max(level_of(row.probs[e] if 0 <= e < n else 0.0, n) for e in members)
             holds = any(e in chosen for e in members)
-            flagged = any(e in row.flagged_experts for e in members)
+            flagged = any(e in row.flagged_experts for e in members) or (cell == cursor_cell and not focused)
             glyph = SELECTED_GLYPH if holds else (GLYPH_RAMP[level] if self.no_color else " ")
-            style = _cell_style(level, holds, cell == cursor_cell, flagged, self.no_color, self.palette)
+            style = _cell_style(
+                level, holds, cell == cursor_cell and focused, flagged, self.no_color, self.palette
+            )
             if any(e in row.diff_experts for e in members):
                 style = style + _DIFF_NO_COLOR if self.no_color else style + _DIFF
             segments.append(Segment(glyph, style))

@@ -59,8 +59,9 @@ class IssuesPane(OptionList):
             self.add_option(
                 Option(Text("no issues: the bundle meets the contract", style="green"), disabled=True)
             )
-        suffix = f" · filter {self.code_filter}" if self.code_filter else ""
-        self.border_title = f"issues {len(self.shown)}/{len(self.all_issues)}{suffix}"
+        suffix = f" · only {visible(self.code_filter, 40)} (f: next code)" if self.code_filter else ""
+        hint = " · f filters" if not self.code_filter and len(self.codes()) > 1 else ""
+        self.border_title = f"issues {len(self.shown)}/{len(self.all_issues)}{suffix}{hint}"
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         event.stop()
