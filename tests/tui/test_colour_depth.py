@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import textual.constants
 from rich.color import Color
 
 from inferoscope_tui import InferoscopeApp
-from inferoscope_tui.widgets.expert_grid import PALETTE, PALETTE_16, ExpertGrid, level_of
+from inferoscope_tui.widgets.expert_grid import PALETTE, PALETTE_16, ExpertGrid, level_of, palette_for
 
 from ..conftest import VALID
 from .helpers import settle
@@ -23,12 +22,18 @@ def test_the_16_colour_palette_is_six_distinct_standard_colours_without_grey_or_
 
 
 @pytest.mark.parametrize(
-    ("system", "palette"), [("standard", PALETTE_16), ("256", PALETTE), ("truecolor", PALETTE)]
+    ("system", "palette"),
+    [("standard", PALETTE_16), ("windows", PALETTE_16), ("256", PALETTE), ("truecolor", PALETTE)],
 )
-async def test_the_app_picks_the_palette_for_the_terminal(
-    monkeypatch: pytest.MonkeyPatch, system: str, palette: tuple[str, ...]
+def test_the_palette_follows_the_colour_depth_rich_detects(system: str, palette: tuple[str, ...]) -> None:
+    assert palette_for(system) is palette
+
+
+@pytest.mark.parametrize(("forced", "palette"), [("16", PALETTE_16), ("full", PALETTE), ("", PALETTE)])
+async def test_the_grid_draws_with_the_chosen_palette(
+    monkeypatch: pytest.MonkeyPatch, forced: str, palette: tuple[str, ...]
 ) -> None:
-    monkeypatch.setattr(textual.constants, "COLOR_SYSTEM", system)
+    monkeypatch.setenv("INFEROSCOPE_PALETTE", forced)  # headless: the full palette unless forced
     app = InferoscopeApp(DEMO)
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
@@ -38,9 +43,9 @@ async def test_the_app_picks_the_palette_for_the_terminal(
         assert row.probs is not None
         levels = {level_of(p, len(row.probs)) for p in row.probs}
         drawn = {s.style.bgcolor.name for s in grid.render_line(0) if s.style and s.style.bgcolor}
-        assert drawn <= {Color.parse(palette[level]).name for level in levels}
+        assert drawn and drawn <= {Color.parse(palette[level]).name for level in levels}
 
 
 def test_snapshot_16_colours(snap_compare, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(textual.constants, "COLOR_SYSTEM", "standard")
+    monkeypatch.setenv("INFEROSCOPE_PALETTE", "16")
     assert snap_compare(InferoscopeApp(DEMO), terminal_size=(80, 24), run_before=settle, press=["l"])

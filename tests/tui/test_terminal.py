@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -79,9 +81,15 @@ def test_a_person_steps_through_a_run_in_tmux(tmux: Tmux) -> None:
     tmux.start(f"{INFEROSCOPE} tui {VALID / 'b_olmoe_64tok_16x64_top8'}")
     screen = tmux.wait_for("clean")
     assert "token #0 of 64" in screen and "L15" in screen and "The quick brown fox" in screen
+    # 64 experts at 80 columns: every layer row ends with its top-8 expert ids in rank order
+    first = json.loads((VALID / "b_olmoe_64tok_16x64_top8" / "raw_trace.ndjson").read_text().splitlines()[0])
+    for layer in first["layers"]:
+        row = next(line for line in screen.splitlines() if line.startswith(f"L{layer['layer_index']} "))
+        assert [int(x) for x in row.split()[-8:]] == layer["topk_indices"], row
+        assert len(row) <= 80
     tmux.keys("l", "l", "Right")
     screen = tmux.wait_for("token #3 of 64")
-    assert "tok3  id " in screen
+    assert "\" tok3\"  id " in screen
     tmux.keys(":", "4", "0", "Enter")
     tmux.wait_for("token #40 of 64")
     tmux.keys("G")
@@ -151,3 +159,32 @@ def test_run_view_scramble_and_compare_in_tmux(tmux: Tmux, tmp_path: Path) -> No
         assert "A↔B" in screen and screen.count("demo-run") >= 2
     finally:
         other.close()
+
+
+def test_a_16_colour_terminal_gets_the_16_colour_palette_sent_as_is(tmp_path: Path) -> None:
+    session = Tmux("xterm")  # TERM=xterm: 16 colours, as the Linux console
+    try:
+        session.start(f"env -u COLORTERM {INFEROSCOPE} tui {VALID / 'b_olmoe_64tok_16x64_top8'}")
+        session.wait_for("clean")
+        coloured = session.run("capture-pane", "-e", "-p", "-t", "app").splitlines()[
+            3:19
+        ]  # the 16 layer rows
+        codes = {
+            int(c)
+            for line in coloured
+            for seq in re.findall(r"\x1b\[([0-9;]*)m", line)
+            for c in seq.split(";")
+            if c
+        }
+        backgrounds = {c for c in codes if 40 <= c <= 47 or 100 <= c <= 107}
+        assert backgrounds and backgrounds <= {
+            40,
+            44,
+            46,
+            42,
+            43,
+            107,
+        }  # black blue cyan green yellow bright white
+        assert not any(c in (38, 48) for c in codes)  # no 256-colour or RGB sequences at all
+    finally:
+        session.close()

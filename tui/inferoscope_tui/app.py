@@ -34,7 +34,7 @@ from .screens.message import MessageScreen
 from .screens.overview import OverviewScreen, Target
 from .screens.prompt import PromptScreen
 from .widgets.detail import DetailPane, labelled, layer_detail
-from .widgets.expert_grid import ExpertGrid, GridRow, faded, palette_for
+from .widgets.expert_grid import PALETTE, PALETTE_16, PALETTE_DETECT, ExpertGrid, GridRow, faded, palette_for
 from .widgets.issues_pane import IssuesPane
 from .widgets.token_strip import TokenStrip, strip_text
 
@@ -98,8 +98,10 @@ class InferoscopeApp(App[None]):
         self.show_raw = False
         self.show_motifs = True
         self.real_model = self.model
-        #: the probability palette for this terminal's colour depth (16 colours get their own)
-        self.palette = palette_for(self.console.color_system)
+        #: the probability palette for this terminal's colour depth (16 colours get their own);
+        #: INFEROSCOPE_PALETTE=16|full forces one (screenshots and tests draw headless)
+        forced = os.environ.get("INFEROSCOPE_PALETTE", "").strip().lower()
+        self.palette = palette_for("standard" if forced == "16" else None if forced == "full" else "detect")
         self.scramble: str | None = None  # None: the real run; else the SCRAMBLED twin's variant
         self.twins: dict[str, RunModel] = {}
         self.playing: Timer | None = None
@@ -110,7 +112,16 @@ class InferoscopeApp(App[None]):
         self.painted_at: float | None = None  # when token 0 was first on screen (perf_counter)
 
     # -- layout ---------------------------------------------------------------------------
+    def _detect_palette(self) -> None:
+        """A real terminal's depth decides, unless forced; a headless run keeps the full palette."""
+        if self.palette == PALETTE_DETECT:
+            self.palette = PALETTE if self.is_headless else palette_for(self.console.color_system)
+        if self.palette is PALETTE_16 and not self.is_headless:
+            # send the named colours as they are: converted to RGB and back, they land on other ones
+            self.ansi_color = True
+
     def compose(self) -> ComposeResult:
+        self._detect_palette()
         yield Static(id="header")
         yield TokenStrip(id="strip")
         if self.compare_dir is not None:
@@ -415,7 +426,7 @@ class InferoscopeApp(App[None]):
             token.append(f" {SCRAMBLE_MEANING[self.scramble]}: not the model's routing\n", style="bold")
         token_id = as_int(slot.event.get("token_id"), -1)
         context = as_int(slot.event.get("context_length"), -1)
-        shown = Text(visible(slot.token_text or "", 40), style="bold")
+        shown = Text(f'"{visible(slot.token_text or "", 40)}"', style="bold")  # quoted: spaces show
         shown.append(f"  id {token_id} · ctx {context}", style="dim")
         labelled(token, f"#{self.position}", shown)
         if self.model_b is not None:

@@ -175,5 +175,5 @@ def motif_detail(index: MotifIndex, motifs: TokenMotifs | None, layer_index: int
         line.append(" fit not recorded" if mark.fit is None else f" fit {mark.fit:.3f}")
         labelled(text, label, line)
     labelled(text, "matcher", Text(visible(index.config_id, 40), style="dim"))
-    labelled(text, "", Text("provisional: derived, not the raw trace", style="dim"))
+    labelled(text, "", Text("provisional (derived)", style="dim"))
     return text

@@ -68,8 +68,14 @@ def level_of(p: float, n: int) -> int:
     return len(LEVEL_BOUNDS)
 
 
+#: "not decided yet": the app picks a palette once it knows whether it draws on a real terminal
+PALETTE_DETECT: tuple[str, ...] = ()
+
+
 def palette_for(color_system: str | None) -> tuple[str, ...]:
-    """The probability palette for a terminal's colour depth (Rich's name for it)."""
+    """The probability palette for a terminal's colour depth (Rich's name for it; "detect": later)."""
+    if color_system == "detect":
+        return PALETTE_DETECT
     return PALETTE_16 if color_system in ("standard", "windows") else PALETTE
 
 
