@@ -89,7 +89,7 @@ def test_a_person_steps_through_a_run_in_tmux(tmux: Tmux) -> None:
         assert len(row) <= 80
     tmux.keys("l", "l", "Right")
     screen = tmux.wait_for("token #3 of 64")
-    assert "\" tok3\"  id " in screen
+    assert '" tok3"  id ' in screen
     tmux.keys(":", "4", "0", "Enter")
     tmux.wait_for("token #40 of 64")
     tmux.keys("G")
