@@ -250,3 +250,18 @@ def test_demo_refuses_an_existing_run_before_loading_the_model_and_quotes_its_hi
     assert f"open it: inferoscope tui '{root / 'demo-run'}'" in printed
     assert sorted(p.name for p in root.iterdir()) == ["demo-run"]
     assert len((root / "demo-run" / "raw_trace.ndjson").read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("command", [["demo"], ["capture", "--model", "m", "--prompt", "p"]])
+def test_capture_without_torch_names_the_extra_to_install(command: list[str], tmp_path: Path) -> None:
+    script = (
+        "import sys; sys.modules['torch'] = None\n"  # as on a machine where torch is not installed
+        "from inferoscope.cli import main\n"
+        f"sys.exit(main({[*command, '--out', str(tmp_path)]!r}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "capture needs torch" in result.stderr and "'.[capture]'" in result.stderr
+    assert not list(tmp_path.iterdir())
