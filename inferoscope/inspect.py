@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = RunSummary.of(RunReader(args.run_dir))
     except BundleOpenError as exc:
-        parser.exit(status=1, message=f"{not_found(exc)}\n")
+        parser.exit(status=1, message=f"{not_found(exc, args.run_dir)}\n")
     if not summary.report.ok:
         error = bundle_error(str(args.run_dir), summary.report.issues, summary.report.counts_by_code())
         parser.exit(status=1, message=f"{error}\n")

@@ -444,8 +444,11 @@ def test_load_raises_the_original_type_with_the_original_first_words(name: str) 
 
 
 def test_a_missing_folder_is_a_file_not_found_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"manifest\.json"):
+    with pytest.raises(FileNotFoundError, match=r"manifest\.json") as caught:
         load_run_bundle(tmp_path / "nothing")
+    assert caught.value.errno == 2 and caught.value.filename == str(tmp_path / "nothing" / "manifest.json")
+    result = _inspect(str(tmp_path / "nothing"))
+    assert result.returncode == 1 and result.stderr.startswith("[Errno 2] No such file or directory: ")
 
 
 def test_write_refusals_have_the_original_types(tmp_path: Path) -> None:

@@ -8,8 +8,11 @@ against either library catches it, and still finds every located issue in ``.iss
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from ..jsonfmt import NON_STANDARD_NUMBERS
 from ..textsafe import visible
@@ -40,7 +43,25 @@ class RunBundleError(ValueError):
 
 
 class RunBundleNotFoundError(RunBundleError, FileNotFoundError):
-    """The run folder or one of its required files does not exist."""
+    """The run folder or one of its required files does not exist.
+
+    Like the original's error, the message starts with ``[Errno 2] No such file or directory:
+    '<the file>'``, and ``errno`` and ``filename`` are set.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        issues: Sequence[ValidationIssue],
+        counts: dict[str, int] | None = None,
+        *,
+        filename: str | None = None,
+    ) -> None:
+        head = f"[Errno {errno.ENOENT}] {os.strerror(errno.ENOENT)}: {filename!r}: " if filename else ""
+        super().__init__(head + what, issues, counts)
+        self.errno = errno.ENOENT
+        self.strerror = os.strerror(errno.ENOENT)
+        self.filename = filename
 
 
 class RunBundleJSONError(RunBundleError, json.JSONDecodeError):
@@ -74,7 +95,15 @@ def bundle_error(
     codes = set(counts) if counts is not None else {issue.code for issue in issues}
     odd = any(NON_STANDARD_NUMBERS in issue.message for issue in issues)
     if "missing_file" in codes:
-        return RunBundleNotFoundError(f"run bundle is missing a required file: {subject}", issues, counts)
+        missing = next(
+            (i.location.file for i in issues if i.code == "missing_file" and i.location.file), None
+        )
+        return RunBundleNotFoundError(
+            f"run bundle is missing a required file: {subject}",
+            issues,
+            counts,
+            filename=str(Path(subject) / missing) if missing else None,
+        )
     if "json_parse_error" in codes:
         reason = f"holds {NON_STANDARD_NUMBERS} (NaN or Infinity)" if odd else "holds text that is not JSON"
         return RunBundleJSONError(f"run bundle {reason}: {subject}", issues, counts)

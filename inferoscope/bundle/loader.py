@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..jsonfmt import parse_json_bytes
-from ..versions import CONTINGENCY_FILE, DERIVED_FILE, MOTIF_LEDGER_FILE
+from ..versions import CONTINGENCY_FILE, DERIVED_FILE, MANIFEST_FILE, MOTIF_LEDGER_FILE
 from .errors import RunBundleNotFoundError, bundle_error
 from .files import read_json_object
 from .lines import iter_lines
@@ -14,11 +14,12 @@ from .reader import BundleOpenError, RunReader
 from .report import ValidationReport
 
 
-def not_found(exc: BundleOpenError) -> RunBundleNotFoundError:
-    """The error for a path that is no bundle at all (also a FileNotFoundError)."""
+def not_found(exc: BundleOpenError, run_dir: Path | str) -> RunBundleNotFoundError:
+    """The error for a path that is no bundle at all (also a FileNotFoundError for its manifest)."""
     return RunBundleNotFoundError(
         f"run bundle cannot be opened: {exc} (a bundle needs manifest.json, raw_trace.ndjson, layout.json)",
         [],
+        filename=str(Path(run_dir) / MANIFEST_FILE),
     )
 
 
@@ -31,7 +32,7 @@ def open_valid_reader(run_dir: Path | str) -> RunReader:
     try:
         reader = RunReader(run_dir)
     except BundleOpenError as exc:
-        raise not_found(exc) from None
+        raise not_found(exc, run_dir) from None
     report: ValidationReport = reader.validate()
     if not report.ok:
         raise bundle_error(str(run_dir), report.issues, report.counts_by_code())
