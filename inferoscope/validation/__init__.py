@@ -1,6 +1,6 @@
 """Schema and semantic validation with located issues: the original library's import path."""
 
-from .aggregates import LayerAggregate, RunAggregates
+from .aggregates import LayerAggregate, PairCounts, RunAggregates
 from .bundle_checks import FULL_RUN, PROFILES
 from .in_memory import (
     validate_layout_semantics,
@@ -20,6 +20,7 @@ __all__ = [
     "SCHEMA_VIOLATION",
     "LayerAggregate",
     "Location",
+    "PairCounts",
     "RunAggregates",
     "ValidationIssue",
     "count_by_code",

@@ -7,6 +7,123 @@ from typing import Any
 
 import numpy as np
 
+DENSE_MAX = 256
+
+
+@dataclass(slots=True)
+class PairCounts:
+    """How many tokens picked both experts of a pair (a < b), kept for the pairs that occur only.
+
+    Memory grows with the distinct pairs a run produces (at most tokens x k² / 2), never with
+    experts²: a layer of 100,000 experts costs what its picks cost, not 80 GB of zeros.
+    """
+
+    experts: int
+    #: layers of up to DENSE_MAX experts keep a full matrix (fast, and small: 512 KB at 256)
+    matrix: np.ndarray | None = None
+    codes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # a * experts + b
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    _pending: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    _pending_size: int = 0
+
+    def __post_init__(self) -> None:
+        if self.matrix is None and 0 < self.experts <= DENSE_MAX:
+            self.matrix = np.zeros((self.experts, self.experts), dtype=np.int64)
+
+    def add_matrix(self, counts: np.ndarray) -> None:
+        """Add a full ``[experts, experts]`` count matrix (the dense path's batched bincount)."""
+        assert self.matrix is not None
+        self.matrix += counts
+
+    def add_picks(self, topk: np.ndarray) -> None:
+        """Count the pairs of every row of top-k picks ``[rows, k]`` (distinct, in range)."""
+        if topk.ndim != 2 or topk.shape[1] < 2 or topk.shape[0] == 0:
+            return
+        picks = topk.astype(np.int64)
+        first, second = picks[:, :, None], picks[:, None, :]
+        low, high = np.minimum(first, second), np.maximum(first, second)
+        upper = np.triu(np.ones((picks.shape[1], picks.shape[1]), dtype=bool), k=1)
+        if self.matrix is not None:  # the full symmetric count, as the batched path makes it
+            every = (first * self.experts + second).ravel()
+            self.matrix += np.bincount(every, minlength=self.experts * self.experts).reshape(
+                self.matrix.shape
+            )
+            return
+        codes = (low * self.experts + high)[:, upper].ravel()
+        self._add(codes, np.ones(codes.size, dtype=np.int64))
+
+    def absorb(self, other: PairCounts) -> None:
+        if self.matrix is not None and other.matrix is not None:
+            self.matrix += other.matrix
+            return
+        other.compact()
+        self._add(other.codes, other.counts)
+
+    def _add(self, codes: np.ndarray, counts: np.ndarray) -> None:
+        if codes.size == 0:
+            return
+        self._pending.append((codes, counts))
+        self._pending_size += codes.size
+        if self._pending_size > max(1 << 20, 2 * self.codes.size):
+            self.compact()
+
+    def compact(self) -> None:
+        """Fold pending pairs into the sorted unique codes and their counts."""
+        if self.matrix is not None:
+            upper = np.triu(self.matrix, k=1)  # symmetric: (a, b) and (b, a) both hold the count
+            self.codes = np.flatnonzero(upper).astype(np.int64)
+            self.counts = upper.ravel()[self.codes]
+            return
+        if not self._pending:
+            return
+        codes = np.concatenate([self.codes, *(c for c, _ in self._pending)])
+        weights = np.concatenate([self.counts, *(w for _, w in self._pending)])
+        self.codes, inverse = np.unique(codes, return_inverse=True)
+        self.counts = np.bincount(inverse.ravel(), weights=weights, minlength=self.codes.size).astype(
+            np.int64
+        )
+        self._pending, self._pending_size = [], 0
+
+    def top(self, count: int) -> list[tuple[int, int, int]]:
+        """The ``count`` most frequent pairs (a, b, tokens), ties to the lower pair."""
+        self.compact()
+        order = np.lexsort((self.codes, -self.counts))[:count]
+        return [
+            (int(c // self.experts), int(c % self.experts), int(n))
+            for c, n in zip(self.codes[order], self.counts[order], strict=True)
+        ]
+
+    def together(self, a: int, b: int) -> int:
+        """Tokens that picked both ``a`` and ``b``."""
+        if self.matrix is not None:
+            return int(self.matrix[a, b])
+        self.compact()
+        code = min(a, b) * self.experts + max(a, b)
+        at = int(np.searchsorted(self.codes, code))
+        return int(self.counts[at]) if at < self.codes.size and self.codes[at] == code else 0
+
+    def dense(self) -> np.ndarray:
+        """The symmetric ``[experts, experts]`` matrix with a zero diagonal (small layers only)."""
+        if self.matrix is not None:
+            matrix = self.matrix.copy()
+            np.fill_diagonal(matrix, 0)
+            return matrix
+        self.compact()
+        matrix = np.zeros((self.experts, self.experts), dtype=np.int64)
+        a, b = np.divmod(self.codes, self.experts)
+        matrix[a, b] = self.counts
+        matrix[b, a] = self.counts
+        return matrix
+
+    def copy(self) -> PairCounts:
+        self.compact()
+        return PairCounts(
+            self.experts,
+            None if self.matrix is None else self.matrix.copy(),
+            self.codes.copy(),
+            self.counts.copy(),
+        )
+
 
 @dataclass(slots=True)
 class LayerAggregate:
@@ -20,7 +137,7 @@ class LayerAggregate:
     normalized_entropy_sum: float = 0.0
     load: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     top1_load: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    coactivation: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
+    pairs: PairCounts = field(default_factory=lambda: PairCounts(0))
     #: per-token parts in arrival order: (event positions, top-k indices, normalized entropy)
     token_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
 
@@ -44,7 +161,7 @@ class LayerAggregate:
 
         Positions without a usable entry for this layer (unreadable or flagged) stay -1 / NaN.
         """
-        topk = np.full((events, self.num_active_experts), -1, dtype=np.int16)
+        topk = np.full((events, self.num_active_experts), -1, dtype=_index_dtype(self.num_total_experts))
         entropy = np.full(events, np.nan, dtype=np.float32)
         for positions, picks, values in self.token_parts:
             inside = positions < events
@@ -114,8 +231,9 @@ class RunAggregates:
         if topk.shape[1]:
             load = np.bincount((inverse[:, None] * n + topk).ravel(), minlength=count * n).reshape(count, n)
             top1 = np.bincount(inverse * n + topk[:, 0], minlength=count * n).reshape(count, n)
-            pairs = (inverse[:, None, None] * n * n + topk[:, :, None] * n + topk[:, None, :]).ravel()
-            coact = np.bincount(pairs, minlength=count * n * n).reshape(count, n, n)
+            if n <= DENSE_MAX:  # one bincount for every layer's pairs (a, b) and (b, a)
+                codes = (inverse[:, None, None] * n * n + topk[:, :, None] * n + topk[:, None, :]).ravel()
+                coact = np.bincount(codes, minlength=count * n * n).reshape(count, n, n)
         for u, layer_index in enumerate(layers.tolist()):
             agg = self.layers.get(layer_index)
             if agg is None:
@@ -125,7 +243,7 @@ class RunAggregates:
                     k,
                     load=np.zeros(n, dtype=np.int64),
                     top1_load=np.zeros(n, dtype=np.int64),
-                    coactivation=np.zeros((n, n), dtype=np.int64),
+                    pairs=PairCounts(n),
                 )
                 self.layers[layer_index] = agg
             if agg.num_total_experts != n:
@@ -136,13 +254,16 @@ class RunAggregates:
             if topk.shape[1]:
                 agg.load += load[u]
                 agg.top1_load += top1[u]
-                agg.coactivation += coact[u]
+                if n <= DENSE_MAX:
+                    agg.pairs.add_matrix(coact[u])
+                else:
+                    agg.pairs.add_picks(topk[inverse == u])
             if positions is not None:
                 mine = inverse == u
                 agg.token_parts.append(
                     (
                         positions[mine].astype(np.int64),
-                        topk[mine].astype(np.int16),
+                        topk[mine].astype(_index_dtype(n)),
                         normalized_entropy[mine].astype(np.float32),
                     )
                 )
@@ -177,9 +298,20 @@ class RunAggregates:
                 mine.normalized_entropy_sum += theirs.normalized_entropy_sum
                 mine.load += theirs.load
                 mine.top1_load += theirs.top1_load
-                mine.coactivation += theirs.coactivation
+                mine.pairs.absorb(theirs.pairs)
                 mine.token_parts.extend(theirs.token_parts)
 
     @property
     def duration_mean(self) -> float | None:
         return self.duration_sum / self.duration_count if self.duration_count else None
+
+
+def _index_dtype(experts: int) -> type[np.signedinteger]:
+    """The smallest signed integer type that holds every expert index (and -1 for "none")."""
+    return (
+        np.int16
+        if experts <= np.iinfo(np.int16).max
+        else np.int32
+        if experts <= np.iinfo(np.int32).max
+        else np.int64
+    )

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from inferoscope import ValidationReport
+from inferoscope.validation import PairCounts
 
 
 @dataclass(slots=True)
@@ -24,7 +25,7 @@ class LayerOverview:
     k: int
     tokens: int  # usable entries (unreadable or flagged entries are left out)
     load: np.ndarray  # top-k picks per expert
-    coactivation: np.ndarray  # [n, n]: tokens that picked both (diagonal = load)
+    pairs: PairCounts  # tokens that picked both experts, for the pairs that occur
     topk: np.ndarray  # [events, k], -1 where the entry is not usable
     entropy: np.ndarray  # [events] normalized entropy, NaN where not usable
     _bins: dict[int, tuple[np.ndarray, list[tuple[int, int]]]] = field(default_factory=dict)
@@ -54,14 +55,8 @@ class LayerOverview:
 
     def top_pairs(self, count: int) -> list[tuple[int, int, int, float]]:
         """The most frequent expert pairs (a < b): (a, b, tokens, lift over independence)."""
-        upper = np.triu(self.coactivation, k=1)
-        flat = np.argsort(-upper, axis=None, kind="stable")[:count]
         pairs = []
-        for position in flat.tolist():
-            a, b = divmod(int(position), self.experts)
-            together = int(upper[a, b])
-            if together == 0:
-                break
+        for a, b, together in self.pairs.top(count):
             expected = self.load[a] * self.load[b] / self.tokens if self.tokens else 0.0
             pairs.append((a, b, together, together / expected if expected else float("inf")))
         return pairs
@@ -94,7 +89,7 @@ def overview_of(report: ValidationReport) -> dict[int, LayerOverview]:
             agg.num_active_experts,
             agg.tokens,
             agg.load.copy(),
-            agg.coactivation.copy(),
+            agg.pairs.copy(),
             topk,
             entropy,
         )
