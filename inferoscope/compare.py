@@ -17,6 +17,7 @@ import msgspec
 import numpy as np
 
 from .bundle.reader import EventReadError, RunReader
+from .jsonfmt import DECODE_FAILURES
 
 
 class _Layer(msgspec.Struct, gc=False):
@@ -141,7 +142,7 @@ def _read(reader: RunReader, t: int) -> tuple[Any, dict[int, tuple[list[float], 
     try:
         event = _DECODER.decode(reader.raw_line(t))
         return event.token_id, {la.layer_index: (la.router_probs, la.topk_indices) for la in event.layers}
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except DECODE_FAILURES:
         loose = reader.event(t)  # raises EventReadError when the line is not JSON at all
         layers = {
             index: (layer.get("router_probs") or [], layer.get("topk_indices") or [])

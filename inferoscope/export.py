@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .bundle.reader import RunReader
+from .textsafe import without_surrogates
 
 ROWS_PER_GROUP = 65_536
 
@@ -88,10 +89,10 @@ def _append_row(
 ) -> None:
     probs = layer["router_probs"]
     values = {
-        "run_id": run_id,
+        "run_id": without_surrogates(run_id),
         "token_index": event["token_index"],
         "token_id": event["token_id"],
-        "token_text": event["token_text"],
+        "token_text": without_surrogates(event["token_text"]),  # Arrow strings must be valid UTF-8
         "context_length": event["context_length"],
         "decode_duration_ms": event["timing_ms"]["decode_duration"],
         "layer_index": layer["layer_index"],

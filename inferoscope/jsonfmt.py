@@ -53,6 +53,18 @@ def _reference_loads(text: str) -> Any:
     return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
+#: what msgspec may raise on hostile input besides its own errors: invalid UTF-8 inside a
+#: string, nesting deeper than its recursion limit, integers it cannot hold
+DECODE_FAILURES: tuple[type[Exception], ...] = (
+    msgspec.DecodeError,
+    msgspec.ValidationError,
+    UnicodeDecodeError,
+    RecursionError,
+    OverflowError,
+    ValueError,
+)
+
+
 def parse_json_bytes(data: bytes | bytearray | memoryview) -> Any:
     """Parse one JSON document under the contract's rules, raising JSONParseError."""
     raw = bytes(data[:3])
@@ -60,7 +72,7 @@ def parse_json_bytes(data: bytes | bytearray | memoryview) -> Any:
         raise JSONParseError("starts with a UTF-8 byte-order mark (BOM), which the contract forbids", 1)
     try:
         return msgspec.json.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except DECODE_FAILURES:
         pass
     return _parse_reference(data)
 
@@ -74,7 +86,9 @@ def _parse_reference(data: bytes | bytearray | memoryview) -> Any:
         return _reference_loads(text)
     except json.JSONDecodeError as exc:
         raise JSONParseError(f"invalid JSON at column {exc.colno}: {exc.msg}", exc.colno) from None
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        raise JSONParseError("JSON nested too deeply (arrays or objects over about 1,000 levels)") from None
+    except ValueError as exc:
         raise JSONParseError(f"invalid JSON: {exc}") from None
 
 

@@ -14,9 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
-from ..jsonfmt import JSONParseError, parse_json_bytes
+from ..jsonfmt import DECODE_FAILURES, JSONParseError, parse_json_bytes
 from ..validation.bundle_checks import RunChecks, manifest_semantic_issues
 from ..validation.issues import Location, ValidationIssue
 from ..validation.layout_struct import layout_conforms
@@ -239,7 +237,7 @@ def read_raw_line(line: Line, position: int) -> tuple[EventView, list[Validation
         return _unreadable(line, position), [_too_long(RAW_TRACE_FILE, line, "raw_event", None)]
     try:
         event = RAW_EVENT_DECODER.decode(line.data)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except DECODE_FAILURES:
         pass
     else:
         return view_of_struct(event, position, line.number), []

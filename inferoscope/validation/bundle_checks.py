@@ -129,7 +129,8 @@ class RunChecks:
         """Record a chunk of raw events (in file order) and return its cross-file issues."""
         issues: list[ValidationIssue] = []
         tokens = np.array(
-            [-1 if v.token_index is None else min(v.token_index, 2**62) for v in views], dtype=np.int64
+            [-1 if v.token_index is None else max(-1, min(v.token_index, 2**62)) for v in views],
+            dtype=np.int64,
         )
         lines = np.array([-1 if v.line is None else v.line for v in views], dtype=np.int64)
         self._token_chunks.append(tokens)
@@ -332,7 +333,7 @@ class RunChecks:
                 )
             if positions is None:
                 continue
-            experts = {p.get("expert_index") for p in positions if isinstance(p, Mapping)}
+            experts = {e for p in positions if isinstance(p, Mapping) and _is_int(e := p.get("expert_index"))}
             exact = (
                 len(positions) == n and len(experts) == n and all(_is_int(e) and 0 <= e < n for e in experts)
             )  # never materialise range(n): n comes from the file

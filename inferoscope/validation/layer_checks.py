@@ -7,6 +7,7 @@ is checked with a few dozen array operations instead of a Python loop per number
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -67,7 +68,9 @@ def build_block(layer_index: int, n: int, k: int, rows: Sequence[int], layers: S
     if rp.ndim != 2 or tp.ndim != 2 or ti.ndim != 2:
         raise ValueError("layers of one block must share their array lengths")
     return LayerBlock(
-        layer_indices=np.full(len(layers), layer_index, dtype=np.int64 if layer_index < 2**63 else object),
+        layer_indices=np.full(
+            len(layers), layer_index, dtype=np.int64 if -(2**63) <= layer_index < 2**63 else object
+        ),
         n=n,
         k=k,
         rows=np.asarray(rows, dtype=np.int64),
@@ -223,7 +226,7 @@ def _check_entropy(block: LayerBlock) -> Iterator[Finding]:
         yield Finding(
             int(r), "entropy_mismatch", f"entropy {_g(block.entropy[r])} but -sum p ln p is {_g(entropy[r])}"
         )
-    normalized = entropy / np.log(block.n)
+    normalized = entropy / math.log(block.n)  # n may exceed any fixed-size integer
     for r in np.flatnonzero(np.abs(block.normalized_entropy - normalized) > TOL).tolist():
         yield Finding(
             int(r),
