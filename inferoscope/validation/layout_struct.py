@@ -37,6 +37,6 @@ def layout_conforms(instance: Any) -> bool:
     """True only if the layout schema certainly accepts ``instance`` (parsed from JSON)."""
     try:
         msgspec.convert(instance, Layout, strict=True)
-    except (msgspec.ValidationError, TypeError, OverflowError):
-        return False
+    except (msgspec.ValidationError, TypeError, OverflowError, UnicodeError, RecursionError):
+        return False  # the reference validator gives the verdict and the located issues
     return True

@@ -8,6 +8,7 @@ every problem; the typed path never accepts what the reference refuses (tests pr
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -192,8 +193,15 @@ def _number(value: object) -> float | None:
         return None
     try:
         return float(value)  # type: ignore[arg-type]
-    except OverflowError:
-        return None
+    except OverflowError:  # an integer past any float: compared as infinity, so every check on it fails
+        return math.inf if value > 0 else -math.inf  # type: ignore[operator]
+
+
+def _as_float(value: Any) -> float:
+    """A number already checked by ``_number``: its float, or ±infinity past the float range."""
+    number = _number(value)
+    assert number is not None
+    return number
 
 
 def view_of_dict(event: object, position: int, line: int | None) -> EventView:
@@ -226,13 +234,13 @@ def view_of_dict(event: object, position: int, line: int | None) -> EventView:
                     layer_kind=item.get("layer_kind"),  # type: ignore[arg-type]
                     num_total_experts=item["num_total_experts"],
                     num_active_experts=item["num_active_experts"],
-                    router_probs=[float(v) for v in item["router_probs"]],
+                    router_probs=[_as_float(v) for v in item["router_probs"]],
                     topk_indices=list(item["topk_indices"]),
-                    topk_probs=[float(v) for v in item["topk_probs"]],
-                    entropy=float(item["entropy"]),
-                    normalized_entropy=float(item["normalized_entropy"]),
-                    top1_prob=float(item["top1_prob"]),
-                    top1_top2_margin=float(item["top1_top2_margin"]),
+                    topk_probs=[_as_float(v) for v in item["topk_probs"]],
+                    entropy=_as_float(item["entropy"]),
+                    normalized_entropy=_as_float(item["normalized_entropy"]),
+                    top1_prob=_as_float(item["top1_prob"]),
+                    top1_top2_margin=_as_float(item["top1_top2_margin"]),
                 )
             )
     run_id = data.get("run_id")
