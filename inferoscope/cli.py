@@ -7,6 +7,7 @@ Every failure is one line on stderr and an exit code: 0 clean, 1 issues found,
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shlex
@@ -201,7 +202,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         rows = export_parquet(args.run_dir, args.parquet, overwrite=args.overwrite)
     except ModuleNotFoundError as exc:
-        _error_line(f"inferoscope: export needs {exc.name}: pip install 'inferoscope[export]'")
+        _error_line(
+            f"inferoscope: export needs {exc.name}: {shlex.quote(sys.executable)} -m pip install pyarrow"
+        )
         return EXIT_UNREADABLE
     except (FileExistsError, OSError) as exc:
         _error_line(f"inferoscope: {visible(str(exc), 300)}")
@@ -240,12 +243,14 @@ def cmd_derive(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps({"run_dir": str(target), **summary}, indent=2, sort_keys=True) + "\n")
     else:
         fit = summary["mean_global_fit"]
+        tokens = summary["tokens"]
         out.print(
             Text(
-                f"{summary['matcher']}: {summary['tokens']} tokens, {summary['global_motifs']} global and "
-                f"{summary['layer_motifs']} layer motifs, mean global fit "
-                f"{'—' if fit is None else f'{fit:.3f}'} (provisional; raw trace untouched)"
-            )
+                f"{summary['matcher']}: {tokens} token{'' if tokens == 1 else 's'}, "
+                f"{summary['global_motifs']} global and {summary['layer_motifs']} layer motifs, "
+                f"mean global fit {'—' if fit is None else f'{fit:.3f}'} (provisional; raw trace untouched)"
+            ),
+            soft_wrap=True,
         )
     return EXIT_OK
 
@@ -352,22 +357,33 @@ def _capture_summary(out: Console, run_dir: Path, elapsed: float) -> None:
     out.print(Text(f"open it: inferoscope tui {shlex.quote(visible(str(run_dir)))}"), soft_wrap=True)
 
 
-def _capture_dependencies() -> ImportError | None:
-    """Why capture cannot run here (torch, transformers or tokenizers missing), or None."""
+CAPTURE_PACKAGES = {
+    "torch": "torch==2.13.0",
+    "transformers": "transformers>=5,<6",
+    "tokenizers": "tokenizers",
+}
+
+
+def _capture_dependencies() -> list[str]:
+    """The packages capture needs that cannot be imported here (empty when all can)."""
+    return [module for module in CAPTURE_PACKAGES if _spec_of(module) is None]
+
+
+def _spec_of(module: str) -> object:
+    """Whether ``module`` could be imported, without importing it (no side effects, no warnings)."""
     try:
-        import tokenizers  # noqa: F401
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError as exc:
-        return exc
-    return None
+        return importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
 
 
-def _capture_imports_missing(err: Console, exc: ImportError) -> int:
+def _capture_imports_missing(missing: list[str]) -> int:
+    """One line naming every missing package and the exact command for this Python."""
+    packages = " ".join(shlex.quote(CAPTURE_PACKAGES[m]) for m in missing)
     _error_line(
-        f"inferoscope: capture needs torch and transformers ({exc.name or 'one'} is missing): "
-        "pip install -e '.[capture]' (a CPU-only torch: add --extra-index-url "
-        "https://download.pytorch.org/whl/cpu)"
+        f"inferoscope: capture needs {', '.join(missing)} (not installed): "
+        f"{shlex.quote(sys.executable)} -m pip install {packages} "
+        "(CPU-only torch: add --extra-index-url https://download.pytorch.org/whl/cpu)"
     )
     return EXIT_UNREADABLE
 
@@ -375,13 +391,13 @@ def _capture_imports_missing(err: Console, exc: ImportError) -> int:
 def cmd_capture(args: argparse.Namespace) -> int:
     out, err = _consoles()
     missing = _capture_dependencies()
-    if missing is not None:
-        return _capture_imports_missing(err, missing)
+    if missing:
+        return _capture_imports_missing(missing)
     try:
         from .capture import CaptureError, capture_run
         from .capture.loading import load_local
     except ImportError as exc:
-        return _capture_imports_missing(err, exc)
+        return _capture_imports_missing([exc.name or "torch"])
     if not args.prompt.strip():
         _error_line("inferoscope: the prompt is empty")
         return EXIT_UNREADABLE
@@ -414,13 +430,13 @@ def cmd_capture(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     out, err = _consoles()
     missing = _capture_dependencies()
-    if missing is not None:
-        return _capture_imports_missing(err, missing)
+    if missing:
+        return _capture_imports_missing(missing)
     try:
         from .capture import CaptureError
         from .capture.demo import capture_demo
     except ImportError as exc:
-        return _capture_imports_missing(err, exc)
+        return _capture_imports_missing([exc.name or "torch"])
     try:
         target = run_dir_for(args.out, args.run_id)
         if (target.exists() or target.is_symlink()) and not args.overwrite:

@@ -85,7 +85,7 @@ def _parse_reference(data: bytes | bytearray | memoryview) -> Any:
     try:
         return _reference_loads(text)
     except json.JSONDecodeError as exc:
-        raise JSONParseError(f"invalid JSON at column {exc.colno}: {exc.msg}", exc.colno) from None
+        raise JSONParseError(f"invalid JSON: {exc.msg} column {exc.colno}", exc.colno) from None
     except RecursionError:
         raise JSONParseError("JSON nested too deeply (arrays or objects over about 1,000 levels)") from None
     except ValueError as exc:

@@ -105,7 +105,14 @@ def validation_status(report: ValidationReport, table_box: box.Box) -> Renderabl
     counts.add_column("count", justify="right")
     for code, count in report.counts_by_code().items():
         counts.add_row(Text(code), str(count))
-    return counts
+    first = report.issues[0] if report.issues else None
+    where = Text()
+    if first is not None:
+        where.append("first: ", style="bold")
+        where.append(visible(first.describe(), 300))
+        where.append("\n")
+    where.append("every issue with its location: inferoscope validate RUN_DIR", style="dim")
+    return Group(counts, where)
 
 
 def issues_view(run_dir: str, report: ValidationReport, max_issues: int) -> RenderableType:

@@ -60,8 +60,14 @@ async def test_the_detail_pane_expands_the_cursor_cell_of_a_packed_grid(tmp_path
         grid = app.query_one("#grid", ExpertGrid)
         members = grid.cursor_group()
         assert len(members) == grid.packing.group > 1 and 3 in members
-        cell_line = next(line for line in detail(app).splitlines() if line.startswith("cell"))
-        assert [int(x.split(":")[0]) for x in cell_line.split()[1:]] == members
+        lines = detail(app).splitlines()
+        start = next(n for n, line in enumerate(lines) if line.startswith("cell"))
+        shown = [lines[start][len("cell") :]]
+        shown += [line for line in lines[start + 1 :] if line.startswith(" " * 9)][: len(members)]
+        listed = " ".join(shown).split()
+        assert [int(x.split(":")[0]) for x in listed[: len(members)]] == members
+        width = app.query_one("#detail").content_region.width
+        assert all(len(line) <= width for line in lines)  # wrapped under its values, never past the pane
 
 
 @pytest.mark.parametrize("experts", EXPERTS)

@@ -111,7 +111,7 @@ async def test_layer_and_expert_cursor_drive_the_detail_pane() -> None:
         layer = event["layers"][2]
         shown = detail(app)
         assert "layer 2" in shown and "expert 2" in shown
-        assert f"{layer['router_probs'][2]:.6g}" in shown
+        assert f"{layer['router_probs'][2]:.4g}" in shown
         await pilot.press("l")
         assert app.cursor_layer == 2 and app.cursor_expert == 2
 
@@ -199,7 +199,7 @@ async def test_help_is_built_from_the_live_bindings() -> None:
             "Go to",
             "Search",
             "Next issue",
-            "Play/pause",
+            "Play",
             "Raw JSON",
             "Quit",
             "Layer ↓",

@@ -47,6 +47,8 @@ class InferoscopeApp(App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "inferoscope"
     BINDINGS = [
+        Binding("question_mark,f1", "help", "Help", id="app.help"),
+        Binding("q", "quit", "Quit", id="app.quit"),
         Binding("l,right", "step(1)", "Next", id="replay.next"),
         Binding("h,left", "step(-1)", "Prev", id="replay.prev"),
         Binding("g,home", "first", "First", id="replay.first", show=False),
@@ -57,18 +59,16 @@ class InferoscopeApp(App[None]):
         Binding("N", "search_next(-1)", "Previous match", id="replay.match_prev", show=False),
         Binding("right_square_bracket", "issue(1)", "Next issue", id="replay.issue_next"),
         Binding("left_square_bracket", "issue(-1)", "Previous issue", id="replay.issue_prev", show=False),
-        Binding("space", "play", "Play/pause", id="replay.play"),
+        Binding("space", "play", "Play", id="replay.play"),
         Binding("plus,equals_sign", "speed(1)", "Faster", id="replay.faster", show=False),
         Binding("minus", "speed(-1)", "Slower", id="replay.slower", show=False),
         Binding("j", "layer(1)", "Next layer", id="cursor.layer_down", show=False),
         Binding("k", "layer(-1)", "Previous layer", id="cursor.layer_up", show=False),
         Binding("v", "overview", "Run view", id="view.overview"),
         Binding("m", "motifs", "Motifs on/off", id="view.motifs"),
-        Binding("s", "scramble", "Scramble (null model)", id="view.scramble"),
+        Binding("s", "scramble", "Scramble", id="view.scramble"),
         Binding("r", "raw", "Raw JSON", id="view.raw"),
         Binding("y", "copy", "Copy event JSON", id="view.copy", show=False),
-        Binding("question_mark,f1", "help", "Help", id="app.help"),
-        Binding("q", "quit", "Quit", id="app.quit"),
     ]
 
     def __init__(
@@ -440,7 +440,8 @@ class InferoscopeApp(App[None]):
         grid = self.query_one("#grid", ExpertGrid)
         packing = grid.packing
         cell = grid.cursor_group() if packing.packed else None
-        token.append_text(layer_detail(layer, self.cursor_expert, messages, cell))
+        width = max(20, detail.content_region.width or self.size.width // 2 - 2)
+        token.append_text(layer_detail(layer, self.cursor_expert, messages, cell, width))
         detail.show(token)
 
     # -- events from panes ----------------------------------------------------------------
@@ -618,9 +619,9 @@ class InferoscopeApp(App[None]):
             self.query_one(IssuesPane).set_issues(model.issue_index.issues)
         self.position = max(0, min(self.position, self.count - 1))
         if variant is not None:
-            self.notify(f"SCRAMBLED ({variant}): {SCRAMBLE_MEANING[variant]}", markup=False)
+            self.notify(f"SCRAMBLED ({variant}): {SCRAMBLE_MEANING[variant]}", markup=False, timeout=3)
         else:
-            self.notify("back to the real run", markup=False)
+            self.notify("back to the real run", markup=False, timeout=2)
         self.refresh_view()
 
     def action_motifs(self) -> None:

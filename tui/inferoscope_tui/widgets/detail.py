@@ -31,8 +31,23 @@ def labelled(text: Text, label: str, value: str | Text, style: str = "") -> None
     text.append("\n")
 
 
+def _wrapped(words: list[str], width: int) -> list[str]:
+    """``words`` joined by spaces into lines of at most ``width`` (a long word gets its own line)."""
+    lines: list[str] = []
+    for word in words:
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
 def layer_detail(
-    layer: dict[str, Any] | None, expert: int | None, issues: list[str], cell: list[int] | None = None
+    layer: dict[str, Any] | None,
+    expert: int | None,
+    issues: list[str],
+    cell: list[int] | None = None,
+    width: int = 38,
 ) -> Text:
     """The cursor layer's top-k, entropy and sharpness, and the cursor expert, one line each.
 
@@ -54,27 +69,28 @@ def layer_detail(
         f"n={_g(layer.get('num_total_experts'))} k={_g(layer.get('num_active_experts'))}",
         "bold",
     )
-    pairs = " ".join(f"{_g(e)}:{_g(p, 3)}" for e, p in zip(topk, topk_probs, strict=False))
-    labelled(text, "top-k", pairs)
+    pairs = [f"{_g(e)}:{_g(p, 3)}" for e, p in zip(topk, topk_probs, strict=False)]
+    for number, line in enumerate(_wrapped(pairs, width - LABEL)):
+        labelled(text, "top-k" if number == 0 else "", line)
     labelled(text, "H", f"{_g(layer.get('entropy'))} nats · H/ln n {_g(layer.get('normalized_entropy'))}")
     labelled(text, "top1", f"{_g(layer.get('top1_prob'))} · margin {_g(layer.get('top1_top2_margin'))}")
     if expert is not None and 0 <= expert < len(probs):
         order = sorted(range(len(probs)), key=lambda i: (-_num(probs[i]), i))
-        note = " · selected" if expert in topk else ""
+        note = f" {SELECTED_MARK}" if expert in topk else ""
         labelled(
             text,
             f"expert {expert}",
-            f"p={_g(probs[expert], 6)} · rank {order.index(expert) + 1}{note}",
+            f"p={_g(probs[expert], 4)} · rank {order.index(expert) + 1}{note}",
             "bold",
         )
     if cell and len(cell) > 1:
         chosen = {e for e in topk if isinstance(e, int)}
-        shown = Text()
-        for member in cell:
-            p = probs[member] if 0 <= member < len(probs) else None
-            shown.append(f"{member}:{_g(p, 3)}", style="bold" if member == expert else "")
-            shown.append(SELECTED_MARK if member in chosen else " ")
-        labelled(text, "cell", shown)
+        members = [
+            f"{m}:{_g(probs[m] if 0 <= m < len(probs) else None, 3)}{SELECTED_MARK if m in chosen else ''}"
+            for m in cell
+        ]
+        for number, line in enumerate(_wrapped(members, width - LABEL)):
+            labelled(text, "cell" if number == 0 else "", line)
     for message in issues:
         text.append("! ", style="bold red")
         text.append(visible(message, 300) + "\n")

@@ -12,13 +12,12 @@ from inferoscope import ValidationIssue, visible
 
 
 def issue_label(issue: ValidationIssue) -> Text:
-    text = Text(no_wrap=True, overflow="ellipsis")
+    """Code and location on one line, what is wrong on the next (the pane is half the screen)."""
+    text = Text()
     text.append(issue.code, style="bold red")
-    text.append(f" [{visible(issue.scope, 60)}]", style="magenta")
     where = issue.location.describe()
-    if where:
-        text.append(f"  {visible(where, 120)}", style="cyan")
-    text.append("  ")
+    text.append(f"  {visible(where or issue.scope, 120)}", style="cyan")
+    text.append("\n  ")
     text.append(visible(issue.specific, 300))
     return text
 
@@ -47,6 +46,9 @@ class IssuesPane(OptionList):
         return sorted({issue.code for issue in self.all_issues})
 
     def action_cycle_filter(self) -> None:
+        if not self.all_issues:
+            self.notify("no issues to filter: the bundle meets the contract", markup=False)
+            return
         codes = [None, *self.codes()]
         self.code_filter = codes[(codes.index(self.code_filter) + 1) % len(codes)]
         self._refill()
@@ -59,6 +61,8 @@ class IssuesPane(OptionList):
             self.add_option(
                 Option(Text("no issues: the bundle meets the contract", style="green"), disabled=True)
             )
+        if self.shown:
+            self.highlighted = 0  # enter works at once
         suffix = f" · only {visible(self.code_filter, 40)} (f: next code)" if self.code_filter else ""
         hint = " · f filters" if not self.code_filter and len(self.codes()) > 1 else ""
         self.border_title = f"issues {len(self.shown)}/{len(self.all_issues)}{suffix}{hint}"

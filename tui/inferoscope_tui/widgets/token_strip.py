@@ -34,8 +34,10 @@ def strip_text(
         used += len(shown)
         cursor -= 1
     if cursor < 0 and used < left_budget and prompt:
-        tail = visible(prompt)[-(left_budget - used) :]
-        text.append(tail, style="dim")
+        shown_prompt = visible(prompt)
+        room = left_budget - used
+        tail = shown_prompt if len(shown_prompt) <= room else "…" + shown_prompt[-(room - 1) :]
+        text.append(tail, style="dim")  # a cut prompt starts with an ellipsis, never mid-word unmarked
 
     def background(index: int) -> str | None:
         return wash(index) if wash is not None else None
