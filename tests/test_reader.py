@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from inferoscope import BundleOpenError, EventReadError, RunReader, load_run_bundle
 from inferoscope.bundle.scan import scan_raw_trace
+from inferoscope.validation import Location
 
 from .conftest import VALID, make_bundle_parts, write_raw_bundle
 
@@ -272,3 +274,44 @@ def test_validation_from_a_worker_thread_spawns_instead_of_forking(tmp_path: Pat
     [result] = results
     assert [(i.code, i.location.line) for i in result.report.issues] == [("entropy_mismatch", 16)]
     assert result.report.aggregates.events == 20
+
+
+def test_an_empty_object_line_gives_one_issue_per_missing_field(tmp_path: Path) -> None:
+    manifest, events, layout = make_bundle_parts(tokens=2)
+    folder = write_raw_bundle(tmp_path / "b", manifest, events, layout, raw_lines=["{}", "{}"])
+    report = RunReader(folder).validate()
+    first = [i.message for i in report.issues if i.location.line == 1]
+    assert len(first) == len(set(first)) == 9  # event_type ... layers, each once
+    assert {i.location.line for i in report.issues if i.code == "schema_violation"} == {1, 2}
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {(): {"zz": 1}},
+        {("timing_ms",): {"note": "x"}},
+        {("layers", 1): {"gate": [1, 2], "aa": None}},
+        {(): {"b": 1, "a": 2}, ("layers", 0): {"x": 1}, ("timing_ms",): {"y": 2}},
+    ],
+)
+def test_unknown_keys_found_cheaply_are_exactly_the_references(
+    tmp_path: Path, extra: dict[tuple[object, ...], dict[str, object]]
+) -> None:
+    from inferoscope.validation.schema import schema_issues
+
+    manifest, events, layout = make_bundle_parts(tokens=3)
+    for path, keys in extra.items():
+        target: Any = events[1]
+        for part in path:
+            target = target[part]
+        target.update(keys)
+    folder = write_raw_bundle(tmp_path / "b", manifest, events, layout)
+    ours = [(i.message, i.location) for i in RunReader(folder).validate().issues]
+    reference = schema_issues(
+        events[1],
+        "raw_event",
+        name="raw_events[1]",
+        scope="raw_event",
+        location=Location(file="raw_trace.ndjson", line=2, token_index=1),
+    )
+    assert sorted(ours, key=repr) == sorted(((i.message, i.location) for i in reference), key=repr) and ours

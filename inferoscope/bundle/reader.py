@@ -18,8 +18,15 @@ from ..jsonfmt import DECODE_FAILURES, JSONParseError, parse_json_bytes
 from ..validation.bundle_checks import RunChecks, manifest_semantic_issues
 from ..validation.issues import Location, ValidationIssue
 from ..validation.layout_struct import layout_conforms
-from ..validation.raw_event import RAW_EVENT_DECODER, EventView, view_of_dict, view_of_struct
-from ..validation.schema import schema_issues
+from ..validation.raw_event import (
+    LENIENT_DECODER,
+    RAW_EVENT_DECODER,
+    EventView,
+    unknown_key_problems,
+    view_of_dict,
+    view_of_struct,
+)
+from ..validation.schema import Problem, issues_of, schema_issues, schema_problems
 from ..versions import (
     CONTINGENCY_FILE,
     DERIVED_FILE,
@@ -241,18 +248,39 @@ def read_raw_line(line: Line, position: int) -> tuple[EventView, list[Validation
         pass
     else:
         return view_of_struct(event, position, line.number), []
-    obj, issues = parse_line(line.data, RAW_TRACE_FILE, line.number, "raw_event", None)
-    if obj is None:
-        return _unreadable(line, position), issues
+    known = _SCHEMA_CACHE.get(bytes(line.data)) if len(line.data) <= _CACHED_LINE_BYTES else None
+    if known is not None:  # the same bytes again (a run of `{}`): the same problems, located anew
+        obj, problems = known
+    else:
+        parsed, issues = parse_line(line.data, RAW_TRACE_FILE, line.number, "raw_event", None)
+        if parsed is None:
+            return _unreadable(line, position), issues
+        obj, problems = parsed, _raw_problems(line.data, parsed)
+        if len(line.data) <= _CACHED_LINE_BYTES:
+            if len(_SCHEMA_CACHE) >= _CACHE_ENTRIES:
+                _SCHEMA_CACHE.clear()
+            _SCHEMA_CACHE[bytes(line.data)] = (obj, problems)
     view = view_of_dict(obj, position, line.number)
-    issues = schema_issues(
-        obj,
-        "raw_event",
-        name=f"raw_events[{position}]",
-        scope="raw_event",
-        location=Location(file=RAW_TRACE_FILE, line=line.number, token_index=view.token_index),
-    )
-    return view, issues
+    where = Location(file=RAW_TRACE_FILE, line=line.number, token_index=view.token_index)
+    return view, issues_of(problems, obj, name=f"raw_events[{position}]", scope="raw_event", location=where)
+
+
+_CACHED_LINE_BYTES = 4096
+_CACHE_ENTRIES = 4096
+_SCHEMA_CACHE: dict[bytes, tuple[dict[str, Any], list[Problem]]] = {}
+
+
+def _raw_problems(data: bytes | memoryview, obj: dict[str, Any]) -> list[Problem]:
+    """The schema problems of a raw event that failed the typed decode.
+
+    If the lenient decode accepts it, only unknown keys are wrong: listed directly (cheap);
+    otherwise the reference validator gives every problem.
+    """
+    try:
+        LENIENT_DECODER.decode(data)
+    except DECODE_FAILURES:
+        return schema_problems(obj, "raw_event")
+    return unknown_key_problems(obj)
 
 
 def _unreadable(line: Line, position: int) -> EventView:

@@ -8,9 +8,10 @@ every problem; the typed path never accepts what the reference refuses (tests pr
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_type_hints
 
 import msgspec
 import numpy as np
@@ -57,6 +58,47 @@ class RawEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 
 
 RAW_EVENT_DECODER = msgspec.json.Decoder(RawEvent)
+
+
+def _lenient(struct: type[msgspec.Struct], **types: Any) -> Any:
+    """``struct`` with unknown fields allowed (nested Structs swapped in through ``types``)."""
+    hints = get_type_hints(struct, include_extras=True)
+    fields = [(name, types.get(name, hints[name])) for name in struct.__struct_fields__]
+    return msgspec.defstruct(f"Lenient{struct.__name__}", fields, gc=False)
+
+
+_LENIENT_LAYER = _lenient(Layer)
+#: the raw-event schema except "no unknown fields": a line it accepts breaks the schema only by
+#: unknown keys, which ``unknown_key_problems`` lists exactly as the reference would
+LENIENT_DECODER = msgspec.json.Decoder(
+    _lenient(
+        RawEvent,
+        timing_ms=_lenient(Timing),
+        layers=Annotated[list[_LENIENT_LAYER], msgspec.Meta(min_length=1)],  # type: ignore[valid-type]
+    )
+)
+_KNOWN_KEYS = (
+    frozenset(RawEvent.__struct_fields__),
+    frozenset(Timing.__struct_fields__),
+    frozenset(Layer.__struct_fields__),
+)
+
+
+def unknown_key_problems(event: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+    """The keys the schema does not allow, as (JSON path, text), in the reference's order.
+
+    Only for an event the lenient decoder accepted (so every container has the right type).
+    """
+    top, timing, layer = _KNOWN_KEYS
+    places: list[tuple[tuple[Any, ...], dict[str, Any], frozenset[str]]] = [((), event, top)]
+    places.append((("timing_ms",), event["timing_ms"], timing))
+    places += [(("layers", i), item, layer) for i, item in enumerate(event["layers"])]
+    problems = []
+    for path, obj, known in sorted(places, key=lambda place: json.dumps(list(place[0]))):
+        problems += [
+            ((*path, key), "is not allowed by the schema") for key in sorted(k for k in obj if k not in known)
+        ]
+    return problems
 
 
 @dataclass(slots=True)

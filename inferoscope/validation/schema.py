@@ -44,6 +44,38 @@ def reference_validator(artifact: str) -> Draft202012Validator:
     return validator
 
 
+#: one schema problem: the JSON path inside the document and what is wrong there
+Problem = tuple[tuple[Any, ...], str]
+
+
+def schema_problems(instance: Any, artifact: str) -> list[Problem]:
+    """Every schema problem of ``instance``, each once, in a fixed order (the reference verdict)."""
+    seen: set[Problem] = set()
+    problems: list[Problem] = []
+    for error in sorted(reference_validator(artifact).iter_errors(instance), key=_error_order):
+        for path, text in _describe(error):
+            problem = (tuple(path), text)
+            if problem not in seen:  # jsonschema raises one "required" error per missing key
+                seen.add(problem)
+                problems.append(problem)
+    return problems
+
+
+def issues_of(
+    problems: list[Problem], instance: Any, *, name: str, scope: str, location: Location
+) -> list[ValidationIssue]:
+    """Located ``schema_violation`` issues for ``problems``; ``name`` prefixes paths (``raw_events[3]``)."""
+    return [
+        ValidationIssue(
+            scope=scope,
+            code=SCHEMA_VIOLATION,
+            message=f"{name}{_dotted(path)} {text}",
+            location=_with_path(location, path, instance),
+        )
+        for path, text in problems
+    ]
+
+
 def schema_issues(
     instance: Any,
     artifact: str,
@@ -52,20 +84,8 @@ def schema_issues(
     scope: str,
     location: Location,
 ) -> list[ValidationIssue]:
-    """Every schema problem of ``instance``; ``name`` prefixes paths (``raw_events[3]``)."""
-    issues: list[ValidationIssue] = []
-    errors = sorted(reference_validator(artifact).iter_errors(instance), key=_error_order)
-    for error in errors:
-        for path, text in _describe(error):
-            issues.append(
-                ValidationIssue(
-                    scope=scope,
-                    code=SCHEMA_VIOLATION,
-                    message=f"{name}{_dotted(path)} {text}",
-                    location=_with_path(location, path, instance),
-                )
-            )
-    return issues
+    """Every schema problem of ``instance``, located; ``name`` prefixes paths (``raw_events[3]``)."""
+    return issues_of(schema_problems(instance, artifact), instance, name=name, scope=scope, location=location)
 
 
 ARTIFACTS = ("manifest", "raw_event", "layout", "derived_event", "motif_ledger", "contingency")
