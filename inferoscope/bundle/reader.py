@@ -238,8 +238,12 @@ class RunReader:
         report.add(checks.check_derived_events(chunk))
 
 
-def read_raw_line(line: Line, position: int) -> tuple[EventView, list[ValidationIssue]]:
-    """One raw line as an EventView plus its parse and schema issues (typed path first)."""
+def read_raw_line(line: Line, position: int, locate: bool = True) -> tuple[EventView, list[ValidationIssue]]:
+    """One raw line as an EventView plus its parse and schema issues (typed path first).
+
+    ``locate=False`` (the report keeps no more issues, it only counts them) lets a repeated
+    line's schema issues come back as shared, unlocated copies: counted, never shown.
+    """
     if line.data is None:
         return _unreadable(line, position), [_too_long(RAW_TRACE_FILE, line, "raw_event", None)]
     try:
@@ -248,39 +252,54 @@ def read_raw_line(line: Line, position: int) -> tuple[EventView, list[Validation
         pass
     else:
         return view_of_struct(event, position, line.number), []
+    try:  # right but for unknown keys? Then those are the only problems, found without jsonschema
+        lenient = LENIENT_DECODER.decode(line.data)
+    except DECODE_FAILURES:
+        pass
+    else:
+        view = view_of_struct(lenient, position, line.number)
+        where = Location(file=RAW_TRACE_FILE, line=line.number, token_index=view.token_index)
+        layers = {"layers": [{"layer_index": layer.layer_index} for layer in lenient.layers]}
+        problems = unknown_key_problems(line.data)
+        return view, issues_of(
+            problems, layers, name=f"raw_events[{position}]", scope="raw_event", location=where
+        )
     known = _SCHEMA_CACHE.get(bytes(line.data)) if len(line.data) <= _CACHED_LINE_BYTES else None
     if known is not None:  # the same bytes again (a run of `{}`): the same problems, located anew
         obj, problems = known
+        if not locate:
+            return view_of_dict(obj, position, line.number), _unlocated(problems, obj)
     else:
         parsed, issues = parse_line(line.data, RAW_TRACE_FILE, line.number, "raw_event", None)
         if parsed is None:
             return _unreadable(line, position), issues
-        obj, problems = parsed, _raw_problems(line.data, parsed)
+        obj, problems = parsed, schema_problems(parsed, "raw_event")
         if len(line.data) <= _CACHED_LINE_BYTES:
             if len(_SCHEMA_CACHE) >= _CACHE_ENTRIES:
                 _SCHEMA_CACHE.clear()
+                _UNLOCATED.clear()
             _SCHEMA_CACHE[bytes(line.data)] = (obj, problems)
     view = view_of_dict(obj, position, line.number)
     where = Location(file=RAW_TRACE_FILE, line=line.number, token_index=view.token_index)
     return view, issues_of(problems, obj, name=f"raw_events[{position}]", scope="raw_event", location=where)
 
 
+def _unlocated(problems: list[Problem], obj: dict[str, Any]) -> list[ValidationIssue]:
+    key = id(problems)
+    issues = _UNLOCATED.get(key)
+    if issues is None or issues[0] is not problems:
+        issues = (
+            problems,
+            issues_of(problems, obj, name="raw_events[?]", scope="raw_event", location=Location()),
+        )
+        _UNLOCATED[key] = issues
+    return issues[1]
+
+
+_UNLOCATED: dict[int, tuple[list[Problem], list[ValidationIssue]]] = {}
 _CACHED_LINE_BYTES = 4096
 _CACHE_ENTRIES = 4096
 _SCHEMA_CACHE: dict[bytes, tuple[dict[str, Any], list[Problem]]] = {}
-
-
-def _raw_problems(data: bytes | memoryview, obj: dict[str, Any]) -> list[Problem]:
-    """The schema problems of a raw event that failed the typed decode.
-
-    If the lenient decode accepts it, only unknown keys are wrong: listed directly (cheap);
-    otherwise the reference validator gives every problem.
-    """
-    try:
-        LENIENT_DECODER.decode(data)
-    except DECODE_FAILURES:
-        return schema_problems(obj, "raw_event")
-    return unknown_key_problems(obj)
 
 
 def _unreadable(line: Line, position: int) -> EventView:

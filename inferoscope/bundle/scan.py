@@ -94,7 +94,7 @@ def scan_segment(job: SegmentJob, progress: ProgressFn | None = None) -> Segment
     with gc_paused():
         for line in iter_lines(path, start_offset=start, end_offset=end, progress=progress, stats=stats):
             builder.add(line)
-            view, issues = read_raw_line(line, position)
+            view, issues = read_raw_line(line, position, locate=len(report.issues) < report.max_kept)
             views.append(view)
             line_issues.extend(issues)
             position += 1

@@ -84,15 +84,21 @@ _KNOWN_KEYS = (
 )
 
 
-def unknown_key_problems(event: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+_KEYS = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_LAYER_KEYS = msgspec.json.Decoder(list[dict[str, msgspec.Raw]])
+
+
+def unknown_key_problems(data: bytes | memoryview) -> list[tuple[tuple[Any, ...], str]]:
     """The keys the schema does not allow, as (JSON path, text), in the reference's order.
 
-    Only for an event the lenient decoder accepted (so every container has the right type).
+    Only for a line the lenient decoder accepted (so every container has the right type). Only
+    the keys are read: values stay unparsed bytes.
     """
     top, timing, layer = _KNOWN_KEYS
+    event = _KEYS.decode(data)
     places: list[tuple[tuple[Any, ...], dict[str, Any], frozenset[str]]] = [((), event, top)]
-    places.append((("timing_ms",), event["timing_ms"], timing))
-    places += [(("layers", i), item, layer) for i, item in enumerate(event["layers"])]
+    places.append((("timing_ms",), _KEYS.decode(event["timing_ms"]), timing))
+    places += [(("layers", i), item, layer) for i, item in enumerate(_LAYER_KEYS.decode(event["layers"]))]
     problems = []
     for path, obj, known in sorted(places, key=lambda place: json.dumps(list(place[0]))):
         problems += [
