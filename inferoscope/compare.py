@@ -127,13 +127,14 @@ def jensen_shannon_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 def _layers_of(event: dict[str, Any]) -> dict[int, dict[str, Any]]:
     out = {}
-    for layer in event.get("layers") or []:
+    layers = event.get("layers")
+    for layer in layers if isinstance(layers, list) else []:
         if isinstance(layer, dict) and isinstance(layer.get("layer_index"), int):
             out[layer["layer_index"]] = layer
     return out
 
 
-def _read(reader: RunReader, t: int) -> tuple[Any, dict[int, tuple[list[float], list[int]]]]:
+def _read(reader: RunReader, t: int) -> tuple[Any, dict[int, tuple[list[Any] | None, list[Any] | None]]]:
     """(token_id, {layer: (router_probs, topk_indices)}) of event ``t``, decoding only those fields.
 
     Lines the typed decode refuses go through the reader's strict parser, so an unreadable event
@@ -145,10 +146,25 @@ def _read(reader: RunReader, t: int) -> tuple[Any, dict[int, tuple[list[float], 
     except DECODE_FAILURES:
         loose = reader.event(t)  # raises EventReadError when the line is not JSON at all
         layers = {
-            index: (layer.get("router_probs") or [], layer.get("topk_indices") or [])
+            index: (_as_list(layer.get("router_probs")), _as_list(layer.get("topk_indices")))
             for index, layer in _layers_of(loose).items()
         }
         return loose.get("token_id"), layers
+
+
+def _as_list(value: Any) -> list[Any] | None:
+    """A field that should be a list, or None (an int, an object): the layer is not compared."""
+    return value if isinstance(value, list) else None
+
+
+def _first_layers(reader: RunReader, count: int, tries: int = 64) -> dict[int, dict[str, Any]]:
+    """The layers of the first readable event (an unreadable event 0 does not stop a compare)."""
+    for t in range(min(count, tries)):
+        try:
+            return _layers_of(reader.event(t))
+        except EventReadError:
+            continue
+    return {}
 
 
 def compare_runs(run_a: Path | str | RunReader, run_b: Path | str | RunReader) -> RunComparison:
@@ -164,8 +180,7 @@ def compare_runs(run_a: Path | str | RunReader, run_b: Path | str | RunReader) -
     notes = []
     if na != nb:
         notes.append(f"different lengths: {na} vs {nb} tokens; the first {count} are compared")
-    first_a = _layers_of(a.event(0)) if na else {}
-    first_b = _layers_of(b.event(0)) if nb else {}
+    first_a, first_b = _first_layers(a, na), _first_layers(b, nb)
     layers = sorted(set(first_a) | set(first_b))
     only_a, only_b = sorted(set(first_a) - set(first_b)), sorted(set(first_b) - set(first_a))
     if only_a or only_b:
@@ -174,11 +189,12 @@ def compare_runs(run_a: Path | str | RunReader, run_b: Path | str | RunReader) -
     jaccard, jsd, agree = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
     differs: list[int] = []
     mismatched: set[int] = set()
+    unreadable: list[tuple[int, str]] = []
     for t in range(count):
         try:
             (id_a, la), (id_b, lb) = _read(a, t), _read(b, t)
         except EventReadError as exc:
-            notes.append(f"token {t} not compared: {exc}")
+            unreadable.append((t, str(exc)))
             continue
         if id_a != id_b:
             differs.append(t)
@@ -192,7 +208,7 @@ def compare_runs(run_a: Path | str | RunReader, run_b: Path | str | RunReader) -
             except (TypeError, ValueError):
                 mismatched.add(layer)
                 continue
-            if px.shape != py.shape or px.ndim != 1 or px.size == 0:
+            if px.shape != py.shape or px.ndim != 1 or px.size == 0 or x[1] is None or y[1] is None:
                 mismatched.add(layer)
                 continue
             sx, sy = {i for i in x[1] if isinstance(i, int)}, {i for i in y[1] if isinstance(i, int)}
@@ -208,8 +224,16 @@ def compare_runs(run_a: Path | str | RunReader, run_b: Path | str | RunReader) -
             for column, px, py in zip(columns, xs, ys, strict=True):
                 jsd[t, column] = jensen_shannon_bits(px, py)
                 agree[t, column] = float(int(np.argmax(px)) == int(np.argmax(py)))
+    if unreadable:
+        first, reason = unreadable[0]
+        notes.append(
+            f"{len(unreadable)} token(s) not compared (an event cannot be read), "
+            f"first token {first}: {reason}"
+        )
     if mismatched:
-        notes.append(f"layers with different expert counts (not compared): {sorted(mismatched)}")
+        notes.append(
+            f"layers with different expert counts or ill-typed values (not compared): {sorted(mismatched)}"
+        )
     if differs:
         notes.append(
             f"generated token ids differ at {len(differs)} position(s), first at token {differs[0]}; "

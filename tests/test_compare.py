@@ -95,3 +95,40 @@ def test_compare_cli_prints_a_summary_and_json(tmp_path: Path) -> None:
         check=False,
     )
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
+
+
+def _broken_b(tmp_path: Path, how: str) -> tuple[Path, Path]:
+    from .conftest import write_raw_bundle
+
+    manifest, events, layout = make_bundle_parts(tokens=4)
+    a = write_raw_bundle(tmp_path / "a", manifest, events, layout)
+    lines = [json.dumps(e, sort_keys=True) for e in events]
+    if how == "event 0 unreadable":
+        lines[0] = "{ not json"
+    elif how == "topk_indices an int":
+        events[1]["layers"][0]["topk_indices"] = 3
+        lines[1] = json.dumps(events[1])
+    else:  # layers of the wrong type
+        events[2]["layers"] = "x"
+        events[3]["layers"][0]["router_probs"] = {"a": 1}
+        lines[2], lines[3] = json.dumps(events[2]), json.dumps(events[3])
+    return a, write_raw_bundle(tmp_path / "b", manifest, events, layout, raw_lines=lines)
+
+
+@pytest.mark.parametrize("how", ["event 0 unreadable", "topk_indices an int", "ill-typed layers"])
+def test_unreadable_or_ill_typed_events_are_noted_per_token_and_the_rest_compared(
+    tmp_path: Path, how: str
+) -> None:
+    a, b = _broken_b(tmp_path, how)
+    result = compare_runs(a, b)
+    assert result.notes and any("not compared" in note for note in result.notes)
+    agreement = result.token_agreement()
+    assert np.isfinite(agreement).sum() >= 2  # the sound tokens are still compared
+    cli = subprocess.run(
+        [sys.executable, "-m", "inferoscope", "compare", str(a), str(b)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert cli.returncode == 0 and "note:" in cli.stdout and "Traceback" not in cli.stderr

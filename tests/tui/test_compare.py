@@ -95,3 +95,22 @@ async def test_an_unopenable_run_b_is_a_message_and_exit_code_1(tmp_path: Path) 
         assert isinstance(app.screen, MessageScreen)
         await pilot.press("q")
     assert app.return_code == 1
+
+
+async def test_a_run_b_with_an_unreadable_first_event_opens_and_says_so(tmp_path: Path) -> None:
+    import json
+
+    manifest, events, layout = make_bundle_parts(tokens=4)
+    a = write_raw_bundle(tmp_path / "a", manifest, events, layout)
+    lines = ["{ not json", *(json.dumps(e, sort_keys=True) for e in events[1:])]
+    events[2]["layers"][0]["topk_indices"] = 3
+    lines[2] = json.dumps(events[2])
+    b = write_raw_bundle(tmp_path / "b", manifest, events, layout, raw_lines=lines)
+    app = InferoscopeApp(a, compare=b)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await settle(pilot)
+        assert not isinstance(app.screen, MessageScreen) and app.comparison is not None
+        assert any("not compared" in note for note in app.comparison.notes)
+        for _ in range(4):
+            await pilot.press("l")
+        assert app.position == 3

@@ -55,8 +55,10 @@ def layer_agreement(layer_a: dict[str, Any] | None, layer_b: dict[str, Any] | No
         x, y = np.asarray(pa, dtype=np.float64), np.asarray(pb, dtype=np.float64)
     except (TypeError, ValueError):
         return []
-    sa = {e for e in layer_a.get("topk_indices") or [] if isinstance(e, int)}
-    sb = {e for e in layer_b.get("topk_indices") or [] if isinstance(e, int)}
+    ta, tb = layer_a.get("topk_indices"), layer_b.get("topk_indices")
+    if not isinstance(ta, list) or not isinstance(tb, list):
+        return []
+    sa, sb = {e for e in ta if isinstance(e, int)}, {e for e in tb if isinstance(e, int)}
     jaccard = len(sa & sb) / len(sa | sb) if sa | sb else 1.0
     jsd = jensen_shannon_bits(x, y)
     return [

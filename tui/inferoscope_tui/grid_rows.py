@@ -17,8 +17,19 @@ def as_int(value: Any, default: int) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
+def as_list(value: Any) -> list[Any]:
+    """A field that should be a list; anything else (an int, an object, null) is empty."""
+    return value if isinstance(value, list) else []
+
+
 def as_float(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+    """A number to draw with; not a number: 0; an integer past any float: infinity."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0.0
+    try:
+        return float(value)
+    except OverflowError:
+        return float("inf") if value > 0 else float("-inf")
 
 
 def grid_rows(model: RunModel, slot: EventSlot | None, position: int, *, show_motifs: bool) -> list[GridRow]:
@@ -39,7 +50,9 @@ def grid_rows(model: RunModel, slot: EventSlot | None, position: int, *, show_mo
         probs = layer.get("router_probs")
         numbers = [as_float(p) for p in probs] if isinstance(probs, list) else None
         order = model.grid_orders.get(layer_index) or list(range(len(numbers or [])))
-        topk = [t for t in layer.get("topk_indices") or [] if isinstance(t, int)]
+        topk = [
+            t for t in as_list(layer.get("topk_indices")) if isinstance(t, int) and not isinstance(t, bool)
+        ]
         experts = {
             i.location.expert_index
             for i in issues

@@ -77,9 +77,18 @@ class MotifIndex:
 def _mark(value: Any) -> MotifMark | None:
     if not isinstance(value, dict) or not isinstance(value.get("motif_id"), str):
         return None
-    fit = value.get("fit")
-    fit_value = float(fit) if isinstance(fit, (int, float)) and not isinstance(fit, bool) else None
-    return MotifMark(value["motif_id"], fit_value, value.get("novel") is True)
+    return MotifMark(value["motif_id"], _finite(value.get("fit")), value.get("novel") is True)
+
+
+def _finite(value: Any) -> float | None:
+    """A finite float from a JSON number, or None (not a number, or past any float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if number == number and abs(number) != float("inf") else None
 
 
 def load_motifs(run_dir: Path) -> MotifIndex | None:
@@ -136,9 +145,9 @@ def _read_ledger(path: Path, index: MotifIndex) -> None:
     payload = ledger.get("ledger_payload")
     if not isinstance(payload, dict):
         return
-    threshold = payload.get("threshold")
-    if isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
-        index.threshold = float(threshold)
+    threshold = _finite(payload.get("threshold"))
+    if threshold is not None:
+        index.threshold = threshold
     for key in ("global_motif_counts", "layer_motif_counts"):
         counts = payload.get(key)
         if isinstance(counts, dict):

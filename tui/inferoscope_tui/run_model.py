@@ -225,10 +225,11 @@ class RunModel:
         for layer in layers if isinstance(layers, list) else []:
             if not isinstance(layer, dict) or not isinstance(layer.get("layer_index"), int):
                 continue
-            positions = [p for p in layer.get("positions") or [] if isinstance(p, dict)]
+            found = layer.get("positions")
+            positions = [p for p in found if isinstance(p, dict)] if isinstance(found, list) else []
             try:
                 ordered = sorted(positions, key=lambda p: (float(p.get("y", 0)), float(p.get("x", 0))))
                 orders.setdefault(layer["layer_index"], [int(p["expert_index"]) for p in ordered])
-            except (TypeError, ValueError, KeyError):
-                continue
+            except (TypeError, ValueError, KeyError, OverflowError):
+                continue  # a layout the contract refuses: the layer is drawn in index order
         return orders

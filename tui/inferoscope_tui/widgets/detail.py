@@ -14,7 +14,10 @@ from inferoscope import visible
 def _g(value: Any, digits: int = 4) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return visible(repr(value), 40)
-    return f"{value:.{digits}g}"
+    try:
+        return f"{value:.{digits}g}"
+    except OverflowError:  # an integer past any float: shown as its first digits
+        return visible(str(value), 24)
 
 
 SELECTED_MARK = "•"
@@ -103,7 +106,12 @@ def _list(layer: dict[str, Any], key: str) -> list[Any]:
 
 
 def _num(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0.0
+    try:
+        return float(value)
+    except OverflowError:
+        return float("inf") if value > 0 else float("-inf")
 
 
 class DetailPane(VerticalScroll):
