@@ -200,7 +200,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
         return EXIT_ISSUES
     try:
-        rows = export_parquet(args.run_dir, args.parquet, overwrite=args.overwrite)
+        result = export_parquet(args.run_dir, args.parquet, overwrite=args.overwrite)
     except ModuleNotFoundError as exc:
         _error_line(
             f"inferoscope: export needs {exc.name}: {shlex.quote(sys.executable)} -m pip install pyarrow"
@@ -209,7 +209,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     except (FileExistsError, OSError) as exc:
         _error_line(f"inferoscope: {visible(str(exc), 300)}")
         return EXIT_UNREADABLE
-    out.print(Text(f"wrote {rows} rows (token x layer) to {visible(str(args.parquet))}"))
+    out.print(
+        Text(f"wrote {result.rows} rows (token x layer) to {visible(str(args.parquet))}"), soft_wrap=True
+    )
+    if result.skipped_events or result.skipped_layers:
+        reasons = "; ".join(f"{reason} x{n}" for reason, n in result.reasons.most_common(5))
+        out.print(
+            Text(
+                f"skipped {result.skipped_events} event(s) and {result.skipped_layers} layer row(s) that "
+                f"cannot be read or represented: {visible(reasons, 300)}; "
+                f"first: {visible(result.first[0], 200)}"
+            ),
+            soft_wrap=True,
+        )
     return EXIT_OK
 
 

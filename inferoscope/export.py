@@ -4,22 +4,56 @@
 common case), else a plain list. Written to a temporary file beside the target and renamed
 into place, so a half-written file never appears under the target name. Needs ``pyarrow``
 (extra ``export``).
+
+What cannot be read or represented is skipped and counted, never a crash: an unreadable event,
+a layer whose values do not have their contract types. ``token_id`` may have any number of
+digits: ``token_id`` holds it when it fits 64 bits (else null), ``token_id_text`` always holds
+its decimal digits. Strings are valid UTF-8 (a lone surrogate is written as its escape).
 """
 
 from __future__ import annotations
 
+import math
 import os
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .bundle.reader import RunReader
+from .bundle.reader import EventReadError, RunReader
 from .textsafe import without_surrogates
 
 ROWS_PER_GROUP = 65_536
+INT64 = (-(2**63), 2**63 - 1)
+INT32 = (-(2**31), 2**31 - 1)
 
 
-def export_parquet(run_dir: Path | str, out: Path | str, *, overwrite: bool = False) -> int:
-    """Write ``out``; returns the number of rows. FileExistsError unless ``overwrite``."""
+@dataclass(slots=True)
+class ExportResult:
+    """Rows written, and what was skipped (counted by reason; the first few located)."""
+
+    rows: int = 0
+    skipped_events: int = 0
+    skipped_layers: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    first: list[str] = field(default_factory=list)
+
+    def skip(self, reason: str, where: str, *, event: bool) -> None:
+        if event:
+            self.skipped_events += 1
+        else:
+            self.skipped_layers += 1
+        self.reasons[reason] += 1
+        if len(self.first) < 5:
+            self.first.append(f"{where}: {reason}")
+
+
+class _Unrepresentable(ValueError):
+    """A value that does not have the type its column needs."""
+
+
+def export_parquet(run_dir: Path | str, out: Path | str, *, overwrite: bool = False) -> ExportResult:
+    """Write ``out``; returns rows written and what was skipped. FileExistsError unless ``overwrite``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -31,7 +65,8 @@ def export_parquet(run_dir: Path | str, out: Path | str, *, overwrite: bool = Fa
         raise FileExistsError(f"{target} is inside the bundle {reader.run_dir}: write the export elsewhere")
     target.parent.mkdir(parents=True, exist_ok=True)
     count = len(reader)
-    run_id = (reader.manifest or {}).get("run_id", "")
+    run_id = reader.manifest.get("run_id") if isinstance(reader.manifest, dict) else None
+    run_id = without_surrogates(run_id) if isinstance(run_id, str) else ""
     experts = _shared_expert_count(reader, count)
     probs_type = pa.list_(pa.float64(), experts) if experts else pa.list_(pa.float64())
     schema = pa.schema(
@@ -39,6 +74,7 @@ def export_parquet(run_dir: Path | str, out: Path | str, *, overwrite: bool = Fa
             ("run_id", pa.string()),
             ("token_index", pa.int64()),
             ("token_id", pa.int64()),
+            ("token_id_text", pa.string()),
             ("token_text", pa.string()),
             ("context_length", pa.int64()),
             ("decode_duration_ms", pa.float64()),
@@ -55,57 +91,175 @@ def export_parquet(run_dir: Path | str, out: Path | str, *, overwrite: bool = Fa
             ("top1_top2_margin", pa.float64()),
         ]
     )
+    result = ExportResult()
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    rows = 0
+
+    def write(rows: list[_Row], last: bool) -> None:
+        if rows or (last and result.rows == 0):
+            writer.write_table(_table(rows, schema, experts, result))
+
     try:
         with pq.ParquetWriter(partial, schema, compression="zstd") as writer:
-            batch: dict[str, list[Any]] = {name: [] for name in schema.names}
+            rows: list[_Row] = []
             for position in range(count):
-                event = reader.event(position)
-                for layer in event["layers"]:
-                    _append_row(batch, run_id, event, layer)
-                    rows += 1
-                if len(batch["run_id"]) >= ROWS_PER_GROUP:
-                    writer.write_table(pa.table(batch, schema=schema))
-                    batch = {name: [] for name in schema.names}
-            if batch["run_id"] or rows == 0:
-                writer.write_table(pa.table(batch, schema=schema))
+                _add_event(rows, reader, position, run_id, result)
+                if len(rows) >= ROWS_PER_GROUP:
+                    write(rows, last=False)
+                    rows = []
+            write(rows, last=True)
         os.replace(partial, target)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    return rows
+    return result
+
+
+#: one row before it is written: where it comes from, the event's columns, the layer object
+_Row = tuple[str, tuple[Any, ...], Any]
+
+
+def _add_event(rows: list[_Row], reader: RunReader, position: int, run_id: str, result: ExportResult) -> None:
+    """The rows of one event (its layers are checked when the batch is written), or why it is skipped."""
+    where = f"event {position}"
+    try:
+        event = reader.event(position)
+        head = (  # the event's columns, in the schema's order
+            run_id,
+            _int(event.get("token_index"), INT64),
+            _int(event.get("token_id"), INT64, nullable_if_huge=True),
+            _digits(event.get("token_id")),
+            without_surrogates(_str(event.get("token_text"))),
+            _int(event.get("context_length"), INT64),
+            _float(_dict(event.get("timing_ms")).get("decode_duration")),
+        )
+        layers = event.get("layers")
+        if not isinstance(layers, list):
+            raise _Unrepresentable("layers is not a list")
+    except EventReadError:
+        result.skip("unreadable event", where, event=True)
+        return
+    except _Unrepresentable as exc:
+        result.skip(str(exc), where, event=True)
+        return
+    rows.extend((f"{where}, layers[{number}]", head, layer) for number, layer in enumerate(layers))
+
+
+def _table(rows: list[_Row], schema: Any, experts: int | None, result: ExportResult) -> Any:
+    """The Arrow table of ``rows``. Fast path: the values as read; if Arrow refuses one, every
+    value is checked and the rows that cannot be represented are skipped and counted."""
+    import pyarrow as pa
+
+    try:
+        table = _arrow(
+            schema, [head + _layer_values(layer, experts, strict=False) for _, head, layer in rows]
+        )
+    except (_Unrepresentable, pa.ArrowException, TypeError, ValueError, OverflowError):
+        kept = []
+        for where, head, layer in rows:
+            try:
+                kept.append(head + _layer_values(layer, experts, strict=True))
+            except _Unrepresentable as exc:
+                result.skip(str(exc), where, event=False)
+        table = _arrow(schema, kept)
+    result.rows += table.num_rows
+    return table
+
+
+def _arrow(schema: Any, rows: list[tuple[Any, ...]]) -> Any:
+    """A table from row tuples in the schema's column order (transposed in one step)."""
+    import pyarrow as pa
+
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in schema.names]
+    return pa.table(
+        {name: list(values) for name, values in zip(schema.names, columns, strict=True)}, schema=schema
+    )
+
+
+def _layer_values(layer: Any, experts: int | None, *, strict: bool) -> tuple[Any, ...]:
+    """One layer's columns; ``strict`` checks every number (else only the containers)."""
+    layer = _dict(layer)
+    probs = _list(layer.get("router_probs"), "router_probs")
+    if experts is not None and len(probs) != experts:
+        raise _Unrepresentable(f"router_probs has {len(probs)} values, the column holds {experts}")
+    topk = _list(layer.get("topk_indices"), "topk_indices")
+    topk_probs = _list(layer.get("topk_probs"), "topk_probs")
+    if strict:
+        probs, topk_probs = [_float(v) for v in probs], [_float(v) for v in topk_probs]
+        topk = [_int(i, INT32) for i in topk]
+    return (  # the layer's columns, in the schema's order
+        _int(layer.get("layer_index"), INT32),
+        _int(layer.get("num_total_experts"), INT32),
+        _int(layer.get("num_active_experts"), INT32),
+        probs,
+        topk,
+        topk_probs,
+        topk[0] if topk else None,
+        _float(layer.get("entropy")),
+        _float(layer.get("normalized_entropy")),
+        _float(layer.get("top1_prob")),
+        _float(layer.get("top1_top2_margin")),
+    )
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Unrepresentable(f"expected an object, found {type(value).__name__}")
+    return value
+
+
+def _list(value: Any, name: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise _Unrepresentable(f"{name} is not a list")
+    return value
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Unrepresentable(f"expected text, found {type(value).__name__}")
+    return value
+
+
+def _int(value: Any, bounds: tuple[int, int], *, nullable_if_huge: bool = False) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Unrepresentable(f"expected an integer, found {type(value).__name__}")
+    if not bounds[0] <= value <= bounds[1]:
+        if nullable_if_huge:
+            return None
+        raise _Unrepresentable(f"integer with {len(str(abs(value)))} digits does not fit its column")
+    return value
+
+
+def _digits(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Unrepresentable(f"token_id is not an integer ({type(value).__name__})")
+    return str(value)
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Unrepresentable(f"expected a number, found {type(value).__name__}")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise _Unrepresentable("a number past the float range") from None
+    if math.isnan(number):
+        raise _Unrepresentable("NaN")
+    return number
 
 
 def _shared_expert_count(reader: RunReader, count: int) -> int | None:
-    if count == 0:
-        return None
-    sizes = {len(layer["router_probs"]) for layer in reader.event(0)["layers"]}
-    return sizes.pop() if len(sizes) == 1 else None
-
-
-def _append_row(
-    batch: dict[str, list[Any]], run_id: str, event: dict[str, Any], layer: dict[str, Any]
-) -> None:
-    probs = layer["router_probs"]
-    values = {
-        "run_id": without_surrogates(run_id),
-        "token_index": event["token_index"],
-        "token_id": event["token_id"],
-        "token_text": without_surrogates(event["token_text"]),  # Arrow strings must be valid UTF-8
-        "context_length": event["context_length"],
-        "decode_duration_ms": event["timing_ms"]["decode_duration"],
-        "layer_index": layer["layer_index"],
-        "num_total_experts": layer["num_total_experts"],
-        "num_active_experts": layer["num_active_experts"],
-        "router_probs": probs,
-        "topk_indices": layer["topk_indices"],
-        "topk_probs": layer["topk_probs"],
-        "top1_expert": layer["topk_indices"][0] if layer["topk_indices"] else None,
-        "entropy": layer["entropy"],
-        "normalized_entropy": layer["normalized_entropy"],
-        "top1_prob": layer["top1_prob"],
-        "top1_top2_margin": layer["top1_top2_margin"],
-    }
-    for name, value in values.items():
-        batch[name].append(value)
+    """The expert count of every layer of the first readable event, when they agree."""
+    for position in range(min(count, 64)):
+        try:
+            layers = reader.event(position).get("layers")
+        except EventReadError:
+            continue
+        if not isinstance(layers, list):
+            continue
+        sizes = {
+            len(la["router_probs"])
+            for la in layers
+            if isinstance(la, dict) and isinstance(la.get("router_probs"), list)
+        }
+        return sizes.pop() if len(sizes) == 1 else None
+    return None

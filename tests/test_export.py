@@ -20,7 +20,7 @@ B = VALID / "b_olmoe_64tok_16x64_top8"
 
 def test_export_has_one_row_per_token_and_layer_and_duckdb_reads_it(tmp_path: Path) -> None:
     out = tmp_path / "b.parquet"
-    assert export_parquet(B, out) == 64 * 16
+    assert export_parquet(B, out).rows == 64 * 16
     assert str(pq.read_schema(out).field("router_probs").type) == "fixed_size_list<element: double>[64]"
     con = duckdb.connect()
     rows = con.execute(
@@ -67,3 +67,31 @@ def test_a_bundle_with_issues_is_refused_unless_forced(tmp_path: Path) -> None:
         check=False,
     )
     assert forced.returncode == 0 and "wrote" in forced.stdout and out.exists()
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_force_exports_what_is_readable_and_says_what_was_skipped(tmp_path: Path) -> None:
+    import json
+
+    from .conftest import make_bundle_parts, write_raw_bundle
+
+    manifest, events, layout = make_bundle_parts(tokens=5, layers=2)
+    events[1]["token_id"] = int("7" * 4000)  # schema-valid: any integer
+    events[2]["layers"][0]["topk_indices"] = 3
+    events[3]["layers"][1]["entropy"] = "x"
+    lines = [json.dumps(e, sort_keys=True) for e in events]
+    lines[4] = "{ cut off"
+    folder = write_raw_bundle(tmp_path / "b", manifest, events, layout, raw_lines=lines)
+    refused = run("inferoscope", "export", str(folder), "--parquet", str(tmp_path / "x.parquet"))
+    assert refused.returncode == 1 and "--force" in refused.stderr
+    done = run("inferoscope", "export", str(folder), "--parquet", str(tmp_path / "x.parquet"), "--force")
+    assert done.returncode == 0, done.stderr
+    assert "wrote 6 rows" in done.stdout and "skipped 1 event(s) and 2 layer row(s)" in done.stdout
+    table = pq.read_table(tmp_path / "x.parquet").to_pydict()
+    assert table["token_id_text"][2] == "7" * 4000 and table["token_id"][2] is None
+    assert sorted(set(table["token_index"])) == [0, 1, 2, 3]
