@@ -21,6 +21,7 @@ and the manifest's derivation_config_id (each file atomically); the raw trace is
 from __future__ import annotations
 
 import os
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ import numpy as np
 from .bundle.errors import RunBundleError
 from .bundle.loader import open_valid_reader
 from .bundle.reader import RunReader
+from .bundle.writer import sweep_stale
 from .jsonfmt import dumps_json_file, dumps_ndjson_line
 from .versions import (
     CONTINGENCY_FILE,
@@ -255,6 +257,8 @@ def write_derived(run_dir: Path | str, threshold: float | None = DEFAULT_THRESHO
     each replacement is an atomic rename, and the raw trace and layout are never touched.
     """
     folder = Path(run_dir)
+    for name in (DERIVED_FILE, MOTIF_LEDGER_FILE, CONTINGENCY_FILE, MANIFEST_FILE):
+        sweep_stale(folder, f".{name}.derive-")  # left by a derive that was killed
     reader = open_valid_reader(folder)
     source = reader.manifest or {}
     events = (reader.event(i) for i in range(len(reader)))
@@ -278,7 +282,7 @@ def write_derived(run_dir: Path | str, threshold: float | None = DEFAULT_THRESHO
     staged = {}
     try:
         for name, text in texts.items():
-            path = folder / f".{name}.derive-{os.getpid()}"
+            path = folder / f".{name}.derive-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             path.write_bytes(text.encode("ascii"))
             staged[name] = path
         for name, path in staged.items():

@@ -183,3 +183,19 @@ def test_a_number_past_any_float_is_a_mismatch_not_a_pass(tmp_path: Path) -> Non
     folder = _write(tmp_path / "b", "raw", ("layers", 0, "entropy"), int("9" * 401))
     codes = RunReader(folder).validate().counts_by_code()
     assert "entropy_mismatch" in codes
+
+
+def test_extreme_timings_are_a_mismatch_without_numpy_warnings(tmp_path: Path) -> None:
+    import warnings
+
+    manifest, events, layout = make_bundle_parts(tokens=3)
+    events[1]["timing_ms"] = {"decode_start": -1.7e308, "decode_end": 1.7e308, "decode_duration": 1.7e308}
+    folder = tmp_path / "b"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "layout.json").write_text(json.dumps(layout))
+    (folder / "raw_trace.ndjson").write_text("".join(json.dumps(e) + "\n" for e in events))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a RuntimeWarning would fail the test
+        report = RunReader(folder).validate()
+    assert report.counts_by_code() == {"decode_duration_mismatch": 1}

@@ -163,3 +163,46 @@ def test_empty_run_writes_an_empty_raw_trace(tmp_path: Path) -> None:
     target = write_run_bundle(tmp_path, manifest, [], layout)
     assert (target / "raw_trace.ndjson").read_bytes() == b""
     assert load_run_bundle(target)["raw_events"] == []
+
+
+def test_leftovers_of_killed_writers_are_swept_and_live_ones_kept(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import time
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(dead.stdout)  # a process that has exited
+    manifest, events, layout = make_bundle_parts(run_id="r")
+    stale = tmp_path / f".r.staging-{dead_pid}-abc"
+    live = tmp_path / f".r.staging-{os.getpid()}-def"
+    fresh_dead = tmp_path / f".r.staging-{dead_pid}-ghi"
+    for folder in (stale, live, fresh_dead):
+        folder.mkdir()
+        (folder / "raw_trace.ndjson").write_text("{}\n")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    os.utime(live, (old, old))
+    write_run_bundle(tmp_path, manifest, events, layout)
+    assert not stale.exists()  # killed an hour ago: removed
+    assert live.exists() and fresh_dead.exists()  # a live writer, or a just-killed one: kept
+
+
+def test_a_writer_losing_the_race_gets_file_exists_not_an_os_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    from inferoscope.bundle import writer
+
+    def rename(src: object, dst: object) -> None:
+        raise OSError(errno.ENOTEMPTY, "Directory not empty")
+
+    monkeypatch.setattr(writer.os, "rename", rename)
+    with pytest.raises(FileExistsError):
+        write_run_bundle(tmp_path, *make_bundle_parts())
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+    monkeypatch.undo()
+    assert os.rename  # restored

@@ -8,8 +8,10 @@ removed, so a half-written bundle is never visible under its final name.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -54,7 +56,8 @@ def write_run_bundle(
     if target.exists() or target.is_symlink():
         raise FileExistsError(f"run bundle target already exists: {target}")
     created = _make_parents(target.parent)
-    staging = target.parent / f".{target.name}.staging-{uuid.uuid4().hex}"
+    sweep_stale(target.parent, f".{target.name}.staging-")
+    staging = target.parent / f".{target.name}.staging-{os.getpid()}-{uuid.uuid4().hex}"
     try:
         staging.mkdir()
         _write_files(staging, manifest, raw_events, layout, derived_events, motif_ledger, contingency)
@@ -63,7 +66,12 @@ def write_run_bundle(
             raise bundle_error(f"refusing to write {run_id!r}", report.issues, report.counts_by_code())
         if target.exists() or target.is_symlink():
             raise FileExistsError(f"run bundle target already exists: {target}")
-        os.rename(staging, target)
+        try:
+            os.rename(staging, target)
+        except OSError as exc:  # another writer won the race between the check and the rename
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR):
+                raise FileExistsError(f"run bundle target already exists: {target}") from None
+            raise
         _fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -74,6 +82,47 @@ def write_run_bundle(
                 break
         raise
     return target
+
+
+STALE_AFTER_S = 60.0
+
+
+def sweep_stale(folder: Path, prefix: str) -> list[Path]:
+    """Remove ``prefix<pid>-...`` leftovers of writers that were killed; returns what was removed.
+
+    Only entries whose process is gone and which have not changed for a minute are touched,
+    so a writer still at work (in this or another process) is never disturbed.
+    """
+    removed: list[Path] = []
+    try:
+        entries = [entry for entry in folder.iterdir() if entry.name.startswith(prefix)]
+    except OSError:
+        return removed
+    for entry in entries:
+        pid_text = entry.name[len(prefix) :].split("-", 1)[0]
+        if not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        try:
+            if time.time() - entry.lstat().st_mtime < STALE_AFTER_S:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except OSError:
+            continue
+        removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process, or not a pid we can ask about: leave it
+    return True
 
 
 def _make_parents(folder: Path) -> list[Path]:
