@@ -83,16 +83,25 @@ def scan_segment(job: SegmentJob, progress: ProgressFn | None = None) -> Segment
     line_issues: list[ValidationIssue] = []
     stats: dict[str, int] = {}
 
+    reached = [start, end if end is not None else path.stat().st_size]  # bytes read, bytes in all
+
+    def read(done: int, total: int) -> None:
+        reached[:] = [max(reached[0], done), total]
+        if progress is not None:
+            progress(done, total)
+
     def flush() -> None:
         issues = line_issues + check_event_chunk(views, report.aggregates) + checks.observe_raw(views)
         issues.sort(key=_line_order)
         report.add(issues)
         views.clear()
         line_issues.clear()
+        if progress is not None:  # also between blocks: a slow block still reports (and can be stopped)
+            progress(reached[0], reached[1])
 
     position = 0
     with gc_paused():
-        for line in iter_lines(path, start_offset=start, end_offset=end, progress=progress, stats=stats):
+        for line in iter_lines(path, start_offset=start, end_offset=end, progress=read, stats=stats):
             builder.add(line)
             view, issues = read_raw_line(line, position, locate=len(report.issues) < report.max_kept)
             views.append(view)
@@ -262,15 +271,20 @@ def _scan_parallel(
         if progress is not None:
             progress(local_done + sum(child.done for child, _part in children), total)
 
-    results = [scan_segment(part, report_progress) for part in local]
-    for child, part in children:
-        while not child.wait(0.1):
-            report_progress()
-        result = child.outcome
-        if not isinstance(result, SegmentResult):  # a lost worker: do its part here
-            result = scan_segment(part)
-        results.append(result)
-    report_progress()
+    try:
+        results = [scan_segment(part, report_progress) for part in local]
+        for child, part in children:
+            while not child.wait(0.1):
+                report_progress()
+            result = child.outcome
+            if not isinstance(result, SegmentResult):  # a lost worker: do its part here
+                result = scan_segment(part)
+            results.append(result)
+        report_progress()
+    except BaseException:  # the caller gave up (its progress callback raised): no orphan workers
+        for child, _part in children:
+            child.stop()
+        raise
     return merge_segments(results, job.manifest, job.max_kept)
 
 

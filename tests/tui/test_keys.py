@@ -13,7 +13,7 @@ from inferoscope_tui.screens.message import MessageScreen
 from inferoscope_tui.widgets.expert_grid import ExpertGrid
 from inferoscope_tui.widgets.issues_pane import IssuesPane
 
-from ..conftest import VALID
+from ..conftest import VALID, make_bundle_parts, write_raw_bundle
 from .helpers import bundle_with_issues, detail, grid_lines, header, settle, strip
 
 DEMO = VALID / "b_olmoe_64tok_16x64_top8"
@@ -238,3 +238,18 @@ async def test_no_color_grid_uses_a_glyph_ramp(monkeypatch: pytest.MonkeyPatch) 
         assert grid.no_color
         cells = "".join(line[11:] for line in grid_lines(app)[:16])
         assert set(cells) & set(".:-=#") and set(cells) & set("12345678")
+
+
+async def test_quit_stops_a_slow_background_pass_instead_of_waiting_for_it(tmp_path: Path) -> None:
+    manifest, events, layout = make_bundle_parts(tokens=1)
+    lines = [
+        f'{{"token_index": {i}, "x{i}": []}}' for i in range(40_000)
+    ]  # slow: every line its own problems
+    app = InferoscopeApp(write_raw_bundle(tmp_path / "b", manifest, events, layout, raw_lines=lines))
+    async with app.run_test(size=(80, 24)) as pilot:
+        for _ in range(500):
+            await pilot.pause(0.01)
+            if app.painted_at is not None and app.status in ("indexing", "validating"):
+                break
+        await pilot.press("q")
+    assert app.stopping and app.model is not None and app.model.report is None  # stopped, not finished

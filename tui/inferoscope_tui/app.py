@@ -41,6 +41,10 @@ from .widgets.token_strip import TokenStrip, strip_text
 SPEEDS = (1, 2, 4, 8, 16, 32)
 
 
+class StopWork(Exception):
+    """Raised in a background thread when the app is closing, to end the work early."""
+
+
 class InferoscopeApp(App[None]):
     """The terminal inspector."""
 
@@ -109,6 +113,7 @@ class InferoscopeApp(App[None]):
         self.search_query: str | None = None
         self.status = "indexing"
         self.progress_text = ""
+        self.stopping = False  # set by quit; background work stops at its next progress report
         self.painted_at: float | None = None  # when token 0 was first on screen (perf_counter)
 
     # -- layout ---------------------------------------------------------------------------
@@ -175,6 +180,12 @@ class InferoscopeApp(App[None]):
 
     # -- background work ------------------------------------------------------------------
     def _background(self) -> None:
+        try:
+            self._load()
+        except StopWork:
+            return  # the app is closing: the pass stops at its next progress report
+
+    def _load(self) -> None:
         model = self.model
         assert model is not None
         count = model.build_index(lambda done, total: self._progress("indexing", done, total))
@@ -196,12 +207,19 @@ class InferoscopeApp(App[None]):
         self.comparison = comparison
         self.refresh_view()
 
+    async def action_quit(self) -> None:
+        """Quit at once: background passes stop at their next progress report instead of finishing."""
+        self.stopping = True
+        self.exit()
+
     def _load_texts(self) -> None:
         assert self.model is not None
         self.model.load_token_texts()
         self.call_from_thread(self._on_texts)
 
     def _progress(self, what: str, done: int, total: int) -> None:
+        if self.stopping:
+            raise StopWork
         percent = int(100 * done / total) if total else 100
         text = f"{what} {percent}%"
         if text != self.progress_text:
