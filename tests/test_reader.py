@@ -315,3 +315,18 @@ def test_unknown_keys_found_cheaply_are_exactly_the_references(
         location=Location(file="raw_trace.ndjson", line=2, token_index=1),
     )
     assert sorted(ours, key=repr) == sorted(((i.message, i.location) for i in reference), key=repr) and ours
+
+
+def test_the_first_event_of_a_huge_single_line_file_is_answered_without_reading_it_all(
+    tmp_path: Path,
+) -> None:
+    from inferoscope.bundle.lines import MAX_LINE_BYTES
+
+    folder = _bundle(tmp_path, tokens=1)
+    path = folder / "raw_trace.ndjson"
+    with path.open("wb") as handle:
+        handle.write(b'{"token_text": "')
+        handle.truncate(4 * MAX_LINE_BYTES + 10)  # one line, no newline, far past the cap (sparse)
+    reader = RunReader(folder)
+    first = reader._first_line()
+    assert first is not None and first.data is None  # too long to read: reported, not read to its end

@@ -122,10 +122,24 @@ class RunReader:
             os.close(fd)
 
     def _first_line(self) -> Line | None:
+        """The first non-blank line, reading at most about two line caps (a 20 GB single-line
+        file answers at once, with a line too long to read, instead of being read to its end)."""
         if self.raw_problem is not None:
             return None
-        for line in iter_lines(self.raw_path, block_size=256 * 1024):
-            return line
+        limit = 2 * MAX_LINE_BYTES
+        with self.raw_path.open("rb") as handle:
+            head = handle.read(limit + 1)
+        offset, number = 0, 1
+        while offset < len(head):
+            newline = head.find(b"\n", offset)
+            if newline < 0:
+                if len(head) > limit:  # no line end within the cap: too long to read
+                    return Line(number, offset, len(head), None)
+                newline = len(head)  # the last line, without a newline
+            data = head[offset:newline]
+            if data.strip(b" \t\r"):
+                return Line(number, offset, newline, data if len(data) <= MAX_LINE_BYTES else None)
+            offset, number = newline + 1, number + 1
         return None
 
     def event(self, i: int) -> dict[str, Any]:

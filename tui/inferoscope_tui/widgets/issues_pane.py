@@ -22,6 +22,9 @@ def issue_label(issue: ValidationIssue) -> Text:
     return text
 
 
+SHOWN_MAX = 1000
+
+
 class IssuesPane(OptionList):
     """Issues, optionally filtered to one code (``f`` cycles through the codes)."""
 
@@ -54,9 +57,17 @@ class IssuesPane(OptionList):
         self._refill()
 
     def _refill(self) -> None:
-        self.shown = [i for i in self.all_issues if self.code_filter in (None, i.code)]
+        matching = [i for i in self.all_issues if self.code_filter in (None, i.code)]
+        self.shown = matching[:SHOWN_MAX]  # a list of 100,000 options would stall every redraw
         self.clear_options()
         self.add_options([Option(issue_label(issue)) for issue in self.shown])
+        if len(matching) > SHOWN_MAX:
+            more = Text(
+                f"… and {len(matching) - SHOWN_MAX:,} more here (] and [ step through every issue; "
+                "inferoscope validate RUN_DIR lists them all)",
+                style="dim",
+            )
+            self.add_option(Option(more, disabled=True))
         if not self.all_issues:
             self.add_option(
                 Option(Text("no issues: the bundle meets the contract", style="green"), disabled=True)
@@ -65,7 +76,7 @@ class IssuesPane(OptionList):
             self.highlighted = 0  # enter works at once
         suffix = f" · only {visible(self.code_filter, 40)} (f: next code)" if self.code_filter else ""
         hint = " · f filters" if not self.code_filter and len(self.codes()) > 1 else ""
-        self.border_title = f"issues {len(self.shown)}/{len(self.all_issues)}{suffix}{hint}"
+        self.border_title = f"issues {len(matching):,}/{len(self.all_issues):,}{suffix}{hint}"
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         event.stop()
