@@ -21,7 +21,7 @@ and the manifest's derivation_config_id (each file atomically); the raw trace is
 from __future__ import annotations
 
 import os
-import uuid
+import shutil
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -33,6 +33,7 @@ import numpy as np
 from .bundle.errors import RunBundleError
 from .bundle.loader import open_valid_reader
 from .bundle.reader import RunReader
+from .bundle.swap import bundle_lock, exchange, staging_copy
 from .bundle.writer import sweep_stale
 from .jsonfmt import dumps_json_file, dumps_ndjson_line
 from .versions import (
@@ -251,47 +252,54 @@ def derive_events(
 
 
 def write_derived(run_dir: Path | str, threshold: float | None = DEFAULT_THRESHOLD) -> dict[str, Any]:
-    """Derive and write the three provisional artifacts into a valid bundle; returns a summary.
+    """Derive and write the three provisional artifacts into a bundle; returns a summary.
 
-    The new files are validated together with the bundle before any replaces the old ones;
-    each replacement is an atomic rename, and the raw trace and layout are never touched.
+    The four files that change (the three artifacts and the manifest's derivation_config_id)
+    change as one step: the new bundle is built beside the old one (other files hard-linked),
+    validated whole, and exchanged with it. A lock keeps two derives of one bundle apart (the
+    second gets BundleBusyError). Only the manifest, raw trace and layout must be valid before,
+    so a half-derived bundle is repaired; the raw trace and layout are never touched.
     """
     folder = Path(run_dir)
     for name in (DERIVED_FILE, MOTIF_LEDGER_FILE, CONTINGENCY_FILE, MANIFEST_FILE):
-        sweep_stale(folder, f".{name}.derive-")  # left by a derive that was killed
-    reader = open_valid_reader(folder)
-    source = reader.manifest or {}
-    events = (reader.event(i) for i in range(len(reader)))
-    derived, ledger, contingency = derive_events(source, events, threshold)
-    manifest = dict(source, derivation_config_id=ledger["derivation_config_id"])
-    from .validation.in_memory import validate_run_bundle_schema_issues
+        sweep_stale(folder, f".{name}.derive-")  # left by earlier versions' killed derives
+    with bundle_lock(folder):
+        reader = open_valid_reader(folder, derived=False)
+        source = reader.manifest or {}
+        events = (reader.event(i) for i in range(len(reader)))
+        derived, ledger, contingency = derive_events(source, events, threshold)
+        manifest = dict(source, derivation_config_id=ledger["derivation_config_id"])
+        from .validation.in_memory import validate_run_bundle_schema_issues
 
-    # load_run_bundle validated the raw trace; check only what is new here (schema-checking every
-    # raw event again with jsonschema would cost minutes on a long run). Cross-file agreement holds
-    # by construction and the whole bundle is validated once more on disk below.
-    new_parts = validate_run_bundle_schema_issues(manifest, [], reader.layout, derived, ledger, contingency)
-    issues = [i for i in new_parts if i.severity == "error"]
-    if issues:
-        raise RunBundleError("refusing to write derived artifacts", issues)
-    texts = {
-        DERIVED_FILE: "".join(dumps_ndjson_line(event) for event in derived),
-        MOTIF_LEDGER_FILE: dumps_json_file(ledger),
-        CONTINGENCY_FILE: dumps_json_file(contingency),
-        MANIFEST_FILE: dumps_json_file(manifest),
-    }
-    staged = {}
-    try:
-        for name, text in texts.items():
-            path = folder / f".{name}.derive-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            path.write_bytes(text.encode("ascii"))
-            staged[name] = path
-        for name, path in staged.items():
-            os.replace(path, folder / name)
-    finally:
-        for path in staged.values():
-            path.unlink(missing_ok=True)
-    if not RunReader(folder).validate().ok:  # pragma: no cover - guarded by the check above
-        raise RunBundleError("derived artifacts did not validate on disk", [])
+        # the raw trace was just validated; check what is new before writing anything
+        new_parts = validate_run_bundle_schema_issues(
+            manifest, [], reader.layout, derived, ledger, contingency
+        )
+        issues = [i for i in new_parts if i.severity == "error"]
+        if issues:
+            raise RunBundleError("refusing to write derived artifacts", issues)
+        texts = {
+            DERIVED_FILE: "".join(dumps_ndjson_line(event) for event in derived),
+            MOTIF_LEDGER_FILE: dumps_json_file(ledger),
+            CONTINGENCY_FILE: dumps_json_file(contingency),
+            MANIFEST_FILE: dumps_json_file(manifest),
+        }
+        staging = staging_copy(folder, leave_out=set(texts))
+        try:
+            for name, text in texts.items():
+                with (staging / name).open("wb") as handle:
+                    handle.write(text.encode("ascii"))
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            report = RunReader(staging).validate()
+            if not report.ok:  # pragma: no cover - guarded by the checks above
+                raise RunBundleError(
+                    "derived artifacts did not validate", report.issues, report.counts_by_code()
+                )
+            exchange(staging, folder)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     payload = ledger["ledger_payload"]
     fits = [e["derived_payload"]["global_motif"]["fit"] for e in derived]
     return {

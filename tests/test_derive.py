@@ -118,3 +118,71 @@ def test_the_ledger_names_every_founder_and_keeps_centroids_of_shared_motifs(tmp
         if len(vectors) > 1:
             expected = [round(float(v), 8) for v in np.mean(np.asarray(vectors), axis=0)]
             assert payload["layer_centroids"][motif] == pytest.approx(expected, abs=1e-8)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_derive_that_dies_before_the_swap_leaves_the_bundle_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import inferoscope.derive as derive
+
+    run = _copy(tmp_path)
+    before = _files(run)
+
+    def killed(staging: Path, folder: Path) -> None:
+        raise KeyboardInterrupt  # as if the process were stopped between building and swapping
+
+    monkeypatch.setattr(derive, "exchange", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_derived(run, 0.5)
+    assert _files(run) == before and RunReader(run).validate().ok
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # nothing left beside it
+
+
+def test_a_half_derived_bundle_is_repaired_by_deriving_again(tmp_path: Path) -> None:
+    run = _copy(tmp_path)
+    lines = (run / "derived.ndjson").read_text().splitlines()
+    half = [
+        line.replace('"derivation_config_id": "', '"derivation_config_id": "older-') for line in lines[:50]
+    ]
+    (run / "derived.ndjson").write_text("\n".join(half + lines[50:]) + "\n")  # as a crash mid-way left it
+    assert "derivation_config_mismatch" in RunReader(run).validate().counts_by_code()
+    write_derived(run)
+    assert RunReader(run).validate().ok
+
+
+def test_a_second_derive_of_the_same_bundle_is_told_another_one_is_running(tmp_path: Path) -> None:
+    import os
+
+    from inferoscope.bundle.swap import LOCK_NAME, BundleBusyError
+
+    run = _copy(tmp_path)
+    (run / LOCK_NAME).write_text(f"{os.getpid()}\n")  # a live holder
+    with pytest.raises(BundleBusyError, match=rf"pid {os.getpid()}"):
+        write_derived(run)
+    cli = subprocess.run(
+        [sys.executable, "-m", "inferoscope", "derive", str(run)], capture_output=True, text=True, check=False
+    )
+    assert cli.returncode == 2 and "being written by another inferoscope process" in cli.stderr
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    (run / LOCK_NAME).write_text(dead.stdout)  # a holder that died: its lock is taken over
+    write_derived(run)
+    assert RunReader(run).validate().ok and not (run / LOCK_NAME).exists()
+
+
+def test_derive_exchanges_the_whole_bundle_and_keeps_the_raw_trace_bytes(tmp_path: Path) -> None:
+    run = _copy(tmp_path)
+    raw = (run / "raw_trace.ndjson").read_bytes()
+    inode = (run / "raw_trace.ndjson").stat().st_ino
+    write_derived(run, 0.5)
+    assert (run / "raw_trace.ndjson").read_bytes() == raw
+    assert (run / "raw_trace.ndjson").stat().st_ino == inode  # hard-linked, never copied or rewritten
+    assert (
+        json.loads((run / "manifest.json").read_text())["derivation_config_id"] == "motifs/online-cosine-0.50"
+    )
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -23,7 +23,7 @@ def not_found(exc: BundleOpenError, run_dir: Path | str) -> RunBundleNotFoundErr
     )
 
 
-def open_valid_reader(run_dir: Path | str) -> RunReader:
+def open_valid_reader(run_dir: Path | str, *, derived: bool = True) -> RunReader:
     """A reader on a bundle that validated clean (streaming); RunBundleError names every code if not.
 
     A missing folder is a RunBundleNotFoundError (also a FileNotFoundError); see ``bundle_error``
@@ -33,7 +33,7 @@ def open_valid_reader(run_dir: Path | str) -> RunReader:
         reader = RunReader(run_dir)
     except BundleOpenError as exc:
         raise not_found(exc, run_dir) from None
-    report: ValidationReport = reader.validate()
+    report: ValidationReport = reader.validate(derived=derived)
     if not report.ok:
         raise bundle_error(str(run_dir), report.issues, report.counts_by_code())
     return reader

@@ -161,8 +161,13 @@ class RunReader:
         *,
         chunk_events: int = DEFAULT_CHUNK_EVENTS,
         max_kept: int = DEFAULT_MAX_KEPT_ISSUES,
+        derived: bool = True,
     ) -> ValidationReport:
-        """Every issue of the bundle, with aggregates; never raises for bad content."""
+        """Every issue of the bundle, with aggregates; never raises for bad content.
+
+        ``derived=False`` leaves the three derived artifacts out (derive, about to replace them,
+        checks only what it derives from, so it can repair a half-derived bundle).
+        """
         report = ValidationReport(max_kept=max_kept)
         report.add(self.manifest_issues)
         if self.manifest is not None:
@@ -191,6 +196,8 @@ class RunReader:
         report.add(checks.finish_raw())
         if self.layout is not None:
             report.add(checks.check_layout(self.layout))
+        if not derived:
+            return report
         self._scan_derived(report, checks)
         for artifact, file in (("motif_ledger", MOTIF_LEDGER_FILE), ("contingency", CONTINGENCY_FILE)):
             obj, issues = read_json_object(self.run_dir / file, artifact, required=False)
