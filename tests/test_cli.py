@@ -265,3 +265,23 @@ def test_capture_without_torch_names_the_extra_to_install(command: list[str], tm
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
     assert "capture needs torch" in result.stderr and "-m pip install torch==2.13.0" in result.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_a_lone_surrogate_is_valid_and_every_command_shows_it_escaped(tmp_path: Path) -> None:
+    manifest, events, layout = make_bundle_parts(tokens=3)
+    folder = write_raw_bundle(tmp_path / "b", manifest, events, layout)
+    text = (folder / "manifest.json").read_text().replace('"Once upon a time"', '"Once \\ud800 upon"')
+    (folder / "manifest.json").write_text(text)
+    raw = (folder / "raw_trace.ndjson").read_text().replace('" tok1"', '" tok\\udfff1"')
+    (folder / "raw_trace.ndjson").write_text(raw)
+    assert run("inferoscope", "validate", str(folder)).returncode == 0  # valid JSON, valid bundle
+    shown = run("inferoscope", "inspect", str(folder))
+    assert shown.returncode == 0 and "Once \\ud800 upon" in shown.stdout
+    compared = run("inferoscope", "compare", str(folder), str(folder))
+    assert compared.returncode == 0, compared.stderr
+    out = tmp_path / "x.parquet"
+    exported = run("inferoscope", "export", str(folder), "--parquet", str(out))
+    assert exported.returncode == 0, exported.stderr
+    import pyarrow.parquet as pq
+
+    assert " tok\\udfff1" in pq.read_table(out).column("token_text").to_pylist()

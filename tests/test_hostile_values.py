@@ -22,6 +22,7 @@ from rich.console import Console
 
 from inferoscope import BundleOpenError, EventReadError, RunBundleError, RunReader, load_run_bundle
 from inferoscope.compare import compare_runs
+from inferoscope.export import export_parquet
 from inferoscope.render import inspect_view
 from inferoscope.summary import RunSummary
 
@@ -146,6 +147,8 @@ def _every_path_survives(folder: Path, tmp: Path) -> None:
     assert "\x1b" not in console.file.getvalue()  # type: ignore[attr-defined]
     with contextlib.suppress(*CONTRACT_ERRORS):
         compare_runs(folder, VALID / "a_readme_demo")
+    with contextlib.suppress(*CONTRACT_ERRORS):  # what --force exports: never an exception of its own
+        export_parquet(folder, tmp / "out" / "x.parquet", overwrite=True)
 
 
 @given(target=st.sampled_from(TARGETS), value=st.sampled_from(ODD))
