@@ -330,3 +330,14 @@ def test_the_first_event_of_a_huge_single_line_file_is_answered_without_reading_
     reader = RunReader(folder)
     first = reader._first_line()
     assert first is not None and first.data is None  # too long to read: reported, not read to its end
+
+
+def test_a_valid_json_line_past_the_cap_is_reported_not_parsed(tmp_path: Path) -> None:
+    from inferoscope.bundle.lines import MAX_LINE_BYTES
+
+    folder = _bundle(tmp_path, tokens=1)
+    with (folder / "raw_trace.ndjson").open("a") as handle:
+        handle.write('{"token_text": "' + "x" * (MAX_LINE_BYTES + 10) + '"}\n')
+    report = RunReader(folder).validate()
+    [issue] = [i for i in report.issues if i.location.line == 2]
+    assert issue.code == "json_parse_error" and "over the reader's limit" in issue.message

@@ -44,3 +44,19 @@ async def test_the_same_keys_give_the_same_screen() -> None:
             await pilot.pause()
             screens.append(app.export_screenshot(title="replay"))
     assert screens[0] == screens[1]
+
+
+async def test_millions_of_issues_are_listed_in_part_and_every_one_stays_reachable(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from ..conftest import make_bundle_parts, write_raw_bundle
+    from .helpers import settle
+
+    manifest, events, layout = make_bundle_parts(tokens=1)
+    folder = write_raw_bundle(tmp_path / "b", manifest, events, layout, raw_lines=["{}"] * 3000)
+    app = InferoscopeApp(folder)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        pane = app.query_one(IssuesPane)
+        assert len(pane.all_issues) == 27_000 and len(pane.shown) == 1000
+        assert "more here" in str(pane.get_option_at_index(1000).prompt)
+        await pilot.press("G", "left_square_bracket")
+        assert app.position == 2998  # ] and [ still step through every token with an issue
