@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .writer import sweep_stale
+from .writer import process_alive, sweep_stale
 
 LOCK_NAME = ".inferoscope-write.lock"
 _AT_FDCWD = -100
@@ -39,7 +39,7 @@ def bundle_lock(folder: Path) -> Iterator[None]:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             holder = _holder(lock)
-            if holder is not None and _alive(holder):
+            if holder is not None and process_alive(holder):
                 raise BundleBusyError(
                     f"{folder} is being written by another inferoscope process (pid {holder}); "
                     "try again when it has finished"
@@ -63,16 +63,6 @@ def _holder(lock: Path) -> int | None:
     except OSError:
         return None
     return int(text) if text.isdigit() else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True
-    return True
 
 
 def staging_copy(folder: Path, leave_out: set[str]) -> Path:

@@ -100,7 +100,7 @@ def sweep_stale(folder: Path, prefix: str) -> list[Path]:
         return removed
     for entry in entries:
         pid_text = entry.name[len(prefix) :].split("-", 1)[0]
-        if not pid_text.isdigit() or _alive(int(pid_text)):
+        if not pid_text.isdigit() or process_alive(int(pid_text)):
             continue
         try:
             if time.time() - entry.lstat().st_mtime < STALE_AFTER_S:
@@ -115,7 +115,8 @@ def sweep_stale(folder: Path, prefix: str) -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process (one we may not signal counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
