@@ -50,13 +50,13 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built
 
 
-def test_the_wheel_ships_the_six_schemas_once(wheel: Path) -> None:
+def test_the_wheel_ships_the_schemas_of_both_contracts_once(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     schemas = sorted(n for n in names if n.endswith(".schema.json"))
     assert schemas == [
         f"inferoscope/schema/v0.1.0/{a}.schema.json"
         for a in ("contingency", "derived_event", "layout", "manifest", "motif_ledger", "raw_event")
-    ]
+    ] + [f"inferoscope/schema/v0.2.0/{a}.schema.json" for a in ("manifest", "raw_event")]
 
 
 def test_the_wheel_ships_the_app_the_micro_model_and_the_example_run(wheel: Path) -> None:

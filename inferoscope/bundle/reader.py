@@ -14,19 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..jsonfmt import DECODE_FAILURES, JSONParseError, parse_json_bytes
+from ..jsonfmt import JSONParseError, parse_json_bytes
+from ..routing import Routing, routing_of
 from ..validation.bundle_checks import RunChecks, manifest_semantic_issues
-from ..validation.issues import Location, ValidationIssue
+from ..validation.issues import Location
 from ..validation.layout_struct import layout_conforms
-from ..validation.raw_event import (
-    LENIENT_DECODER,
-    RAW_EVENT_DECODER,
-    EventView,
-    unknown_key_problems,
-    view_of_dict,
-    view_of_struct,
-)
-from ..validation.schema import Problem, issues_of, schema_issues, schema_problems
+from ..validation.schema import schema_issues
 from ..versions import (
     CONTINGENCY_FILE,
     DERIVED_FILE,
@@ -35,10 +28,13 @@ from ..versions import (
     MOTIF_LEDGER_FILE,
     RAW_TRACE_FILE,
 )
-from .files import JSON_PARSE_ERROR, file_problem, parse_line, read_json_object
+from .files import file_problem, parse_line, read_json_object
 from .lines import MAX_LINE_BYTES, Line, LineIndex, LineIndexBuilder, ProgressFn, iter_lines
+from .raw_lines import too_long
 from .report import DEFAULT_MAX_KEPT_ISSUES, ValidationReport
 from .scan import scan_raw_trace
+from .sidecar import Sidecar
+from .v02_validate import routing_issues, validate_arrays
 
 DEFAULT_CHUNK_EVENTS = 128
 
@@ -78,6 +74,10 @@ class RunReader:
             self.run_dir / LAYOUT_FILE, "layout", required=True
         )
         self.raw_problem = file_problem(self.raw_path, "run_bundle", required=True)
+        #: the contract the bundle follows: "v0.1" (routing in the NDJSON) or "v0.2" (array files)
+        self.profile = profile_of(self.manifest, self.raw_path if self.raw_problem is None else None)
+        self.routing: Routing | None = routing_of(self.manifest) if self.profile == "v0.2" else None
+        self._sidecar: Sidecar | None = None
         self._index: LineIndex | None = None
         self.workers: int | None = None  # processes for validate(); None: one per core for big files
         #: validate() in worker processes only, keeping this process free (for an interactive app)
@@ -174,7 +174,7 @@ class RunReader:
             report.add(
                 schema_issues(
                     self.manifest,
-                    "manifest",
+                    "manifest_v02" if self.profile == "v0.2" else "manifest",
                     name="manifest",
                     scope="manifest",
                     location=Location(file=MANIFEST_FILE),
@@ -194,6 +194,21 @@ class RunReader:
         else:
             self._scan_raw(report, checks, progress, chunk_events)
         report.add(checks.finish_raw())
+        if self.profile == "v0.2" and self.manifest is not None and self.routing is not None:
+            report.add(routing_issues(self.manifest, self.routing))
+            for group in self.routing.groups:
+                for layer in group.layers:
+                    checks.layer_experts.setdefault(layer, (group.num_experts, None))
+                    checks.layer_first_line.setdefault(layer, None)
+            validate_arrays(
+                self.run_dir,
+                self.manifest,
+                self.routing,
+                int(checks.raw_token_indices().size),
+                report.aggregates,
+                report.add,
+                report.count_more,
+            )
         if self.layout is not None:
             report.add(checks.check_layout(self.layout))
         if not derived:
@@ -220,6 +235,7 @@ class RunReader:
             progress=progress,
             workers=self.workers,
             offload=self.offload,
+            profile=self.profile,
         )
         report.absorb(result.report, lambda issue: issue)
         checks.absorb(result.checks, 0)
@@ -237,7 +253,7 @@ class RunReader:
         chunk: list[tuple[int | None, Any]] = []
         for position, line in enumerate(iter_lines(path)):
             if line.data is None:
-                report.add([_too_long(DERIVED_FILE, line, "derived_event", None)])
+                report.add([too_long(DERIVED_FILE, line, "derived_event", None)])
                 continue
             obj, issues = parse_line(line.data, DERIVED_FILE, line.number, "derived_event", None)
             report.add(issues)
@@ -259,78 +275,19 @@ class RunReader:
         report.add(checks.check_derived_events(chunk))
 
 
-def read_raw_line(line: Line, position: int, locate: bool = True) -> tuple[EventView, list[ValidationIssue]]:
-    """One raw line as an EventView plus its parse and schema issues (typed path first).
-
-    ``locate=False`` (the report keeps no more issues, it only counts them) lets a repeated
-    line's schema issues come back as shared, unlocated copies: counted, never shown.
-    """
-    if line.data is None:
-        return _unreadable(line, position), [_too_long(RAW_TRACE_FILE, line, "raw_event", None)]
-    try:
-        event = RAW_EVENT_DECODER.decode(line.data)
-    except DECODE_FAILURES:
-        pass
-    else:
-        return view_of_struct(event, position, line.number), []
-    try:  # right but for unknown keys? Then those are the only problems, found without jsonschema
-        lenient = LENIENT_DECODER.decode(line.data)
-    except DECODE_FAILURES:
-        pass
-    else:
-        view = view_of_struct(lenient, position, line.number)
-        where = Location(file=RAW_TRACE_FILE, line=line.number, token_index=view.token_index)
-        layers = {"layers": [{"layer_index": layer.layer_index} for layer in lenient.layers]}
-        problems = unknown_key_problems(line.data)
-        return view, issues_of(
-            problems, layers, name=f"raw_events[{position}]", scope="raw_event", location=where
-        )
-    known = _SCHEMA_CACHE.get(bytes(line.data)) if len(line.data) <= _CACHED_LINE_BYTES else None
-    if known is not None:  # the same bytes again (a run of `{}`): the same problems, located anew
-        obj, problems = known
-        if not locate:
-            return view_of_dict(obj, position, line.number), _unlocated(problems, obj)
-    else:
-        parsed, issues = parse_line(line.data, RAW_TRACE_FILE, line.number, "raw_event", None)
-        if parsed is None:
-            return _unreadable(line, position), issues
-        obj, problems = parsed, schema_problems(parsed, "raw_event")
-        if len(line.data) <= _CACHED_LINE_BYTES:
-            if len(_SCHEMA_CACHE) >= _CACHE_ENTRIES:
-                _SCHEMA_CACHE.clear()
-                _UNLOCATED.clear()
-            _SCHEMA_CACHE[bytes(line.data)] = (obj, problems)
-    view = view_of_dict(obj, position, line.number)
-    where = Location(file=RAW_TRACE_FILE, line=line.number, token_index=view.token_index)
-    return view, issues_of(problems, obj, name=f"raw_events[{position}]", scope="raw_event", location=where)
+MANIFEST_V02 = "manifest/v0.2.0"
 
 
-def _unlocated(problems: list[Problem], obj: dict[str, Any]) -> list[ValidationIssue]:
-    key = id(problems)
-    issues = _UNLOCATED.get(key)
-    if issues is None or issues[0] is not problems:
-        issues = (
-            problems,
-            issues_of(problems, obj, name="raw_events[?]", scope="raw_event", location=Location()),
-        )
-        _UNLOCATED[key] = issues
-    return issues[1]
-
-
-_UNLOCATED: dict[int, tuple[list[Problem], list[ValidationIssue]]] = {}
-_CACHED_LINE_BYTES = 4096
-_CACHE_ENTRIES = 4096
-_SCHEMA_CACHE: dict[bytes, tuple[dict[str, Any], list[Problem]]] = {}
-
-
-def _unreadable(line: Line, position: int) -> EventView:
-    return EventView(position, line.number, None, None, None, None, [], [])
-
-
-def _too_long(file: str, line: Line, scope: str, position: int | None) -> ValidationIssue:
-    return ValidationIssue(
-        scope,
-        JSON_PARSE_ERROR,
-        f"line is {line.end - line.start} bytes, over the reader's limit of {MAX_LINE_BYTES}",
-        location=Location(file=file, line=line.number, token_index=position),
-    )
+def profile_of(manifest: dict[str, Any] | None, raw_path: Path | None) -> str:
+    """ "v0.2" for a manifest/v0.2.0 bundle (or, without a usable manifest, v0.2 raw lines), else "v0.1"."""
+    if isinstance(manifest, dict) and "schema_version" in manifest:
+        return "v0.2" if manifest.get("schema_version") == MANIFEST_V02 else "v0.1"
+    if raw_path is not None:
+        try:
+            with raw_path.open("rb") as handle:
+                head = handle.read(4096)
+        except OSError:
+            return "v0.1"
+        if b'"raw/v0.2.0"' in head.split(b"\n", 1)[0]:
+            return "v0.2"
+    return "v0.1"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,13 @@ class ValidationReport:
                 self.error_count += 1
             if len(self.issues) < self.max_kept:
                 self.issues.append(issue)
+
+    def count_more(self, counts: Mapping[str, int]) -> None:
+        """Count errors that were found but not built as issues (past a per-block cap)."""
+        for code, n in counts.items():
+            self.total += n
+            self.counts[code] += n
+            self.error_count += n
 
     def absorb(
         self, other: ValidationReport, transform: Callable[[ValidationIssue], ValidationIssue]

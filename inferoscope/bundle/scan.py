@@ -28,6 +28,8 @@ from ..validation.event_checks import check_event_chunk
 from ..validation.issues import ValidationIssue
 from ..validation.raw_event import EventView
 from .lines import LineIndex, LineIndexBuilder, ProgressFn, iter_lines, split_points
+from .pipe import receive
+from .raw_lines import read_raw_line
 from .report import ValidationReport
 
 PARALLEL_MIN_BYTES = 32 * 1024 * 1024
@@ -66,6 +68,7 @@ class SegmentJob:
     end: int | None
     chunk_events: int
     max_kept: int
+    profile: str = "v0.1"  # the contract the lines follow (v0.2 lines are metadata only)
 
     def part(self, start: int, end: int | None) -> SegmentJob:
         return replace(self, start=start, end=end)
@@ -73,8 +76,6 @@ class SegmentJob:
 
 def scan_segment(job: SegmentJob, progress: ProgressFn | None = None) -> SegmentResult:
     """Validate the lines in ``[job.start, job.end)`` of ``job.path``."""
-    from .reader import read_raw_line  # the per-line reading rules live with the reader
-
     path, start, end, chunk_events = job.path, job.start, job.end, job.chunk_events
     report = ValidationReport(max_kept=job.max_kept)
     checks = RunChecks(job.manifest)
@@ -103,7 +104,9 @@ def scan_segment(job: SegmentJob, progress: ProgressFn | None = None) -> Segment
     with gc_paused():
         for line in iter_lines(path, start_offset=start, end_offset=end, progress=read, stats=stats):
             builder.add(line)
-            view, issues = read_raw_line(line, position, locate=len(report.issues) < report.max_kept)
+            view, issues = read_raw_line(
+                line, position, locate=len(report.issues) < report.max_kept, profile=job.profile
+            )
             views.append(view)
             line_issues.extend(issues)
             position += 1
@@ -123,6 +126,7 @@ def scan_raw_trace(
     progress: ProgressFn | None = None,
     workers: int | None = None,
     offload: bool = False,
+    profile: str = "v0.1",
 ) -> SegmentResult:
     """The whole file, split over ``workers`` processes (default: the usable cores).
 
@@ -133,7 +137,7 @@ def scan_raw_trace(
     if workers is None:
         big = size >= PARALLEL_MIN_BYTES or (offload and size >= OFFLOAD_MIN_BYTES)
         workers = _usable_cores() if big else 1
-    job = SegmentJob(path, dict(manifest or {}), 0, None, chunk_events, max_kept)
+    job = SegmentJob(path, dict(manifest or {}), 0, None, chunk_events, max_kept, profile)
     cuts = split_points(path, max(1, workers))
     if len(cuts) <= 2 and not (offload and size >= OFFLOAD_MIN_BYTES):
         return scan_segment(job, progress)
@@ -219,8 +223,6 @@ class _ProcessChild:
         self.thread.start()
 
     def _read(self) -> None:
-        from .worker import receive
-
         assert self.process.stdout is not None
         try:
             while True:

@@ -10,33 +10,13 @@ pipes: one pickled SegmentJob on stdin; length-prefixed pickled messages on stdo
 from __future__ import annotations
 
 import pickle
-import struct
 import sys
-from typing import IO, Any
 
-_HEADER = struct.Struct("!Q")
-
-
-def send(stream: IO[bytes], message: Any) -> None:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(_HEADER.pack(len(data)) + data)
-    stream.flush()
-
-
-def receive(stream: IO[bytes]) -> Any:
-    header = stream.read(_HEADER.size)
-    if len(header) < _HEADER.size:
-        raise EOFError("worker closed its output")
-    (size,) = _HEADER.unpack(header)
-    data = stream.read(size)
-    if len(data) < size:
-        raise EOFError("worker output cut short")
-    return pickle.loads(data)
+from .pipe import send
+from .scan import scan_segment
 
 
 def main() -> None:
-    from .scan import scan_segment
-
     job = pickle.load(sys.stdin.buffer)
     out = sys.stdout.buffer
     last = [0]

@@ -133,6 +133,7 @@ class LayerAggregate:
     num_total_experts: int
     num_active_experts: int
     tokens: int = 0
+    entropy_tokens: int = 0  # tokens with an entropy (a v0.2 run without scores has none)
     entropy_sum: float = 0.0
     normalized_entropy_sum: float = 0.0
     load: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
@@ -143,11 +144,11 @@ class LayerAggregate:
 
     @property
     def mean_entropy(self) -> float | None:
-        return self.entropy_sum / self.tokens if self.tokens else None
+        return self.entropy_sum / self.entropy_tokens if self.entropy_tokens else None
 
     @property
     def mean_normalized_entropy(self) -> float | None:
-        return self.normalized_entropy_sum / self.tokens if self.tokens else None
+        return self.normalized_entropy_sum / self.entropy_tokens if self.entropy_tokens else None
 
     def never_selected(self) -> list[int]:
         return [int(i) for i in np.flatnonzero(self.load == 0)]
@@ -226,8 +227,15 @@ class RunAggregates:
         inverse = inverse.astype(np.int64)
         count = len(layers)
         tokens = np.bincount(inverse, minlength=count)
-        entropy_sums = np.bincount(inverse, weights=entropy, minlength=count)
-        normalized_sums = np.bincount(inverse, weights=normalized_entropy, minlength=count)
+        known = np.isfinite(entropy)  # NaN: no entropy for this row (no scores recorded)
+        if known.all():
+            entropy_tokens = tokens
+            entropy_sums = np.bincount(inverse, weights=entropy, minlength=count)
+            normalized_sums = np.bincount(inverse, weights=normalized_entropy, minlength=count)
+        else:
+            entropy_tokens = np.bincount(inverse[known], minlength=count)
+            entropy_sums = np.bincount(inverse[known], weights=entropy[known], minlength=count)
+            normalized_sums = np.bincount(inverse[known], weights=normalized_entropy[known], minlength=count)
         if topk.shape[1]:
             load = np.bincount((inverse[:, None] * n + topk).ravel(), minlength=count * n).reshape(count, n)
             top1 = np.bincount(inverse * n + topk[:, 0], minlength=count * n).reshape(count, n)
@@ -249,6 +257,7 @@ class RunAggregates:
             if agg.num_total_experts != n:
                 continue
             agg.tokens += int(tokens[u])
+            agg.entropy_tokens += int(entropy_tokens[u])
             agg.entropy_sum += float(entropy_sums[u])
             agg.normalized_entropy_sum += float(normalized_sums[u])
             if topk.shape[1]:
@@ -294,6 +303,7 @@ class RunAggregates:
                 self.layers[index] = theirs
             elif mine.num_total_experts == theirs.num_total_experts:
                 mine.tokens += theirs.tokens
+                mine.entropy_tokens += theirs.entropy_tokens
                 mine.entropy_sum += theirs.entropy_sum
                 mine.normalized_entropy_sum += theirs.normalized_entropy_sum
                 mine.load += theirs.load

@@ -50,6 +50,31 @@ _MESSAGES = {
     "derivation_config_id.",
     "duplicate_derived_token_index": "derived events must not repeat token_index values within a bundle.",
     "derived_token_index_missing_from_raw": "derived_event token_index must exist in the raw trace.",
+    # contract v0.2 (docs/contract-v0.2.md)
+    "routing_rule_invalid": "a routing group's rule must be possible for its shapes and arrays.",
+    "routing_layer_repeated": "a MoE layer must belong to exactly one routing group.",
+    "array_not_declared": "every array file a routing group names must be listed in manifest arrays.",
+    "array_not_referenced": "every file listed in manifest arrays must be used by a routing group.",
+    "array_path_repeated": "each array role of each group must have its own file.",
+    "array_header_invalid": "an array file must be a C-ordered .npy array of a plain number type.",
+    "array_dtype_mismatch": "an array file's dtype must match manifest arrays and its role.",
+    "array_shape_mismatch": "an array file's shape must match manifest arrays and its role.",
+    "array_size_mismatch": "an array file must hold exactly the bytes its header declares.",
+    "array_row_count_mismatch": (
+        "per-token arrays must have one row per raw event, prompt arrays one per prompt token."
+    ),
+    "array_checksum_mismatch": "an array file's SHA-256 must match manifest arrays.",
+    "value_not_finite": "scores, weights and biases must be finite.",
+    "score_out_of_range": "softmax and sigmoid scores must lie in [0, 1] within tolerance.",
+    "score_sum_mismatch": "softmax scores must sum to 1.0 within tolerance.",
+    "selected_index_out_of_bounds": "selected experts must be within [0, num_experts).",
+    "duplicate_selected_index": "selected experts must not repeat within a layer.",
+    "selection_mismatch": (
+        "selected must be the experts the group's selection rule picks from its scores within tolerance."
+    ),
+    "weight_mismatch": (
+        "weights must follow the group's mixing rule from the selected scores within tolerance."
+    ),
 }
 
 

@@ -60,6 +60,24 @@ class RawEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 RAW_EVENT_DECODER = msgspec.json.Decoder(RawEvent)
 
 
+class TokenMeta(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A contract v0.2 raw event: one token's metadata (its routing is in the array files)."""
+
+    event_type: Literal["token_complete"]
+    schema_version: Literal["raw/v0.2.0"]
+    run_id: NonEmptyStr
+    token_index: NonNegInt
+    token_id: int
+    token_text: str
+    context_length: NonNegInt
+    timing_ms: Timing | msgspec.UnsetType = msgspec.UNSET
+    document_index: NonNegInt | msgspec.UnsetType = msgspec.UNSET
+    source: str | msgspec.UnsetType = msgspec.UNSET
+
+
+TOKEN_META_DECODER = msgspec.json.Decoder(TokenMeta)
+
+
 def _lenient(struct: type[msgspec.Struct], **types: Any) -> Any:
     """``struct`` with unknown fields allowed (nested Structs swapped in through ``types``)."""
     hints = get_type_hints(struct, include_extras=True)
@@ -206,6 +224,22 @@ def view_of_struct(event: RawEvent, position: int, line: int | None) -> EventVie
         layer_indices=[] if dense is not None else [layer.layer_index for layer in event.layers],
         layers=[] if dense is not None else event.layers,
         dense=dense,
+    )
+
+
+def view_of_meta(event: TokenMeta, position: int, line: int | None) -> EventView:
+    timing = event.timing_ms
+    return EventView(
+        position=position,
+        line=line,
+        token_index=event.token_index,
+        run_id=event.run_id,
+        schema_version=event.schema_version,
+        timing=None
+        if isinstance(timing, msgspec.UnsetType)
+        else (timing.decode_start, timing.decode_end, timing.decode_duration),
+        layer_indices=[],
+        layers=[],
     )
 
 

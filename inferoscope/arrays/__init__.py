@@ -1,0 +1,1 @@
+"""Contract v0.2 array files (``.npy``): writing, reading and checking them."""

@@ -1,0 +1,106 @@
+"""The array files of a contract v0.2 bundle, opened for reading: headers checked once, rows
+read by slicing a memory map (token i costs one small read per array).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..arrays.npy import NpyHeader, NpyHeaderError, contract_dtype, from_disk, read_header_of
+from ..routing import Routing, RoutingGroup
+
+#: role -> the trailing shape of one row, from (layers in the group, experts, k)
+ROW_SHAPES = {
+    "selected": lambda lg, e, k: (lg, k),
+    "weights": lambda lg, e, k: (lg, k),
+    "scores": lambda lg, e, k: (lg, e),
+    "prompt_selected": lambda lg, e, k: (lg, k),
+    "prompt_weights": lambda lg, e, k: (lg, k),
+    "prompt_scores": lambda lg, e, k: (lg, e),
+}
+INDEX_DTYPES = ("int16", "int32")
+
+
+@dataclass(frozen=True, slots=True)
+class ArrayFile:
+    """One declared array file whose header could be read."""
+
+    relpath: str
+    path: Path
+    header: NpyHeader
+    dtype: str  # the contract dtype it holds
+
+    def memmap(self) -> np.ndarray:
+        if self.header.data_bytes == 0:
+            return np.zeros(self.header.shape, dtype=self.header.dtype)
+        return np.memmap(
+            self.path, dtype=self.header.dtype, mode="r", offset=self.header.offset, shape=self.header.shape
+        )
+
+
+class Sidecar:
+    """Every array file of a v0.2 bundle that opened cleanly; the rest are left out (validation says why)."""
+
+    def __init__(self, run_dir: Path, routing: Routing, declared: dict[str, object]) -> None:
+        self.run_dir = run_dir
+        self.routing = routing
+        self.files: dict[str, ArrayFile] = {}
+        self.problems: dict[str, str] = {}  # relpath -> why it is not usable
+        self._maps: dict[str, np.ndarray] = {}
+        for group in routing.groups:
+            for relpath in group.arrays.values():
+                if relpath in self.files or relpath in self.problems:
+                    continue
+                self._open(relpath, declared.get(relpath))
+
+    def _open(self, relpath: str, declaration: object) -> None:
+        path = self.run_dir / relpath
+        try:
+            header = read_header_of(path)
+        except FileNotFoundError:
+            self.problems[relpath] = "missing"
+            return
+        except (NpyHeaderError, OSError) as exc:
+            self.problems[relpath] = str(exc)
+            return
+        dtype = contract_dtype(header.dtype)
+        if dtype is None:
+            self.problems[relpath] = f"dtype {header.dtype} is not one the contract allows"
+            return
+        if isinstance(declaration, dict) and declaration.get("dtype") != dtype:
+            self.problems[relpath] = f"holds {dtype} but manifest arrays declares {declaration.get('dtype')}"
+            return
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            self.problems[relpath] = str(exc)
+            return
+        if size != header.offset + header.data_bytes:
+            self.problems[relpath] = (
+                f"is {size} bytes but its header declares {header.offset + header.data_bytes}"
+            )
+            return
+        self.files[relpath] = ArrayFile(relpath, path, header, dtype)
+
+    def array(self, group: RoutingGroup, role: str) -> ArrayFile | None:
+        relpath = group.arrays.get(role)
+        return None if relpath is None else self.files.get(relpath)
+
+    def rows(self, group: RoutingGroup, role: str, start: int, stop: int) -> np.ndarray | None:
+        """Rows ``[start, stop)`` of a group's array as numbers (bfloat16 widened), or None."""
+        file = self.array(group, role)
+        if file is None:
+            return None
+        mapped = self._maps.get(file.relpath)
+        if mapped is None:
+            mapped = self._maps[file.relpath] = file.memmap()
+        return from_disk(np.array(mapped[start:stop]), file.dtype)
+
+    def whole(self, group: RoutingGroup, role: str) -> np.ndarray | None:
+        file = self.array(group, role)
+        if file is None:
+            return None
+        return self.rows(group, role, 0, file.header.shape[0]) if file.header.shape else None
