@@ -225,6 +225,33 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    out, _err = _consoles()
+    from .bundle.errors import RunBundleError
+    from .convert import ConvertError, convert_run
+
+    reader = _open(args.run_dir)
+    if reader is None:
+        return EXIT_UNREADABLE
+    try:
+        result = convert_run(args.run_dir, args.out, to=args.to, dtype=args.dtype, run_id=args.run_id)
+    except ConvertError as exc:
+        return _fail(visible(str(exc), 400))
+    except RunBundleError as exc:
+        first = exc.issues[0].describe() if exc.issues else str(exc)
+        _error_line(
+            f"inferoscope: {visible(args.run_dir)} is not a valid bundle ({', '.join(exc.counts)}); "
+            f"nothing written; first issue: {visible(first, 300)}"
+        )
+        return EXIT_ISSUES
+    except (FileExistsError, OSError, ValueError) as exc:
+        return _fail(visible(str(exc), 300))
+    out.print(Text(f"wrote {visible(str(result.path))} (contract {result.to})"), soft_wrap=True)
+    for note in result.notes:
+        out.print(Text(f"  {visible(note, 300)}"), soft_wrap=True)
+    return EXIT_OK
+
+
 def cmd_derive(args: argparse.Namespace) -> int:
     from .derive import DEFAULT_THRESHOLD, write_derived
     from .scramble import scramble_bundle
@@ -582,6 +609,22 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     export.add_argument("--force", action="store_true", help="export even if the bundle has issues")
     export.set_defaults(handler=cmd_export)
+    convert = commands.add_parser(
+        "convert", help="rewrite a run as contract v0.1 (NDJSON) or v0.2 (array files)"
+    )
+    convert.add_argument("run_dir", metavar="RUN_DIR", help="a valid run bundle folder")
+    convert.add_argument("--to", required=True, choices=("v0.1", "v0.2"), help="the target contract")
+    convert.add_argument(
+        "--out", required=True, type=Path, metavar="DIR", help="bundle root; the run goes to DIR/<run_id>"
+    )
+    convert.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "float16", "bfloat16", "float64"),
+        default="auto",
+        help="v0.2 score dtype (auto: float32 when every value is exact in it, else float64)",
+    )
+    convert.add_argument("--run-id", default=None, metavar="ID", help="a new run_id (default: the same)")
+    convert.set_defaults(handler=cmd_convert)
     demo = commands.add_parser(
         "demo", help="capture a demo run from the micro model shipped with inferoscope"
     )

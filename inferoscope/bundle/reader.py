@@ -10,14 +10,16 @@ semantic checks per chunk) and gathers the run-level aggregates in the same pass
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from ..jsonfmt import JSONParseError, parse_json_bytes
 from ..routing import Routing, routing_of
 from ..validation.bundle_checks import RunChecks, manifest_semantic_issues
-from ..validation.issues import Location
+from ..validation.issues import Location, ValidationIssue
 from ..validation.layout_struct import layout_conforms
 from ..validation.schema import schema_issues
 from ..versions import (
@@ -30,11 +32,12 @@ from ..versions import (
 )
 from .files import file_problem, parse_line, read_json_object
 from .lines import MAX_LINE_BYTES, Line, LineIndex, LineIndexBuilder, ProgressFn, iter_lines
+from .meta_fast import fast_meta_scan
 from .raw_lines import too_long
 from .report import DEFAULT_MAX_KEPT_ISSUES, ValidationReport
-from .scan import scan_raw_trace
+from .scan import SegmentResult, scan_raw_trace
 from .sidecar import Sidecar
-from .v02_validate import routing_issues, validate_arrays
+from .v02_validate import routing_issues, row_count_issues, validate_arrays
 
 DEFAULT_CHUNK_EVENTS = 128
 
@@ -154,6 +157,17 @@ class RunReader:
             raise EventReadError(f"{RAW_TRACE_FILE} line {line} (event {i}): not a JSON object")
         return obj
 
+    def sidecar(self) -> Sidecar:
+        """The v0.2 array files, opened once (ValueError for a v0.1.0 bundle or unusable routing)."""
+        if self.routing is None:
+            raise ValueError(f"{self.run_dir}: no usable contract v0.2 routing declaration")
+        if self._sidecar is None:
+            declared = self.manifest.get("arrays") if self.manifest is not None else None
+            self._sidecar = Sidecar(
+                self.run_dir, self.routing, declared if isinstance(declared, dict) else {}
+            )
+        return self._sidecar
+
     # -- validation ------------------------------------------------------------------------
     def validate(
         self,
@@ -189,26 +203,42 @@ class RunReader:
                     self.layout, "layout", name="layout", scope="layout", location=Location(file=LAYOUT_FILE)
                 )
             )
+        v02 = self.profile == "v0.2" and self.manifest is not None and self.routing is not None
+        array_issues: list[ValidationIssue] = []
+        array_overflow: Counter[str] = Counter()
+        fast: SegmentResult | None = None
+        if v02:  # the array files are checked while the token lines are read beside them
+            assert self.manifest is not None and self.routing is not None
+            with ThreadPoolExecutor(max_workers=1) as side:
+                pending = (
+                    side.submit(fast_meta_scan, self.raw_path, self.manifest, report.max_kept)
+                    if self.raw_problem is None
+                    else None
+                )
+                validate_arrays(
+                    self.sidecar(),
+                    self.manifest,
+                    self.routing,
+                    report.aggregates,
+                    array_issues.extend,
+                    array_overflow.update,
+                )
+                fast = pending.result() if pending is not None else None
         if self.raw_problem is not None:
             report.add([self.raw_problem])
         else:
-            self._scan_raw(report, checks, progress, chunk_events)
+            self._scan_raw(report, checks, progress, chunk_events, fast)
         report.add(checks.finish_raw())
-        if self.profile == "v0.2" and self.manifest is not None and self.routing is not None:
+        if v02:
+            assert self.manifest is not None and self.routing is not None
             report.add(routing_issues(self.manifest, self.routing))
             for group in self.routing.groups:
                 for layer in group.layers:
                     checks.layer_experts.setdefault(layer, (group.num_experts, None))
                     checks.layer_first_line.setdefault(layer, None)
-            validate_arrays(
-                self.run_dir,
-                self.manifest,
-                self.routing,
-                int(checks.raw_token_indices().size),
-                report.aggregates,
-                report.add,
-                report.count_more,
-            )
+            report.add(row_count_issues(self.sidecar(), self.manifest, int(checks.raw_token_indices().size)))
+            report.add(array_issues)
+            report.count_more(array_overflow)
         if self.layout is not None:
             report.add(checks.check_layout(self.layout))
         if not derived:
@@ -225,9 +255,17 @@ class RunReader:
         return report
 
     def _scan_raw(
-        self, report: ValidationReport, checks: RunChecks, progress: ProgressFn | None, chunk_events: int
+        self,
+        report: ValidationReport,
+        checks: RunChecks,
+        progress: ProgressFn | None,
+        chunk_events: int,
+        fast: SegmentResult | None = None,
     ) -> None:
-        result = scan_raw_trace(
+        if fast is not None and progress is not None:
+            size = self.raw_path.stat().st_size
+            progress(size, size)
+        result = fast or scan_raw_trace(
             self.raw_path,
             self.manifest,
             chunk_events=chunk_events,

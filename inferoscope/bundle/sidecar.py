@@ -4,6 +4,7 @@ read by slicing a memory map (token i costs one small read per array).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,12 +34,31 @@ class ArrayFile:
     header: NpyHeader
     dtype: str  # the contract dtype it holds
 
-    def memmap(self) -> np.ndarray:
-        if self.header.data_bytes == 0:
-            return np.zeros(self.header.shape, dtype=self.header.dtype)
-        return np.memmap(
-            self.path, dtype=self.header.dtype, mode="r", offset=self.header.offset, shape=self.header.shape
-        )
+    def read_raw(self, start: int, stop: int) -> bytes:
+        """The stored bytes of rows ``[start, stop)``, by one ``pread`` (no memory map: reading a
+        whole run block by block keeps the process's memory flat)."""
+        rows = max(0, min(stop, self.header.shape[0]) - start)
+        size = rows * self.header.row_bytes
+        if size == 0:
+            return b""
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            data = os.pread(fd, size, self.header.offset + start * self.header.row_bytes)
+        finally:
+            os.close(fd)
+        if len(data) != size:
+            raise OSError(f"{self.relpath}: file shorter than its header says")
+        return data
+
+    def rows_of(self, data: bytes) -> np.ndarray:
+        """Stored bytes of whole rows as an array (bfloat16 widened to float32)."""
+        row = self.header.row_bytes
+        count = len(data) // row if row else 0
+        stored = np.frombuffer(data, dtype=self.header.dtype).reshape((count, *self.header.shape[1:]))
+        return from_disk(stored, self.dtype)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return self.rows_of(self.read_raw(start, stop))
 
 
 class Sidecar:
@@ -49,7 +69,6 @@ class Sidecar:
         self.routing = routing
         self.files: dict[str, ArrayFile] = {}
         self.problems: dict[str, str] = {}  # relpath -> why it is not usable
-        self._maps: dict[str, np.ndarray] = {}
         for group in routing.groups:
             for relpath in group.arrays.values():
                 if relpath in self.files or relpath in self.problems:
@@ -94,10 +113,7 @@ class Sidecar:
         file = self.array(group, role)
         if file is None:
             return None
-        mapped = self._maps.get(file.relpath)
-        if mapped is None:
-            mapped = self._maps[file.relpath] = file.memmap()
-        return from_disk(np.array(mapped[start:stop]), file.dtype)
+        return file.read(start, stop)
 
     def whole(self, group: RoutingGroup, role: str) -> np.ndarray | None:
         file = self.array(group, role)

@@ -7,7 +7,7 @@ releases the GIL), and the SHA-256 of every file in a thread beside them.
 
 from __future__ import annotations
 
-import math
+import hashlib
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -16,14 +16,14 @@ import numpy as np
 
 from ..arrays.npy import FLOAT_DTYPES, file_sha256
 from ..routing import PROMPT_ROLES, Routing, RoutingGroup, rule_problems
-from ..validation.aggregates import RunAggregates
+from ..validation.aggregates import BlockPart, RunAggregates
 from ..validation.issues import Location, ValidationIssue
 from ..validation.messages import contract_message
 from ..validation.routing_checks import Block, BlockFindings, check_block, softmax_entropy
 from ..versions import MANIFEST_FILE
 from .sidecar import INDEX_DTYPES, ROW_SHAPES, Sidecar
 
-BLOCK_ELEMENTS = 1 << 21  # scores per block (8 MiB of float32): small enough to stay in cache
+BLOCK_ELEMENTS = 1 << 18  # scores per block (1 MiB of float32): temporaries stay in cache
 
 
 def routing_issues(manifest: Mapping[str, Any], routing: Routing) -> list[ValidationIssue]:
@@ -83,57 +83,111 @@ def routing_issues(manifest: Mapping[str, Any], routing: Routing) -> list[Valida
 
 
 def validate_arrays(
-    run_dir: Any,
+    sidecar: Sidecar,
     manifest: Mapping[str, Any],
     routing: Routing,
-    events: int,
     aggregates: RunAggregates,
     report_add: Any,
     count_more: Any,
 ) -> None:
-    """Check every array file of ``routing`` against ``events`` raw events; fold in aggregates."""
+    """Check every array file of ``routing`` (all but the row counts: ``row_count_issues``).
+
+    Each file is read once: the blocks the value checks read are also fed, in order, to the
+    file's SHA-256 (which releases the GIL, so it runs beside the checks); only files the
+    checks could not read whole are hashed by a read of their own.
+    """
     declared = _mapping(manifest.get("arrays"))
-    prompt = _mapping(manifest.get("prompt"))
-    token_ids = prompt.get("token_ids")
-    prompt_rows = len(token_ids) if isinstance(token_ids, list) else None
-    sidecar = Sidecar(run_dir, routing, dict(declared))
+    hashes = _Hashes(sidecar)
+    report_add(_file_issues(sidecar, routing, declared))
     with ThreadPoolExecutor(max_workers=2) as pool:
-        sums: dict[str, Future[str]] = {
-            relpath: pool.submit(file_sha256, file.path) for relpath, file in sidecar.files.items()
-        }
-        report_add(_file_issues(sidecar, routing, declared, events, prompt_rows))
-        usable_groups = [g for g in routing.groups if not rule_problems(g)]
-        for group in usable_groups:
-            _check_group(
-                sidecar, group, routing, events, prompt_rows, aggregates, report_add, count_more, pool
+        for group in routing.groups:
+            if not rule_problems(group):
+                _check_group(sidecar, group, routing, aggregates, report_add, count_more, pool, hashes)
+        digests = hashes.finish(pool)
+    for relpath, actual in digests.items():
+        expected = _mapping(declared.get(relpath)).get("sha256")
+        if isinstance(expected, str) and actual != expected:
+            report_add(
+                [
+                    _issue(
+                        "run_bundle",
+                        "array_checksum_mismatch",
+                        Location(file=relpath),
+                        f"{relpath} has SHA-256 {actual}, the manifest says {expected}",
+                    )
+                ]
             )
-        for relpath, future in sums.items():
-            expected = (
-                declared.get(relpath, {}).get("sha256")
-                if isinstance(declared.get(relpath), Mapping)
-                else None
-            )
-            actual = future.result()
-            if isinstance(expected, str) and actual != expected:
-                report_add(
-                    [
-                        _issue(
-                            "run_bundle",
-                            "array_checksum_mismatch",
-                            Location(file=relpath),
-                            f"{relpath} has SHA-256 {actual}, the manifest says {expected}",
-                            path=relpath,
-                        )
-                    ]
+
+
+def row_count_issues(sidecar: Sidecar, manifest: Mapping[str, Any], events: int) -> list[ValidationIssue]:
+    """Per-token arrays need one row per raw event; prompt arrays one per prompt token id."""
+    token_ids = _mapping(manifest.get("prompt")).get("token_ids")
+    prompt_rows = len(token_ids) if isinstance(token_ids, list) else None
+    issues: list[ValidationIssue] = []
+    for group in sidecar.routing.groups:
+        for role, relpath in group.arrays.items():
+            file = sidecar.files.get(relpath)
+            if file is None or role == "bias" or not file.header.shape:
+                continue
+            want = prompt_rows if role in PROMPT_ROLES else events
+            where = Location(file=relpath)
+            if want is None:
+                issues.append(
+                    _issue(
+                        "run_bundle",
+                        "array_row_count_mismatch",
+                        where,
+                        f"{relpath} holds prompt rows but manifest prompt.token_ids is absent",
+                    )
                 )
+            elif file.header.shape[0] != want:
+                what = "prompt tokens" if role in PROMPT_ROLES else "raw events"
+                issues.append(
+                    _issue(
+                        "run_bundle",
+                        "array_row_count_mismatch",
+                        where,
+                        f"{relpath} has {file.header.shape[0]} rows but the run has {want} {what}",
+                    )
+                )
+    return issues
+
+
+class _Hashes:
+    """Running SHA-256 of each array file, fed with the blocks as the checks read them."""
+
+    def __init__(self, sidecar: Sidecar) -> None:
+        self.files = sidecar.files
+        self.running: dict[str, Any] = {}
+        self.next: dict[str, int] = {}
+        for relpath, file in sidecar.files.items():
+            with file.path.open("rb") as handle:
+                head = handle.read(file.header.offset)
+            self.running[relpath] = hashlib.sha256(head)
+            self.next[relpath] = 0
+
+    def feed(self, relpath: str, start_row: int, data: bytes) -> None:
+        if self.next.get(relpath) != start_row or not data:
+            return
+        self.running[relpath].update(data)
+        self.next[relpath] = start_row + len(data) // self.files[relpath].header.row_bytes
+
+    def finish(self, pool: ThreadPoolExecutor) -> dict[str, str]:
+        digests: dict[str, str] = {}
+        rest: dict[str, Future[str]] = {}
+        for relpath, file in self.files.items():
+            if file.header.shape and self.next[relpath] == file.header.shape[0]:
+                digests[relpath] = self.running[relpath].hexdigest()
+            else:
+                rest[relpath] = pool.submit(file_sha256, file.path)
+        digests.update({relpath: future.result() for relpath, future in rest.items()})
+        return digests
 
 
 def _file_issues(
     sidecar: Sidecar,
     routing: Routing,
     declared: Mapping[str, Any],
-    events: int,
-    prompt_rows: int | None,
 ) -> list[ValidationIssue]:
     issues: list[ValidationIssue] = []
     for relpath, why in sidecar.problems.items():
@@ -202,26 +256,6 @@ def _file_issues(
                     )
                 )
                 continue
-            want_rows = prompt_rows if role in PROMPT_ROLES else events
-            if want_rows is None:
-                issues.append(
-                    _issue(
-                        "run_bundle",
-                        "array_row_count_mismatch",
-                        where,
-                        f"{relpath} holds prompt rows but manifest prompt.token_ids is absent",
-                    )
-                )
-            elif shape[0] != want_rows:
-                what = "prompt tokens" if role in PROMPT_ROLES else "raw events"
-                issues.append(
-                    _issue(
-                        "run_bundle",
-                        "array_row_count_mismatch",
-                        where,
-                        f"{relpath} has {shape[0]} rows but the run has {want_rows} {what}",
-                    )
-                )
     return issues
 
 
@@ -235,12 +269,11 @@ def _check_group(
     sidecar: Sidecar,
     group: RoutingGroup,
     routing: Routing,
-    events: int,
-    prompt_rows: int | None,
     aggregates: RunAggregates,
     report_add: Any,
     count_more: Any,
     pool: ThreadPoolExecutor,
+    hashes: _Hashes,
 ) -> None:
     lg, e, k = len(group.layers), group.num_experts, group.top_k
     bias = None
@@ -266,30 +299,22 @@ def _check_group(
                 ]
             )
             return
-    for prefix, rows, prompt in (("", events, False), ("prompt_", prompt_rows, True)):
+    for prefix, prompt in (("", False), ("prompt_", True)):
         files = {
             role: group.arrays[prefix + role]
             for role in ("selected", "weights", "scores")
             if prefix + role in group.arrays
         }
-        if "selected" not in files or rows is None:
+        selected_file = sidecar.array(group, prefix + "selected")
+        if selected_file is None or selected_file.header.shape[1:] != (lg, k):
             continue
-        shapes = {
-            "selected": (rows, lg, k),
-            "weights": (rows, lg, k),
-            "scores": (rows, lg, e),
-        }
+        rows = selected_file.header.shape[0]
+        shapes = {"selected": (rows, lg, k), "weights": (rows, lg, k), "scores": (rows, lg, e)}
         present = {}
         for role in files:
             file = sidecar.array(group, prefix + role)
-            if file is None or file.header.shape != shapes[role]:
-                present[role] = False
-            else:
-                present[role] = True
-        if not present["selected"]:
-            continue
+            present[role] = file is not None and file.header.shape == shapes[role]
         step = max(1, BLOCK_ELEMENTS // max(1, lg * max(e, k)))
-        starts = list(range(0, rows, step))
 
         def run(
             start: int,
@@ -299,29 +324,49 @@ def _check_group(
             files: dict[str, str] = files,
             rows: int = rows,
             step: int = step,
-        ) -> tuple[BlockFindings, Block, Any]:
+        ) -> tuple[BlockFindings, Block, Any, dict[str, bytes]]:
             stop = min(rows, start + step)
+            raw: dict[str, bytes] = {}
+            arrays: dict[str, np.ndarray | None] = {}
+            for role in ("selected", "weights", "scores"):
+                file = sidecar.array(group, prefix + role) if present.get(role) else None
+                if file is None:
+                    arrays[role] = None
+                    continue
+                raw[file.relpath] = file.read_raw(start, stop)
+                arrays[role] = file.rows_of(raw[file.relpath])
             block = Block(
                 group=group,
                 first=start,
-                selected=sidecar.rows(group, prefix + "selected", start, stop),  # type: ignore[arg-type]
-                weights=sidecar.rows(group, prefix + "weights", start, stop)
-                if present.get("weights")
-                else None,
-                scores=sidecar.rows(group, prefix + "scores", start, stop) if present.get("scores") else None,
+                selected=arrays["selected"],  # type: ignore[arg-type]
+                weights=arrays["weights"],
+                scores=arrays["scores"],
                 bias=bias,
                 files=files,
                 prompt=prompt,
             )
             findings = check_block(block, routing.tolerance)
-            entropy = _display_entropy(block, group) if not prompt else None
-            return findings, block, entropy
+            part = None
+            if not prompt:
+                t = stop - start
+                usable = findings.usable
+                part = BlockPart.of(
+                    group.layers,
+                    e,
+                    block.selected,
+                    None if (entropy := _display_entropy(block, group)) is None else entropy.reshape(t, lg),
+                    start,
+                    None if usable is None or usable.all() else usable.reshape(t, lg),
+                )
+            return findings, block, part, raw
 
-        for findings, block, entropy in pool.map(run, starts):
+        for findings, block, part, raw in pool.map(run, range(0, rows, step)):
+            for relpath, data in raw.items():
+                hashes.feed(relpath, block.first, data)
             report_add(findings.issues)
             count_more(findings.overflow)
-            if not prompt:
-                _aggregate(aggregates, group, block, findings, entropy)
+            if part is not None:
+                aggregates.add_block(part)
 
 
 def _display_entropy(block: Block, group: RoutingGroup) -> np.ndarray | None:
@@ -343,38 +388,6 @@ def _display_entropy(block: Block, group: RoutingGroup) -> np.ndarray | None:
     elif group.score_function != "softmax":
         return None
     return softmax_entropy(scores)
-
-
-def _aggregate(
-    aggregates: RunAggregates,
-    group: RoutingGroup,
-    block: Block,
-    findings: BlockFindings,
-    entropy: np.ndarray | None,
-) -> None:
-    t, lg, k = block.selected.shape
-    usable = findings.usable if findings.usable is not None else np.ones(t * lg, dtype=bool)
-    if not usable.any():
-        return
-    layers = np.tile(np.asarray(group.layers, dtype=np.int64), t)
-    positions = np.repeat(np.arange(block.first, block.first + t, dtype=np.int64), lg)
-    selected = block.selected.reshape(t * lg, k).astype(np.int64)
-    e = group.num_experts
-    if entropy is None:
-        values = np.full(t * lg, np.nan)
-        normalized = values
-    else:
-        values = entropy
-        normalized = entropy / math.log(e) if e > 1 else np.zeros_like(entropy)
-    aggregates.add_rows(
-        layers[usable],
-        e,
-        k,
-        selected[usable],
-        values[usable],
-        normalized[usable],
-        positions=positions[usable],
-    )
 
 
 def _issue(scope: str, code: str, where: Location, detail: str, **values: object) -> ValidationIssue:

@@ -14,7 +14,7 @@ import errno
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -91,7 +91,7 @@ class RunWriter:
         self.add_tokens([meta], routing)
 
     def add_tokens(
-        self, metas: list[Mapping[str, Any]], routing: Mapping[str, Mapping[str, np.ndarray]]
+        self, metas: Sequence[Mapping[str, Any]], routing: Mapping[str, Mapping[str, np.ndarray]]
     ) -> None:
         """Several tokens at once: ``routing[group][role]`` holds one row per token."""
         lines: list[str] = []
@@ -133,9 +133,16 @@ class RunWriter:
         *,
         bias: Mapping[str, np.ndarray] | None = None,
         manifest_updates: Mapping[str, Any] | None = None,
+        extra_files: Mapping[str, Path] | None = None,
     ) -> Path:
-        """Finish the files, checksum them, validate the whole bundle and move it into place."""
+        """Finish the files, checksum them, validate the whole bundle and move it into place.
+
+        ``extra_files`` (bundle file name -> source) are copied as they are: the derived
+        artifacts, whose contract v0.2 keeps from v0.1.0.
+        """
         try:
+            for name, source in (extra_files or {}).items():
+                shutil.copyfile(source, self.staging / name)
             self._raw.close()
             for appender in self._appenders.values():
                 appender.close()

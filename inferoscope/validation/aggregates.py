@@ -141,6 +141,17 @@ class LayerAggregate:
     pairs: PairCounts = field(default_factory=lambda: PairCounts(0))
     #: per-token parts in arrival order: (event positions, top-k indices, normalized entropy)
     token_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    #: pairs not counted during the pass (the v0.2 pass): counted from token_parts when first asked
+    pairs_from_parts: bool = False
+
+    def pair_counts(self) -> PairCounts:
+        """Co-activation counts of this layer (counted now from the kept picks if the pass did not)."""
+        if self.pairs_from_parts:
+            pairs = PairCounts(self.num_total_experts)
+            for _positions, picks, _entropy in self.token_parts:
+                pairs.add_picks(picks)
+            self.pairs, self.pairs_from_parts = pairs, False
+        return self.pairs
 
     @property
     def mean_entropy(self) -> float | None:
@@ -277,6 +288,39 @@ class RunAggregates:
                     )
                 )
 
+    def add_block(self, part: BlockPart) -> None:
+        """Fold in one v0.2 block's partial aggregates (made by ``BlockPart.of`` in a worker).
+
+        Co-activation pairs are left to ``LayerAggregate.pair_counts()``.
+        """
+        n, k = part.experts, part.picks.shape[2]
+        for slot, layer_index in enumerate(part.layers):
+            agg = self.layers.get(layer_index)
+            if agg is None:
+                agg = LayerAggregate(
+                    layer_index,
+                    n,
+                    k,
+                    load=np.zeros(n, dtype=np.int64),
+                    top1_load=np.zeros(n, dtype=np.int64),
+                    pairs=PairCounts(0),
+                    pairs_from_parts=True,
+                )
+                self.layers[layer_index] = agg
+            if agg.num_total_experts != n:
+                continue
+            agg.tokens += int(part.tokens[slot])
+            agg.load += part.load[slot]
+            agg.top1_load += part.top1[slot]
+            agg.entropy_tokens += int(part.entropy_tokens[slot])
+            agg.entropy_sum += float(part.entropy_sums[slot])
+            agg.normalized_entropy_sum += float(part.normalized_sums[slot])
+            positions, picks, normalized = part.positions, part.picks[:, slot, :], part.normalized[:, slot]
+            if part.usable is not None and not part.usable[:, slot].all():
+                keep = part.usable[:, slot]
+                positions, picks, normalized = positions[keep], picks[keep], normalized[keep]
+            agg.token_parts.append((positions, picks, normalized))
+
     def absorb(self, other: RunAggregates) -> None:
         """Fold in the aggregates of a later part of the same file (its positions shift by ours)."""
         shift = self.events
@@ -308,7 +352,10 @@ class RunAggregates:
                 mine.normalized_entropy_sum += theirs.normalized_entropy_sum
                 mine.load += theirs.load
                 mine.top1_load += theirs.top1_load
-                mine.pairs.absorb(theirs.pairs)
+                if mine.pairs_from_parts or theirs.pairs_from_parts:
+                    mine.pairs_from_parts = True  # counted from all kept picks when asked
+                else:
+                    mine.pairs.absorb(theirs.pairs)
                 mine.token_parts.extend(theirs.token_parts)
 
     @property
@@ -325,3 +372,65 @@ def _index_dtype(experts: int) -> type[np.signedinteger]:
         if experts <= np.iinfo(np.int32).max
         else np.int64
     )
+
+
+@dataclass(slots=True)
+class BlockPart:
+    """One v0.2 block's contribution to the run aggregates, computed beside the checks."""
+
+    layers: tuple[int, ...]
+    experts: int
+    tokens: np.ndarray  # [lg] usable rows per layer
+    load: np.ndarray  # [lg, E]
+    top1: np.ndarray  # [lg, E]
+    entropy_tokens: np.ndarray  # [lg]
+    entropy_sums: np.ndarray  # [lg]
+    normalized_sums: np.ndarray  # [lg]
+    positions: np.ndarray  # [t]
+    picks: np.ndarray  # [t, lg, k] (the smallest integer type that holds the experts)
+    normalized: np.ndarray  # [t, lg] float32, NaN without scores
+    usable: np.ndarray | None  # [t, lg], None: every row
+
+    @staticmethod
+    def of(
+        layers: tuple[int, ...],
+        experts: int,
+        selected: np.ndarray,
+        entropy: np.ndarray | None,
+        first: int,
+        usable: np.ndarray | None,
+    ) -> BlockPart:
+        """``selected`` ``[t, lg, k]`` (valid where ``usable``), ``entropy`` ``[t, lg]`` or None."""
+        t, lg, _k = selected.shape
+        picks = selected.astype(_index_dtype(experts), copy=False)
+        slots = np.arange(lg, dtype=np.int64)[None, :, None] * experts
+        keep = np.ones((t, lg), dtype=bool) if usable is None else usable
+        codes = (slots + picks)[keep]
+        load = np.bincount(codes.ravel(), minlength=lg * experts).reshape(lg, experts)
+        top1 = np.bincount(codes[:, 0], minlength=lg * experts).reshape(lg, experts)
+        tokens = keep.sum(axis=0)
+        if entropy is None:
+            normalized = np.full((t, lg), np.nan, dtype=np.float32)
+            zeros = np.zeros(lg)
+            entropy_tokens, entropy_sums, normalized_sums = np.zeros(lg, dtype=np.int64), zeros, zeros
+        else:
+            log_n = float(np.log(experts)) if experts > 1 else 0.0
+            normalized = (entropy / log_n if log_n else np.zeros_like(entropy)).astype(np.float32)
+            masked = np.where(keep, entropy, 0.0)
+            entropy_tokens = tokens
+            entropy_sums = masked.sum(axis=0)
+            normalized_sums = np.where(keep, normalized, 0.0).sum(axis=0, dtype=np.float64)
+        return BlockPart(
+            layers,
+            experts,
+            tokens,
+            load,
+            top1,
+            entropy_tokens,
+            entropy_sums,
+            normalized_sums,
+            np.arange(first, first + t, dtype=np.int64),
+            picks,
+            normalized,
+            usable,
+        )

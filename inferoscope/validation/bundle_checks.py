@@ -160,6 +160,12 @@ class RunChecks:
                     self._inconsistent[layer_index] = (n, view.token_index, view.line)
         return issues
 
+    def observe_tokens(self, tokens: np.ndarray, lines: np.ndarray) -> None:
+        """Record raw events already known to carry this run's id and schema version (v0.2 fast path)."""
+        self._token_chunks.append(tokens)
+        self._line_chunks.append(lines)
+        self._events += int(tokens.size)
+
     def absorb(self, other: RunChecks, line_offset: int) -> None:
         """Append the raw-trace state of the next segment of the same file."""
         self._token_chunks += other._token_chunks

@@ -89,7 +89,7 @@ def overview_of(report: ValidationReport) -> dict[int, LayerOverview]:
             agg.num_active_experts,
             agg.tokens,
             agg.load.copy(),
-            agg.pairs.copy(),
+            agg.pair_counts().copy(),
             topk,
             entropy,
         )
