@@ -14,6 +14,7 @@ from .bundle import (
     write_run_bundle,
 )
 from .derive import derive_bundle_artifacts
+from .events import LayerEvent, TokenEvent
 from .extraction import (
     MoELayerCaptureInput,
     PyTorchRunBundleRecorder,
@@ -38,12 +39,14 @@ __version__ = "0.2.0"
 __all__ = [
     "BundleOpenError",
     "EventReadError",
+    "LayerEvent",
     "Location",
     "MoELayerCaptureInput",
     "PyTorchRunBundleRecorder",
     "RunBundleError",
     "RunIdError",
     "RunReader",
+    "TokenEvent",
     "ValidationIssue",
     "ValidationReport",
     "__version__",

@@ -16,6 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ..events import LayerEvent, TokenEvent, from_v01, meta_fields, unreadable
 from ..jsonfmt import JSONParseError, parse_json_bytes
 from ..routing import Routing, routing_of
 from ..validation.bundle_checks import RunChecks, manifest_semantic_issues
@@ -167,6 +170,66 @@ class RunReader:
                 self.run_dir, self.routing, declared if isinstance(declared, dict) else {}
             )
         return self._sidecar
+
+    def token_event(self, i: int) -> TokenEvent:
+        """Event ``i`` as a typed TokenEvent from either contract; never raises for bad content
+        (an unreadable part carries its ``problem``); IndexError when ``i`` is out of range."""
+        try:
+            data = self.raw_line(i)
+        except OSError as exc:
+            return unreadable(i, f"cannot read event {i}: {exc}")
+        line = self.line_number(i) if self._index is not None else 1
+        try:
+            obj = parse_json_bytes(data)
+        except JSONParseError as exc:
+            return unreadable(i, f"{RAW_TRACE_FILE} line {line} (event {i}): {exc}")
+        if not isinstance(obj, dict):
+            return unreadable(i, f"{RAW_TRACE_FILE} line {line} (event {i}): not a JSON object")
+        if self.profile != "v0.2":
+            return from_v01(i, obj)
+        return TokenEvent(i, layers=self._v02_layers(i), profile="v0.2", **meta_fields(obj))
+
+    def _v02_layers(self, i: int) -> tuple[LayerEvent, ...]:
+        if self.routing is None:
+            return ()
+        sidecar = self.sidecar()
+        layers: list[LayerEvent] = []
+        for group in self.routing.groups:
+            found: dict[str, np.ndarray | None] = {}
+            problem = None
+            for role in ("selected", "weights", "scores"):
+                relpath = group.arrays.get(role)
+                if relpath is None:
+                    found[role] = None
+                    continue
+                file = sidecar.files.get(relpath)
+                if file is None:
+                    problem = f"{relpath}: {sidecar.problems.get(relpath, 'unusable')}"
+                    found[role] = None
+                    continue
+                try:
+                    rows = file.read(i, i + 1)
+                except OSError as exc:
+                    problem, rows = str(exc), None
+                found[role] = rows[0] if rows is not None and len(rows) else None
+                if found[role] is None and problem is None:
+                    problem = f"{relpath} has no row {i}"
+            for slot, layer_index in enumerate(group.layers):
+                picks = found["selected"]
+                weights, scores = found["weights"], found["scores"]
+                layers.append(
+                    LayerEvent(
+                        layer_index=layer_index,
+                        num_experts=group.num_experts,
+                        selected=() if picks is None else tuple(int(e) for e in picks[slot]),
+                        weights=None if weights is None else weights[slot].astype(np.float64),
+                        scores=None if scores is None else scores[slot],
+                        score_function=group.score_function,
+                        problem=problem,
+                    )
+                )
+        layers.sort(key=lambda la: la.layer_index if la.layer_index is not None else -1)
+        return tuple(layers)
 
     # -- validation ------------------------------------------------------------------------
     def validate(

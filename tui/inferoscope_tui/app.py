@@ -25,7 +25,7 @@ from inferoscope.scramble import VARIANTS as SCRAMBLE_VARIANTS
 from inferoscope.scramble import scrambled_twin
 
 from .compare_view import agreement_line, compare_detail, mark_disagreements
-from .grid_rows import as_int, grid_rows
+from .grid_rows import grid_rows
 from .header import Part, fit_header
 from .motifs import GLOBAL_COLOURS, NOVEL_GLYPH, motif_detail, strip_wash
 from .run_model import EventSlot, RunModel
@@ -427,12 +427,12 @@ class InferoscopeApp(App[None]):
                 raw.append(visible(motifs.raw.decode("utf-8", "replace")))
             detail.show(raw)
             return
-        if slot.event is None:
+        if slot.token is None:
             text = Text("unreadable event\n", style="bold red")
             text.append(visible(slot.error or "", 500))
             detail.show(text)
             return
-        layer = next((la for la in slot.layers() if la.get("layer_index") == self.cursor_layer), None)
+        layer = slot.layer(self.cursor_layer)
         messages = [
             i.specific
             for i in model.issue_index.at(self.position)
@@ -442,8 +442,8 @@ class InferoscopeApp(App[None]):
         if self.scramble is not None:
             token.append_text(self.scramble_label())
             token.append(f" {SCRAMBLE_MEANING[self.scramble]}: not the model's routing\n", style="bold")
-        token_id = as_int(slot.event.get("token_id"), -1)
-        context = as_int(slot.event.get("context_length"), -1)
+        token_id = -1 if slot.token.token_id is None else slot.token.token_id
+        context = -1 if slot.token.context_length is None else slot.token.context_length
         shown = Text(f'"{visible(slot.token_text or "", 40)}"', style="bold")  # quoted: spaces show
         shown.append(f"  id {token_id} · ctx {context}", style="dim")
         labelled(token, f"#{self.position}", shown)

@@ -6,13 +6,11 @@ bits and top-1 agreement, so the picture and ``inferoscope compare`` never disag
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from rich.style import Style
 from rich.text import Text
 
-from inferoscope import visible
+from inferoscope import LayerEvent, visible
 from inferoscope.compare import RunComparison, jensen_shannon_bits
 
 from .run_model import EventSlot, RunModel
@@ -44,27 +42,32 @@ def mark_disagreements(rows_a: list[GridRow], rows_b: list[GridRow]) -> None:
             other.compare_mark = "?"
 
 
-def layer_agreement(layer_a: dict[str, Any] | None, layer_b: dict[str, Any] | None) -> list[str]:
+def layer_agreement(layer_a: LayerEvent | None, layer_b: LayerEvent | None) -> list[str]:
     """['layer i: top-k Jaccard J · JSD D bits', 'top-1 A a / B b'] for one layer; [] if not comparable."""
     if layer_a is None or layer_b is None:
         return []
-    pa, pb = layer_a.get("router_probs"), layer_b.get("router_probs")
-    if not isinstance(pa, list) or not isinstance(pb, list) or len(pa) != len(pb) or not pa:
+    pa, pb = layer_a.distribution(), layer_b.distribution()
+    if layer_a.stored or layer_b.stored:  # contract v0.1.0: the probabilities as stored
+        pa, pb = _stored_probs(layer_a), _stored_probs(layer_b)
+    if pa is None or pb is None or pa.size != pb.size or pa.size == 0:
         return []
-    try:
-        x, y = np.asarray(pa, dtype=np.float64), np.asarray(pb, dtype=np.float64)
-    except (TypeError, ValueError):
-        return []
-    ta, tb = layer_a.get("topk_indices"), layer_b.get("topk_indices")
-    if not isinstance(ta, list) or not isinstance(tb, list):
-        return []
-    sa, sb = {e for e in ta if isinstance(e, int)}, {e for e in tb if isinstance(e, int)}
+    sa, sb = set(layer_a.selected), set(layer_b.selected)
     jaccard = len(sa & sb) / len(sa | sb) if sa | sb else 1.0
-    jsd = jensen_shannon_bits(x, y)
+    jsd = jensen_shannon_bits(pa, pb)
     return [
-        f"layer {layer_a.get('layer_index')}: top-k Jaccard {jaccard:.2f} · JSD {bits(jsd)} bits",
-        f"top-1 A {int(np.argmax(x))} / B {int(np.argmax(y))}",
+        f"layer {layer_a.layer_index}: top-k Jaccard {jaccard:.2f} · JSD {bits(jsd)} bits",
+        f"top-1 A {int(np.argmax(pa))} / B {int(np.argmax(pb))}",
     ]
+
+
+def _stored_probs(layer: LayerEvent) -> np.ndarray | None:
+    probs = layer.stored.get("router_probs") if layer.stored else None
+    if not isinstance(probs, list):
+        return None
+    try:
+        return np.asarray(probs, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def bits(value: float) -> str:
@@ -101,7 +104,7 @@ def agreement_line(comparison: RunComparison | None, position: int, width: int) 
 
 
 def compare_detail(
-    model_b: RunModel, slot: EventSlot, layer: dict[str, Any] | None, layer_index: int | None
+    model_b: RunModel, slot: EventSlot, layer: LayerEvent | None, layer_index: int | None
 ) -> Text:
     """A vs B at the cursor layer for the detail pane: the numbers behind the marks."""
     text = Text()
@@ -109,8 +112,9 @@ def compare_detail(
         text.append("B: no token here\n", style="bold red")
         return text
     other = model_b.slot(slot.position)
-    layer_b = next((la for la in other.layers() if la.get("layer_index") == layer_index), None)
-    if other.event is not None and other.event.get("token_id") != (slot.event or {}).get("token_id"):
+    layer_b = other.layer(layer_index)
+    mine = None if slot.token is None else slot.token.token_id
+    if other.token is not None and other.token.token_id != mine:
         different = Text("different token: ", style="bold red")
         different.append(visible(other.token_text or "", 30))
         labelled(text, "B", different)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from inferoscope import LayerEvent
+
 from .motifs import LAYER_COLOURS
 from .run_model import EventSlot, RunModel
 from .widgets.expert_grid import GridRow
@@ -37,41 +39,61 @@ def grid_rows(model: RunModel, slot: EventSlot | None, position: int, *, show_mo
     issues = model.issue_index.at(position) if slot else []
     flagged_layers = {i.location.layer_index for i in issues if i.location.layer_index is not None}
     flagged_layers |= model.issue_index.layout_layers
-    layers = slot.layers() if slot is not None else []
-    if slot is None or slot.event is None or not layers:
+    layers = slot.layers() if slot is not None else ()
+    if slot is None or slot.token is None or not layers:
         return [
             GridRow(index, model.grid_orders[index], None, flagged=index in flagged_layers)
             for index in sorted(model.grid_orders)
         ]
     motifs = model.motifs_at(position) if show_motifs else None
     rows: list[GridRow] = []
-    for layer in sorted(layers, key=lambda la: as_int(la.get("layer_index"), -1)):
-        layer_index = as_int(layer.get("layer_index"), -1)
-        probs = layer.get("router_probs")
-        numbers = [as_float(p) for p in probs] if isinstance(probs, list) else None
-        order = model.grid_orders.get(layer_index) or list(range(len(numbers or [])))
-        topk = [
-            t for t in as_list(layer.get("topk_indices")) if isinstance(t, int) and not isinstance(t, bool)
-        ]
+    for layer in layers:
+        layer_index = -1 if layer.layer_index is None else layer.layer_index
+        numbers = shown_numbers(layer)
+        order = model.grid_orders.get(layer_index) or list(
+            range(len(numbers or []) or layer.num_experts or 0)
+        )
         experts = {
             i.location.expert_index
             for i in issues
             if i.location.layer_index == layer_index and i.location.expert_index is not None
         }
-        entropy = layer.get("normalized_entropy")
         motif = motifs.layers.get(layer_index) if motifs is not None else None
         rows.append(
             GridRow(
                 layer_index,
                 order,
                 numbers,
-                topk,
-                as_float(entropy) if isinstance(entropy, (int, float)) else None,
+                list(layer.selected),
+                layer.normalized_entropy(),
                 layer_index in flagged_layers,
                 {e for e in experts if e is not None},
                 motif_colour=motif.colour(LAYER_COLOURS) if motif is not None else None,
                 motif_fit_strength=model.motifs.strength(motif) if motif and model.motifs else 1.0,
                 motif_novel=motif.novel if motif is not None else False,
+                note=None if numbers is not None else _no_scores_note(layer),
             )
         )
     return rows
+
+
+def shown_numbers(layer: LayerEvent) -> list[float] | None:
+    """What the cells are shaded by: the stored probabilities (v0.1.0: a non-number as 0), the
+    softmax or sigmoid scores, or the softmax of router logits; None when no scores are recorded."""
+    if layer.stored:
+        probs = layer.stored.get("router_probs")
+        return [as_float(p) for p in probs] if isinstance(probs, list) else None
+    if layer.scores is None:
+        return None
+    if layer.score_function == "logits":
+        distribution = layer.distribution()
+        return None if distribution is None else distribution.tolist()
+    return [float(v) for v in layer.scores]
+
+
+def _no_scores_note(layer: LayerEvent) -> str:
+    if layer.problem is not None:
+        return "unreadable"
+    if layer.selected:
+        return "no scores recorded · selected " + " ".join(str(e) for e in layer.selected)
+    return "unreadable"

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from inferoscope import EventReadError, RunReader, ValidationIssue, ValidationReport
+from inferoscope import LayerEvent, RunReader, TokenEvent, ValidationIssue, ValidationReport
 
 from .motifs import MotifIndex, TokenMotifs, load_motifs
 from .run_overview import LayerOverview, overview_of
@@ -34,23 +34,24 @@ _TOKEN_DECODER = msgspec.json.Decoder(_TokenOnly)
 
 @dataclass(slots=True)
 class EventSlot:
-    """Event ``position`` of the raw trace: parsed, or unreadable with the reason."""
+    """Event ``position`` of the raw trace: a TokenEvent, or unreadable with the reason."""
 
     position: int
-    event: dict[str, Any] | None
+    token: TokenEvent | None
     error: str | None = None
     raw: bytes = b""
 
     @property
     def token_text(self) -> str | None:
-        if self.event is None:
-            return None
-        text = self.event.get("token_text")
-        return text if isinstance(text, str) else None
+        return None if self.token is None else self.token.token_text
 
-    def layers(self) -> list[dict[str, Any]]:
-        layers = self.event.get("layers") if self.event else None
-        return [la for la in layers if isinstance(la, dict)] if isinstance(layers, list) else []
+    def layers(self) -> tuple[LayerEvent, ...]:
+        return () if self.token is None else self.token.layers
+
+    def layer(self, layer_index: int | None) -> LayerEvent | None:
+        if self.token is None or layer_index is None:
+            return None
+        return self.token.layer(layer_index)
 
 
 @dataclass(slots=True)
@@ -139,10 +140,11 @@ class RunModel:
         except (IndexError, OSError) as exc:
             slot = EventSlot(position, None, f"cannot read event {position}: {exc}")
         else:
-            try:
-                slot = EventSlot(position, self.reader.event(position), raw=raw)
-            except EventReadError as exc:
-                slot = EventSlot(position, None, str(exc), raw=raw)
+            token = self.reader.token_event(position)
+            if token.readable:
+                slot = EventSlot(position, token, raw=raw)
+            else:
+                slot = EventSlot(position, None, token.problem, raw=raw)
         self._cache[position] = slot
         if len(self._cache) > _CACHE_EVENTS:
             self._cache.popitem(last=False)
@@ -187,8 +189,8 @@ class RunModel:
         if self.motifs is None:
             return None
         cached = self._cache.get(position)
-        token = cached.event.get("token_index") if cached is not None and cached.event else position
-        return self.motifs.by_token.get(token if isinstance(token, int) else position)
+        token = cached.token.token_index if cached is not None and cached.token is not None else None
+        return self.motifs.by_token.get(position if token is None else token)
 
     # -- validation -----------------------------------------------------------------------
     def validate(self, progress: Callable[[int, int], None] | None = None) -> ValidationReport:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from inferoscope import visible
+from inferoscope import LayerEvent, visible
 
 
 def _g(value: Any, digits: int = 4) -> str:
@@ -46,7 +47,7 @@ def _wrapped(words: list[str], width: int) -> list[str]:
 
 
 def layer_detail(
-    layer: dict[str, Any] | None,
+    event: LayerEvent | None,
     expert: int | None,
     issues: list[str],
     cell: list[int] | None = None,
@@ -55,12 +56,16 @@ def layer_detail(
     """The cursor layer's top-k, entropy and sharpness, and the cursor expert, one line each.
 
     ``cell``: the experts the grid packs into the cursor's cell, listed with their probabilities
-    (the packed grid shows only the strongest of them).
+    (the packed grid shows only the strongest of them). A contract v0.1.0 layer is shown with
+    its values exactly as stored; a v0.2 layer with its recorded selection, weights and scores.
     """
     text = Text()
-    if layer is None:
+    if event is None:
         text.append("no layer data for this token\n", style="italic")
         return text
+    if not event.stored:
+        return _v02_detail(text, event, expert, issues, cell, width)
+    layer = event.stored
     probs, topk, topk_probs = (
         _list(layer, "router_probs"),
         _list(layer, "topk_indices"),
@@ -100,7 +105,58 @@ def layer_detail(
     return text
 
 
-def _list(layer: dict[str, Any], key: str) -> list[Any]:
+def _v02_detail(
+    text: Text, layer: LayerEvent, expert: int | None, issues: list[str], cell: list[int] | None, width: int
+) -> Text:
+    name = layer.score_name
+    labelled(text, f"layer {layer.layer_index}", f"n={layer.num_experts} k={len(layer.selected)}", "bold")
+    labelled(text, "scores", name + ("" if layer.score_function != "sigmoid" else " (no sum to 1)"))
+    chosen = layer.selected_scores()
+    pairs = [
+        f"{e}:{_g(p, 3) if p is not None else '—'}" for e, p in zip(layer.selected, chosen, strict=False)
+    ]
+    for number, line in enumerate(_wrapped(pairs, width - LABEL)):
+        labelled(text, "selected" if number == 0 else "", line)
+    if layer.weights is not None:
+        weights = [f"{e}:{_g(float(w), 3)}" for e, w in zip(layer.selected, layer.weights, strict=False)]
+        for number, line in enumerate(_wrapped(weights, width - LABEL)):
+            labelled(text, "weights" if number == 0 else "", line)
+    else:
+        labelled(text, "weights", "not recorded", "dim")
+    entropy, normalized = layer.entropy(), layer.normalized_entropy()
+    if entropy is not None:
+        meaning = "" if layer.score_function == "softmax" else f" of {name}s / their sum"
+        if layer.score_function == "logits":
+            meaning = " of softmax(logits)"
+        labelled(text, "H", f"{_g(entropy)} nats{meaning} · H/ln n {_g(normalized)}")
+    scores = layer.scores
+    if expert is not None and scores is not None and 0 <= expert < scores.size:
+        order = sorted(range(scores.size), key=lambda i: (-float(scores[i]), i))
+        note = f" {SELECTED_MARK}" if expert in layer.selected else ""
+        labelled(
+            text,
+            f"expert {expert}",
+            f"{_g(float(scores[expert]), 4)} · rank {order.index(expert) + 1}{note}",
+            "bold",
+        )
+    if cell and len(cell) > 1 and scores is not None:
+        members = [
+            f"{m}:{_g(float(scores[m]) if 0 <= m < scores.size else None, 3)}"
+            f"{SELECTED_MARK if m in layer.selected else ''}"
+            for m in cell
+        ]
+        for number, line in enumerate(_wrapped(members, width - LABEL)):
+            labelled(text, "cell" if number == 0 else "", line)
+    if layer.problem:
+        text.append("! ", style="bold red")
+        text.append(visible(layer.problem, 300) + "\n")
+    for message in issues:
+        text.append("! ", style="bold red")
+        text.append(visible(message, 300) + "\n")
+    return text
+
+
+def _list(layer: Mapping[str, Any], key: str) -> list[Any]:
     value = layer.get(key)
     return value if isinstance(value, list) else []
 
