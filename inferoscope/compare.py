@@ -11,12 +11,13 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import msgspec
 import numpy as np
 
 from .bundle.reader import EventReadError, RunReader
+from .events import LayerEvent
 from .jsonfmt import DECODE_FAILURES
 
 
@@ -134,12 +135,24 @@ def _layers_of(event: dict[str, Any]) -> dict[int, dict[str, Any]]:
     return out
 
 
-def _read(reader: RunReader, t: int) -> tuple[Any, dict[int, tuple[list[Any] | None, list[Any] | None]]]:
+_Pair: TypeAlias = tuple[Any, list[Any] | None]  # (scores or probabilities, selected experts)
+
+
+def _read(reader: RunReader, t: int) -> tuple[Any, dict[int, _Pair]]:
     """(token_id, {layer: (router_probs, topk_indices)}) of event ``t``, decoding only those fields.
 
     Lines the typed decode refuses go through the reader's strict parser, so an unreadable event
     is reported (EventReadError) exactly as elsewhere and an odd one is compared as far as it can.
     """
+    if reader.profile == "v0.2":
+        token = reader.token_event(t)
+        if not token.readable:
+            raise EventReadError(token.problem or f"event {t} cannot be read")
+        return token.token_id, {
+            layer.layer_index: (_distribution(layer), list(layer.selected))
+            for layer in token.layers
+            if layer.layer_index is not None
+        }
     try:
         event = _DECODER.decode(reader.raw_line(t))
         return event.token_id, {la.layer_index: (la.router_probs, la.topk_indices) for la in event.layers}
@@ -152,6 +165,12 @@ def _read(reader: RunReader, t: int) -> tuple[Any, dict[int, tuple[list[Any] | N
         return loose.get("token_id"), layers
 
 
+def _distribution(layer: LayerEvent) -> np.ndarray | None:
+    """A v0.2 layer's scores as a distribution (by the score function's definition), or None."""
+    distribution: np.ndarray | None = layer.distribution()
+    return distribution
+
+
 def _as_list(value: Any) -> list[Any] | None:
     """A field that should be a list, or None (an int, an object): the layer is not compared."""
     return value if isinstance(value, list) else None
@@ -160,6 +179,11 @@ def _as_list(value: Any) -> list[Any] | None:
 def _first_layers(reader: RunReader, count: int, tries: int = 64) -> dict[int, dict[str, Any]]:
     """The layers of the first readable event (an unreadable event 0 does not stop a compare)."""
     for t in range(min(count, tries)):
+        if reader.profile == "v0.2":
+            token = reader.token_event(t)
+            if token.readable:
+                return {la.layer_index: {} for la in token.layers if la.layer_index is not None}
+            continue
         try:
             return _layers_of(reader.event(t))
         except EventReadError:
@@ -202,6 +226,11 @@ def compare_runs(run_a: Path | str | RunReader, run_b: Path | str | RunReader) -
         for column, layer in enumerate(layers):
             x, y = la.get(layer), lb.get(layer)
             if x is None or y is None:
+                continue
+            if x[0] is None or y[0] is None:  # a v0.2 run without scores: the selections only
+                if x[1] is not None and y[1] is not None:
+                    sx, sy = set(x[1]), set(y[1])
+                    jaccard[t, column] = len(sx & sy) / len(sx | sy) if sx | sy else 1.0
                 continue
             try:
                 px, py = np.asarray(x[0], dtype=np.float64), np.asarray(y[0], dtype=np.float64)

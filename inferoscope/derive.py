@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,6 +251,32 @@ def derive_events(
     return derived, ledger, contingency
 
 
+class DeriveError(ValueError):
+    """The run cannot be derived (one line saying why)."""
+
+
+def derive_inputs(reader: RunReader) -> Iterator[dict[str, Any]]:
+    """Each event as derive reads it: token index and text, and per layer a distribution over
+    experts. Contract v0.1.0: ``router_probs`` as stored. v0.2: the scores as a distribution by
+    their function's definition (softmax: the scores; sigmoid: divided by their sum; logits:
+    their softmax); a run without scores has nothing to derive motifs from."""
+    if reader.profile != "v0.2":
+        yield from (reader.event(i) for i in range(len(reader)))
+        return
+    for i in range(len(reader)):
+        token = reader.token_event(i)
+        layers = []
+        for layer in token.layers:
+            distribution = layer.distribution()
+            if distribution is None:
+                raise DeriveError(
+                    f"token {i}, layer {layer.layer_index}: no scores recorded "
+                    f"({layer.score_function}); motifs are derived from the score distribution"
+                )
+            layers.append({"layer_index": layer.layer_index, "router_probs": distribution})
+        yield {"token_index": token.token_index, "token_text": token.token_text or "", "layers": layers}
+
+
 def write_derived(run_dir: Path | str, threshold: float | None = DEFAULT_THRESHOLD) -> dict[str, Any]:
     """Derive and write the three provisional artifacts into a bundle; returns a summary.
 
@@ -266,7 +292,7 @@ def write_derived(run_dir: Path | str, threshold: float | None = DEFAULT_THRESHO
     with bundle_lock(folder):
         reader = open_valid_reader(folder, derived=False)
         source = reader.manifest or {}
-        events = (reader.event(i) for i in range(len(reader)))
+        events = derive_inputs(reader)
         derived, ledger, contingency = derive_events(source, events, threshold)
         manifest = dict(source, derivation_config_id=ledger["derivation_config_id"])
         from .validation.in_memory import validate_run_bundle_schema_issues

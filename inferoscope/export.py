@@ -61,6 +61,11 @@ def export_parquet(run_dir: Path | str, out: Path | str, *, overwrite: bool = Fa
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists (use --overwrite)")
     reader = RunReader(run_dir)
+    if reader.profile == "v0.2":
+        raise ValueError(
+            "Parquet export of contract v0.2 runs is not written yet; a softmax run can be "
+            "converted first: inferoscope convert RUN --to v0.1 --out DIR"
+        )
     if target.resolve().parent.is_relative_to(reader.run_dir.resolve()):
         raise FileExistsError(f"{target} is inside the bundle {reader.run_dir}: write the export elsewhere")
     target.parent.mkdir(parents=True, exist_ok=True)

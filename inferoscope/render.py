@@ -62,13 +62,36 @@ def inspect_view(summary: RunSummary, table_box: box.Box) -> RenderableType:
         )
     present = [name for name, here in data["optional_artifacts"].items() if here]
     facts.add_row("artifacts", Text(", ".join(present) if present else "none (raw only)"))
+    if summary.profile == "v0.2":
+        facts.add_row("contract", Text(f"v0.2 (routing in array files, {data['float_dtype']})"))
+        for row in summary.routing_rows():
+            layers = row["layers"]
+            span = (
+                f"{layers[0]}–{layers[-1]}"
+                if layers == list(range(layers[0], layers[-1] + 1))
+                else str(layers)
+            )
+            facts.add_row(
+                f"group {_text(row['group'], 20)}",
+                Text(
+                    f"layers {span}: {row['num_experts']} experts, top-{row['top_k']}; "
+                    f"{row['scores']}s; selection: {row['selection']}; "
+                    f"weights: {row['mixing_weights']}"
+                    + (
+                        f"; {row['shared_experts']} shared expert(s), always on"
+                        if row["shared_experts"]
+                        else ""
+                    )
+                    + f"; recorded: {', '.join(row['recorded'])}"
+                ),
+            )
 
     layers = Table(title="Per-layer routing", box=table_box, title_justify="left")
     for header, justify in (
         ("layer", "right"),
         ("experts", "right"),
         ("top-k", "right"),
-        ("mean H/ln n", "right"),
+        (entropy_header(summary), "right"),
         ("most loaded", "left"),
         ("least loaded", "left"),
         ("never selected", "left"),
@@ -90,6 +113,16 @@ def inspect_view(summary: RunSummary, table_box: box.Box) -> RenderableType:
         parts += [layers, Text()]
     parts.append(validation_status(summary.report, table_box))
     return Group(*parts)
+
+
+def entropy_header(summary: RunSummary) -> str:
+    """v0.2 sigmoid or logit routers: say what the entropy is of (scores are not probabilities)."""
+    functions = {g.score_function for g in summary.routing.groups} if summary.routing else {"softmax"}
+    if functions == {"softmax"}:
+        return "mean H/ln n"
+    if functions == {"sigmoid"}:
+        return "mean H/ln n (scores/sum)"
+    return "mean H/ln n (see docs)"
 
 
 def validation_status(report: ValidationReport, table_box: box.Box) -> RenderableType:

@@ -9,6 +9,7 @@ from typing import Any
 from .bundle.lines import ProgressFn
 from .bundle.reader import RunReader
 from .bundle.report import ValidationReport
+from .routing import Routing
 from .versions import CONTINGENCY_FILE, DERIVED_FILE, MOTIF_LEDGER_FILE
 
 _TOP = 3
@@ -23,6 +24,8 @@ class RunSummary:
     report: ValidationReport
     optional_artifacts: dict[str, bool]
     layout: dict[str, Any] | None = None
+    profile: str = "v0.1"
+    routing: Routing | None = None
 
     @classmethod
     def of(cls, reader: RunReader, progress: ProgressFn | None = None) -> RunSummary:
@@ -32,7 +35,28 @@ class RunSummary:
             "motif_ledger": (reader.run_dir / MOTIF_LEDGER_FILE).exists(),
             "contingency": (reader.run_dir / CONTINGENCY_FILE).exists(),
         }
-        return cls(reader.run_dir, reader.manifest, report, present, reader.layout)
+        return cls(
+            reader.run_dir, reader.manifest, report, present, reader.layout, reader.profile, reader.routing
+        )
+
+    def routing_rows(self) -> list[dict[str, Any]]:
+        """Contract v0.2: what each routing group computes, as declared in the manifest."""
+        if self.routing is None:
+            return []
+        return [
+            {
+                "group": group.name,
+                "layers": list(group.layers),
+                "num_experts": group.num_experts,
+                "top_k": group.top_k,
+                "scores": group.score_name,
+                "selection": group.selection.describe(),
+                "mixing_weights": group.mixing.describe(),
+                "shared_experts": group.shared_experts,
+                "recorded": sorted(group.arrays),
+            }
+            for group in self.routing.groups
+        ]
 
     def field(self, key: str) -> Any:
         return (self.manifest or {}).get(key)
@@ -105,6 +129,9 @@ class RunSummary:
                 if durations and durations["avg"] > 0
                 else None,
                 "layer_stats": self.layer_rows(),
+                "contract": self.profile,
+                "routing": self.routing_rows() or None,
+                "float_dtype": None if self.routing is None else self.routing.float_dtype,
                 "validation": {
                     "ok": self.report.ok,
                     "issue_count": self.report.total,

@@ -72,18 +72,29 @@ def staging_copy(folder: Path, leave_out: set[str]) -> Path:
     staging = folder.parent / f"{prefix}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
-        for entry in folder.iterdir():
-            skip = entry.name in leave_out or entry.name == LOCK_NAME
-            if skip or not entry.is_file() or entry.is_symlink():
-                continue
-            try:
-                os.link(entry, staging / entry.name)
-            except OSError:  # no hard links here (another device, a filesystem without them)
-                shutil.copy2(entry, staging / entry.name)
+        _link_tree(folder, staging, leave_out | {LOCK_NAME})
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return staging
+
+
+def _link_tree(source: Path, target: Path, leave_out: set[str]) -> None:
+    """Hard-link (or copy) every regular file, and the ``arrays/`` folder of a v0.2 bundle."""
+    for entry in source.iterdir():
+        if entry.name in leave_out or entry.is_symlink():
+            continue
+        if entry.is_dir():
+            if entry.name == "arrays":
+                (target / entry.name).mkdir()
+                _link_tree(entry, target / entry.name, set())
+            continue
+        if not entry.is_file():
+            continue
+        try:
+            os.link(entry, target / entry.name)
+        except OSError:  # no hard links here (another device, a filesystem without them)
+            shutil.copy2(entry, target / entry.name)
 
 
 def exchange(staging: Path, folder: Path) -> None:

@@ -41,8 +41,13 @@ def validate_run_bundle_schema_issues(
     contingency: Any = None,
 ) -> list[ValidationIssue]:
     """Every schema problem of every artifact, each a located ``schema_violation``."""
+    v02 = isinstance(manifest, dict) and manifest.get("schema_version") == "manifest/v0.2.0"
     issues = schema_issues(
-        manifest, "manifest", name="manifest", scope="manifest", location=Location(file=MANIFEST_FILE)
+        manifest,
+        "manifest_v02" if v02 else "manifest",
+        name="manifest",
+        scope="manifest",
+        location=Location(file=MANIFEST_FILE),
     )
     for position, event in enumerate(raw_events):
         issues += schema_issues(
