@@ -165,10 +165,16 @@ def _read(reader: RunReader, t: int) -> tuple[Any, dict[int, _Pair]]:
         return loose.get("token_id"), layers
 
 
-def _distribution(layer: LayerEvent) -> np.ndarray | None:
-    """A v0.2 layer's scores as a distribution (by the score function's definition), or None."""
-    distribution: np.ndarray | None = layer.distribution()
-    return distribution
+#: a v0.2 layer recorded without scores (top-k only): its selection is compared, nothing else
+NO_SCORES = "no scores recorded"
+
+
+def _distribution(layer: LayerEvent) -> Any:
+    """A v0.2 layer's scores as a distribution (by the score function's definition); NO_SCORES
+    for a top-k-only layer; None for scores that cannot be one (not comparable)."""
+    if layer.scores is None:
+        return NO_SCORES
+    return layer.distribution()
 
 
 def _as_list(value: Any) -> list[Any] | None:
@@ -227,7 +233,7 @@ def compare_runs(run_a: Path | str | RunReader, run_b: Path | str | RunReader) -
             x, y = la.get(layer), lb.get(layer)
             if x is None or y is None:
                 continue
-            if x[0] is None or y[0] is None:  # a v0.2 run without scores: the selections only
+            if x[0] is NO_SCORES or y[0] is NO_SCORES:  # v0.2 top-k only: the selections alone
                 if x[1] is not None and y[1] is not None:
                     sx, sy = set(x[1]), set(y[1])
                     jaccard[t, column] = len(sx & sy) / len(sx | sy) if sx | sy else 1.0
