@@ -456,6 +456,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 model_id=args.model_id or str(args.model),
                 on_step=step,
+                contract=args.format,
+                store_dtype=args.store_dtype,
             ),
         )
     except (CaptureError, FileExistsError, RunIdError) as exc:
@@ -568,6 +570,19 @@ def build_parser() -> argparse.ArgumentParser:
     capture.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     capture.add_argument("--seed", type=int, default=None, help="seed for sampling (recorded)")
     capture.add_argument("--model-id", default=None, help="model_id to record (default: the path)")
+    capture.add_argument(
+        "--format",
+        choices=("v0.2", "v0.1"),
+        default="v0.2",
+        help="bundle contract: v0.2 (selection, mixing weights, scores and prefill in array files; "
+        "default) or v0.1 (NDJSON, for families v0.1.0 can hold)",
+    )
+    capture.add_argument(
+        "--store-dtype",
+        choices=("float32", "float16", "bfloat16"),
+        default="float32",
+        help="v0.2: dtype of the stored scores and weights (default float32)",
+    )
     capture.set_defaults(handler=cmd_capture)
     compare = commands.add_parser("compare", help="token-aligned routing comparison of two runs")
     compare.add_argument("run_a", metavar="RUN_A", help="the first run bundle")

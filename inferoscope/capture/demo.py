@@ -36,4 +36,5 @@ def capture_demo(
         model_id="inferoscope/micro-olmoe-4x16",
         tokenizer_id="inferoscope/micro-olmoe-4x16",
         on_step=on_step,
+        contract="v0.1",  # the shipped example run is v0.1.0; the demo matches it
     )

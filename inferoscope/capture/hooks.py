@@ -30,6 +30,8 @@ class StepRouting:
     positions: int  # rows routed in this pass (the prompt length for prefill, else 1)
     prefill_logits: np.ndarray | None = None  # [L, positions, E] for a prefill pass
     prefill_selected: np.ndarray | None = None  # [L, positions, k]
+    weights: np.ndarray | None = None  # [L, k] the mixing weights the router returned (None: it returns none)
+    prefill_weights: np.ndarray | None = None  # [L, positions, k]
 
 
 @dataclass(slots=True)
@@ -96,36 +98,40 @@ class RouterCapture:
                 f"the routers of layers {missing} did not run in this forward pass "
                 "(a fused kernel may bypass them); nothing can be recorded faithfully"
             )
-        logits, selected = zip(*(_split(self._outputs[i], i) for i in self.layer_indices), strict=True)
+        parts = [_split(self._outputs[i], i) for i in self.layer_indices]
+        logits = [part[0] for part in parts]
+        weights = [part[1] for part in parts]
+        selected = [part[2] for part in parts]
         rows = logits[0].shape[0]
         if any(t.shape[0] != rows for t in logits):
             raise CaptureError("routers saw different numbers of positions in one forward pass")
+        has_weights = all(w is not None for w in weights)
         prefill = not self.steps
         with torch.no_grad():
-            # logits and indices travel together: one copy to the CPU (one device sync) per step;
-            # indices are exact in float32 far beyond any expert count
+            # logits, weights and indices travel together: one copy to the CPU (one device sync)
+            # per step; indices are exact in float32 far beyond any expert count
             rows_wanted = slice(None) if prefill else slice(-1, None)
-            packed = torch.cat(
-                [
-                    torch.stack([t[rows_wanted] for t in logits]).float(),
-                    torch.stack([t[rows_wanted] for t in selected]).float(),
-                ],
-                dim=-1,
-            )
-            host = packed.cpu().numpy()
-        experts = logits[0].shape[-1]
-        full_logits, full_selected = host[..., :experts], host[..., experts:].astype(np.int64)
-        last_logits, last_selected = full_logits[:, -1], full_selected[:, -1]
+            columns = [torch.stack([t[rows_wanted] for t in logits]).float()]
+            if has_weights:
+                columns.append(torch.stack([t[rows_wanted] for t in weights]).float())  # type: ignore[index]
+            columns.append(torch.stack([t[rows_wanted] for t in selected]).float())
+            host = torch.cat(columns, dim=-1).cpu().numpy()
+        experts, k = logits[0].shape[-1], selected[0].shape[-1]
+        full_logits = host[..., :experts]
+        full_weights = host[..., experts : experts + k] if has_weights else None
+        full_selected = host[..., host.shape[-1] - k :].astype(np.int64)
         end = time.perf_counter()
         self.steps.append(
             StepRouting(
-                logits=last_logits,
-                selected=last_selected,
+                logits=full_logits[:, -1],
+                selected=full_selected[:, -1],
                 start_ms=(self._start - self._origin) * 1000.0,
                 end_ms=(end - self._origin) * 1000.0,
                 positions=rows,
                 prefill_logits=full_logits if prefill else None,
                 prefill_selected=full_selected if prefill else None,
+                weights=None if full_weights is None else full_weights[:, -1],
+                prefill_weights=full_weights if prefill else None,
             )
         )
         self._outputs.clear()
@@ -133,8 +139,10 @@ class RouterCapture:
             self.on_step(len(self.steps))
 
 
-def _split(output: Any, layer_index: int) -> tuple[Any, Any]:
-    """(logits, selected indices) from a router's output, whatever the tuple order."""
+def _split(output: Any, layer_index: int) -> tuple[Any, Any | None, Any]:
+    """(logits, mixing weights or None, selected indices) from a router's output, whatever the
+    tuple order: the integer tensor holds the indices, the float tensor as wide as them the
+    weights, the widest float tensor the logits over every expert."""
     import torch
 
     tensors = [
@@ -145,7 +153,7 @@ def _split(output: Any, layer_index: int) -> tuple[Any, Any]:
     if not integer or not floating:
         raise CaptureError(
             f"the router of layer {layer_index} returns no expert indices; its "
-            "family selects experts elsewhere and cannot be recorded as v0.1.0"
+            "family selects experts elsewhere and cannot be recorded faithfully"
         )
     selected = integer[0]
     logits = max(floating, key=lambda t: t.shape[-1])  # all experts, not the k weights
@@ -154,4 +162,5 @@ def _split(output: Any, layer_index: int) -> tuple[Any, Any]:
             f"unexpected router output shapes in layer {layer_index}: "
             f"{tuple(logits.shape)} and {tuple(selected.shape)}"
         )
-    return logits, selected
+    narrow = [t for t in floating if t is not logits and tuple(t.shape) == tuple(selected.shape)]
+    return logits, (narrow[0] if narrow else None), selected

@@ -16,6 +16,7 @@ from ..run_ids import run_dir_for
 from ..versions import FLOAT_TOLERANCE
 from .errors import CaptureError
 from .hooks import RouterCapture, StepRouting
+from .v02 import write_v02
 
 DERIVATION_VERSION = "motifs/v0.1.0-alpha"
 DERIVATION_CONFIG_ID = "motifs/default-alpha"
@@ -43,15 +44,23 @@ def capture_run(
     model_id: str | None = None,
     tokenizer_id: str | None = None,
     on_step: Callable[[int], None] | None = None,
+    contract: str = "v0.2",
+    store_dtype: str = "float32",
 ) -> Path:
     """Generate from ``prompt`` (greedy unless ``do_sample``) and write a validated bundle.
 
     Each event holds the routing of the forward pass that produced that token (the last
-    position), with ``topk_indices`` exactly the experts the router chose. Prefill routing is
-    kept in ``capture_config["prefill_routing"]``. ``on_step`` is called after each forward
-    pass with the number of tokens so far. Returns the bundle directory.
+    position): the experts the router chose, in its order. ``contract="v0.2"`` (the default)
+    also records the mixing weights the router returned and the softmax scores of every expert
+    in ``store_dtype`` array files, and the full routing of every prompt position apart from the
+    events; ``"v0.1"`` writes NDJSON (prefill top-k in ``capture_config["prefill_routing"]``).
+    ``on_step`` is called after each forward pass with the number of tokens so far. Returns the
+    bundle directory.
     """
     import torch
+
+    if contract not in ("v0.1", "v0.2"):
+        raise CaptureError(f"unknown contract {contract!r}: use v0.1 or v0.2")
 
     if not isinstance(prompt, str) or not prompt.strip():
         raise CaptureError("the prompt is empty")
@@ -90,6 +99,22 @@ def capture_run(
         raise CaptureError(
             f"{len(generated)} tokens were generated but the routers ran "
             f"{len(capture.steps)} times; cannot align routing with tokens"
+        )
+    if contract == "v0.2":
+        return write_v02(
+            model,
+            tokenizer,
+            capture,
+            generated,
+            prompt=prompt,
+            prompt_ids=[int(t) for t in inputs["input_ids"][0].tolist()],
+            out=Path(out),
+            run_id=run_id,
+            model_id=name,
+            tokenizer_id=tokenizer_id or getattr(tokenizer, "name_or_path", "") or name,
+            generation_config={**settings, "prompt_tokens": prompt_length},
+            seed=seed,
+            store_dtype=store_dtype,
         )
     recorder = PyTorchRunBundleRecorder(
         run_id=run_id,
@@ -131,8 +156,10 @@ def _refuse_biased_selection(capture: RouterCapture) -> None:
         if hasattr(site.module, "e_score_correction_bias"):
             raise CaptureError(
                 f"{type(site.module).__name__} (layer {site.layer_index}) selects experts on sigmoid "
-                "scores plus a correction bias, group-limited; contract v0.1.0 records softmax "
-                "top-k and cannot represent that choice faithfully, so inferoscope refuses this model"
+                "scores plus a correction bias, group-limited, and returns no scores over all experts; "
+                "recording it needs its scores recomputed from the router's own input and parameters, "
+                "which this capture does not do yet, so inferoscope refuses this model rather than "
+                "record other experts"
             )
 
 

@@ -53,6 +53,7 @@ def test_capture_writes_a_valid_bundle_and_says_how_to_open_it(olmoe: Path, tmp_
     report = RunReader(tmp_path / "cli-run").validate()
     assert report.ok and report.aggregates.events == 4
     assert RunReader(tmp_path / "cli-run").manifest["model_id"] == str(olmoe)
+    assert RunReader(tmp_path / "cli-run").profile == "v0.2"  # the default contract
     # capture writes the raw trace only; provisional motifs are a separate, named step
     assert not (tmp_path / "cli-run" / "derived.ndjson").exists()
     assert f"inferoscope derive {tmp_path / 'cli-run'}" in result.stdout

@@ -54,7 +54,9 @@ def test_capture_records_exactly_what_the_routers_chose(
         for site in find_routers(model)
     ]
     try:
-        run = capture_run(model, tokenizer, PROMPT, max_new_tokens=NEW_TOKENS, out=tmp_path, run_id=family)
+        run = capture_run(
+            model, tokenizer, PROMPT, max_new_tokens=NEW_TOKENS, out=tmp_path, run_id=family, contract="v0.1"
+        )
     finally:
         for handle in handles:
             handle.remove()
@@ -92,7 +94,7 @@ def test_qwen2_moe_keeps_true_layer_indices_between_dense_layers(
     checkpoints: dict[str, Path], tmp_path: Path
 ) -> None:
     model, tokenizer = _load(checkpoints["qwen2_moe"])
-    run = capture_run(model, tokenizer, PROMPT, max_new_tokens=2, out=tmp_path)
+    run = capture_run(model, tokenizer, PROMPT, max_new_tokens=2, out=tmp_path, contract="v0.1")
     event = load_run_bundle(run)["raw_events"][0]
     assert [layer["layer_index"] for layer in event["layers"]] == [1, 3]
     assert load_run_bundle(run)["layout"]["layers"][0]["layer_index"] == 1
@@ -100,7 +102,7 @@ def test_qwen2_moe_keeps_true_layer_indices_between_dense_layers(
 
 def test_prefill_routing_is_kept_apart_from_the_events(checkpoints: dict[str, Path], tmp_path: Path) -> None:
     model, tokenizer = _load(checkpoints["olmoe"])
-    run = capture_run(model, tokenizer, PROMPT, max_new_tokens=3, out=tmp_path)
+    run = capture_run(model, tokenizer, PROMPT, max_new_tokens=3, out=tmp_path, contract="v0.1")
     bundle = load_run_bundle(run)
     config = bundle["manifest"]["capture_config"]
     positions = config["prefill_routing"]["positions"]
@@ -119,6 +121,7 @@ def test_sampling_records_its_seed_and_repeats(checkpoints: dict[str, Path], tmp
             PROMPT,
             max_new_tokens=5,
             out=tmp_path / str(i),
+            contract="v0.1",
             do_sample=True,
             seed=1234,
             run_id="sampled",
@@ -169,3 +172,80 @@ def test_hooks_are_removed_when_generation_fails(checkpoints: dict[str, Path]) -
         assert _hook_count(model) > before
         raise RuntimeError("boom")
     assert _hook_count(model) == before
+
+
+#: what each family's router does with the selected experts' softmax scores
+MIXING = {
+    "olmoe": "gather",  # norm_topk_prob is off in the tiny config
+    "mixtral": "renormalize",
+    "qwen2_moe": "renormalize",
+    "qwen3_moe": "renormalize",
+    "gpt_oss": "renormalize",  # a softmax over the k selected logits is the renormalised softmax
+    "granitemoe": "renormalize",
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_v02_records_the_routers_selection_weights_and_scores(
+    family: str, checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    model, tokenizer = _load(checkpoints[family])
+    seen: dict[int, list[tuple[Any, Any, Any]]] = {}  # every router call, observed independently
+
+    def observe(layer: int) -> Any:
+        def hook(_module: Any, _inputs: Any, out: Any) -> None:
+            floats = [t for t in out if t.is_floating_point()]
+            logits = max(floats, key=lambda t: t.shape[-1])
+            index = next(t for t in out if not t.is_floating_point())
+            weights = next(t for t in floats if t is not logits)
+            seen.setdefault(layer, []).append(
+                (logits.detach().float().clone(), weights.detach().float().clone(), index.clone())
+            )
+
+        return hook
+
+    handles = [site.module.register_forward_hook(observe(site.layer_index)) for site in find_routers(model)]
+    try:
+        run = capture_run(model, tokenizer, PROMPT, max_new_tokens=NEW_TOKENS, out=tmp_path, run_id=family)
+    finally:
+        for handle in handles:
+            handle.remove()
+    reader = RunReader(run)
+    report = reader.validate()
+    assert report.ok, [i.describe() for i in report.issues]
+    assert reader.profile == "v0.2"
+    group = reader.routing.groups[0] if reader.routing else None
+    assert group is not None and group.mixing.rule == MIXING[family] and group.score_function == "softmax"
+    assert list(group.layers) == sorted(seen)
+    prompt_ids = reader.manifest["prompt"]["token_ids"]
+    assert prompt_ids == tokenizer(PROMPT)["input_ids"]
+    for t in range(len(reader)):
+        event = reader.token_event(t)
+        assert event.context_length == len(prompt_ids) + t
+        for layer in event.layers:
+            logits, weights, index = seen[layer.layer_index][t]  # call 0 (the prompt) made token 0
+            assert list(layer.selected) == index[-1].tolist()  # the router's order
+            assert layer.weights is not None
+            assert np.array_equal(layer.weights.astype(np.float32), weights[-1].numpy())
+            assert layer.scores is not None
+            assert np.allclose(layer.scores, torch.softmax(logits[-1].double(), -1).numpy(), atol=1e-6)
+    sidecar = reader.sidecar()
+    prompt_selected = sidecar.whole(group, "prompt_selected")
+    prompt_weights = sidecar.whole(group, "prompt_weights")
+    assert prompt_selected is not None and prompt_weights is not None
+    for slot, layer_index in enumerate(group.layers):
+        _logits, weights, index = seen[layer_index][0]
+        assert np.array_equal(prompt_selected[:, slot], index.numpy())
+        assert np.array_equal(prompt_weights[:, slot], weights.numpy())
+
+
+def test_v02_bundle_of_a_bfloat16_model_checks_with_its_tolerance(
+    checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    model, tokenizer = _load(checkpoints["mixtral"])
+    model = model.to(torch.bfloat16)
+    run = capture_run(model, tokenizer, PROMPT, max_new_tokens=4, out=tmp_path, store_dtype="bfloat16")
+    reader = RunReader(run)
+    assert reader.validate().ok
+    assert reader.manifest["routing"]["float_dtype"] == "bfloat16"
+    assert reader.manifest["routing"]["tolerance"] == pytest.approx(1.6e-2)
