@@ -1,0 +1,314 @@
+"""Contract v0.2: every rule has a bundle that breaks it, and the issue says where.
+
+Each test writes a valid run (softmax or DeepSeek-V3-style), breaks one thing on disk (keeping
+checksums right unless the checksum is the point), and asserts the code and its location.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from inferoscope import RunReader, ValidationIssue
+from inferoscope.arrays.npy import file_sha256, from_disk, write_array
+from inferoscope.synthetic import write_synthetic_v02
+
+TOKENS, LAYERS, EXPERTS, TOP_K = 12, 3, 16, 4
+
+
+def make(tmp_path: Path, router: str = "softmax", float_dtype: str = "float32") -> Path:
+    return write_synthetic_v02(
+        tmp_path,
+        f"{router}-{float_dtype}",
+        TOKENS,
+        layers=LAYERS,
+        experts=EXPERTS,
+        top_k=TOP_K,
+        router=router,
+        float_dtype=float_dtype,
+        first_layer=1,
+    )
+
+
+def manifest_of(run: Path) -> dict[str, Any]:
+    return json.loads((run / "manifest.json").read_text())
+
+
+def save_manifest(run: Path, manifest: dict[str, Any]) -> None:
+    (run / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def read(run: Path, role: str) -> np.ndarray:
+    stored = np.load(run / f"arrays/moe.{role}.npy")
+    dtype = manifest_of(run)["arrays"][f"arrays/moe.{role}.npy"]["dtype"]
+    return np.array(from_disk(stored, dtype))
+
+
+def rewrite(run: Path, role: str, values: np.ndarray, dtype: str | None = None) -> None:
+    """Replace an array file and keep the manifest's declaration (dtype, shape, SHA-256) true."""
+    relpath = f"arrays/moe.{role}.npy"
+    manifest = manifest_of(run)
+    declared = manifest["arrays"][relpath]
+    dtype = dtype or declared["dtype"]
+    (run / relpath).unlink()
+    write_array(run / relpath, values, dtype)
+    declared.update(dtype=dtype, shape=list(values.shape), sha256=file_sha256(run / relpath))
+    save_manifest(run, manifest)
+
+
+def issues(run: Path, code: str) -> list[ValidationIssue]:
+    report = RunReader(run).validate()
+    found = [issue for issue in report.issues if issue.code == code]
+    assert found, f"expected {code}, got {report.counts_by_code()}"
+    return found
+
+
+def only(run: Path, code: str) -> ValidationIssue:
+    report = RunReader(run).validate()
+    assert set(report.counts_by_code()) == {code}, report.counts_by_code()
+    return next(issue for issue in report.issues if issue.code == code)
+
+
+@pytest.mark.parametrize("router", ["softmax", "deepseek"])
+@pytest.mark.parametrize("float_dtype", ["float32", "float16", "bfloat16"])
+def test_valid_runs_of_both_routers_and_every_dtype_are_clean(
+    tmp_path: Path, router: str, float_dtype: str
+) -> None:
+    run = make(tmp_path, router, float_dtype)
+    report = RunReader(run).validate()
+    assert report.ok and report.total == 0, report.counts_by_code()
+    assert report.aggregates.events == TOKENS and sorted(report.aggregates.layers) == [1, 2, 3]
+
+
+# -- values, located by token, layer and expert ------------------------------------------------
+
+
+def test_a_selection_that_contradicts_the_scores_is_located(tmp_path: Path) -> None:
+    run = make(tmp_path)
+    selected, scores = read(run, "selected"), read(run, "scores")
+    loser = int(np.argsort(scores[5, 1])[0])  # the weakest expert replaces the last pick
+    selected[5, 1, -1] = loser
+    winner = int(np.argsort(-scores[5, 1], kind="stable")[TOP_K - 1])
+    rewrite(run, "selected", selected)
+    found = issues(run, "selection_mismatch")
+    assert len(found) == 1
+    where = found[0].location
+    assert (where.file, where.token_index, where.layer_index, where.expert_index) == (
+        "arrays/moe.selected.npy",
+        5,
+        2,
+        winner,
+    )
+    assert found[0].scope == "raw_event.layer[2]" and "is not selected" in (found[0].detail or "")
+
+
+def test_a_deepseek_selection_that_ignores_its_bias_is_flagged(tmp_path: Path) -> None:
+    """Plain top-k of the sigmoid scores (what a softmax-minded tool would write) is wrong here."""
+    run = make(tmp_path, "deepseek")
+    scores = read(run, "scores")
+    naive = np.argsort(-scores, axis=-1, kind="stable")[..., :TOP_K]
+    model = read(run, "selected")
+    differs = ~np.all(np.sort(naive, -1) == np.sort(model, -1), axis=-1)
+    assert differs.any()  # the bias and the groups change the choice
+    rewrite(run, "selected", naive)
+    found = issues(run, "selection_mismatch")
+    assert {(i.location.token_index, i.location.layer_index) for i in found} <= {
+        (int(t), int(slot) + 1) for t, slot in zip(*np.nonzero(differs), strict=True)
+    }
+
+
+def test_selected_out_of_range_and_repeated(tmp_path: Path) -> None:
+    run = make(tmp_path)
+    selected = read(run, "selected")
+    selected[2, 0, 1] = EXPERTS + 3
+    selected[4, 2, 1] = selected[4, 2, 0]
+    rewrite(run, "selected", selected)
+    out = issues(run, "selected_index_out_of_bounds")[0].location
+    assert (out.token_index, out.layer_index, out.expert_index) == (2, 1, EXPERTS + 3)
+    dup = issues(run, "duplicate_selected_index")[0].location
+    assert (dup.token_index, dup.layer_index) == (4, 3)
+
+
+def test_weights_that_break_the_mixing_rule(tmp_path: Path) -> None:
+    run = make(tmp_path)
+    weights, selected = read(run, "weights"), read(run, "selected")
+    weights[7, 2, 3] += 0.1
+    rewrite(run, "weights", weights)
+    issue = only(run, "weight_mismatch")
+    where = issue.location
+    assert (where.file, where.token_index, where.layer_index, where.expert_index) == (
+        "arrays/moe.weights.npy",
+        7,
+        3,
+        int(selected[7, 2, 3]),
+    )
+
+
+def test_scores_not_finite_out_of_range_or_not_summing_to_one(tmp_path: Path) -> None:
+    run = make(tmp_path)
+    scores = read(run, "scores")
+    scores[1, 0, 9] = np.nan
+    scores[3, 1, :] *= 0.5  # still in [0, 1], sums to 0.5
+    scores[6, 2, 0] = 1.5
+    rewrite(run, "scores", scores)
+    assert issues(run, "value_not_finite")[0].location.expert_index == 9
+    total = issues(run, "score_sum_mismatch")
+    assert (3, 2) in {(i.location.token_index, i.location.layer_index) for i in total}
+    high = issues(run, "score_out_of_range")[0].location
+    assert (high.token_index, high.layer_index, high.expert_index) == (6, 3, 0)
+
+
+def test_a_sigmoid_score_may_not_sum_to_one_but_must_stay_in_range(tmp_path: Path) -> None:
+    run = make(tmp_path, "deepseek")
+    scores = read(run, "scores")
+    assert not np.allclose(scores.sum(-1), 1.0)  # and the run is clean
+    assert RunReader(run).validate().ok
+    scores[0, 0, 0] = -0.2
+    rewrite(run, "scores", scores)
+    assert issues(run, "score_out_of_range")[0].location.expert_index == 0
+
+
+# -- files --------------------------------------------------------------------------------------
+
+
+def test_a_flipped_byte_is_a_checksum_mismatch(tmp_path: Path) -> None:
+    run = make(tmp_path)
+    path = run / "arrays/moe.scores.npy"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01  # the last score, slightly changed: still a valid float
+    path.write_bytes(bytes(data))
+    found = issues(run, "array_checksum_mismatch")
+    assert found[0].location.file == "arrays/moe.scores.npy"
+
+
+def test_a_truncated_array_file_is_reported_not_read(tmp_path: Path) -> None:
+    run = make(tmp_path)
+    path = run / "arrays/moe.weights.npy"
+    path.write_bytes(path.read_bytes()[:-10])
+    issue = issues(run, "array_size_mismatch")[0]
+    assert issue.location.file == "arrays/moe.weights.npy" and "header declares" in (issue.detail or "")
+
+
+@pytest.mark.parametrize(
+    ("content", "code"),
+    [
+        (b"not an array", "array_header_invalid"),
+        (b"", "array_header_invalid"),
+        (b"\x93NUMPY\x01\x00\xff\xff" + b"{" * 70, "array_header_invalid"),
+    ],
+)
+def test_a_file_that_is_not_an_npy_array(tmp_path: Path, content: bytes, code: str) -> None:
+    run = make(tmp_path)
+    (run / "arrays/moe.scores.npy").write_bytes(content)
+    assert issues(run, code)[0].location.file == "arrays/moe.scores.npy"
+
+
+def test_a_missing_array_file(tmp_path: Path) -> None:
+    run = make(tmp_path)
+    (run / "arrays/moe.weights.npy").unlink()
+    assert issues(run, "missing_file")[0].location.file == "arrays/moe.weights.npy"
+
+
+def test_dtype_and_shape_must_match_the_declaration_and_the_role(tmp_path: Path) -> None:
+    run = make(tmp_path)
+    rewrite(run, "scores", read(run, "scores").astype(np.float64), dtype="float64")  # float32 declared run
+    assert "must be float32" in (issues(run, "array_dtype_mismatch")[0].detail or "")
+    run2 = make(tmp_path / "b")
+    rewrite(run2, "selected", read(run2, "selected")[:, :, :2])
+    assert "not [3, 4]" in (issues(run2, "array_shape_mismatch")[0].detail or "")
+
+
+def test_rows_must_match_the_events(tmp_path: Path) -> None:
+    run = make(tmp_path)
+    for role in ("selected", "weights", "scores"):
+        rewrite(run, role, read(run, role)[:-1])
+    found = issues(run, "array_row_count_mismatch")
+    assert {i.location.file for i in found} == {
+        f"arrays/moe.{r}.npy" for r in ("selected", "weights", "scores")
+    }
+    assert f"{TOKENS - 1} rows but the run has {TOKENS} raw events" in (found[0].detail or "")
+
+
+# -- the declaration ----------------------------------------------------------------------------
+
+
+def edit_manifest(run: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    manifest = manifest_of(run)
+    change(manifest)
+    save_manifest(run, manifest)
+
+
+def test_an_impossible_rule_is_reported_in_the_manifest(tmp_path: Path) -> None:
+    run = make(tmp_path, "deepseek")
+    edit_manifest(run, lambda m: m["routing"]["groups"][0]["selection"].update(n_group=5))
+    issue = issues(run, "routing_rule_invalid")[0]
+    assert issue.location.file == "manifest.json" and "not a multiple of n_group 5" in (issue.detail or "")
+
+
+def test_a_bias_rule_without_its_bias_array(tmp_path: Path) -> None:
+    run = make(tmp_path)
+    edit_manifest(run, lambda m: m["routing"]["groups"][0]["selection"].update(bias=True))
+    assert "no bias array" in (issues(run, "routing_rule_invalid")[0].detail or "")
+
+
+def test_a_layer_in_two_groups(tmp_path: Path) -> None:
+    run = make(tmp_path)
+
+    def split(m: dict[str, Any]) -> None:
+        group = m["routing"]["groups"][0]
+        twin = json.loads(json.dumps(group))
+        twin["name"] = "twin"
+        twin["layers"] = [2]
+        twin["arrays"] = {"selected": group["arrays"]["selected"]}
+        m["routing"]["groups"].append(twin)
+
+    edit_manifest(run, split)
+    assert issues(run, "routing_layer_repeated")[0].location.layer_index == 2
+    assert issues(run, "array_path_repeated")
+
+
+def test_undeclared_and_unreferenced_arrays(tmp_path: Path) -> None:
+    run = make(tmp_path)
+
+    def change(m: dict[str, Any]) -> None:
+        m["arrays"]["arrays/spare.npy"] = m["arrays"].pop("arrays/moe.weights.npy")
+
+    edit_manifest(run, change)
+    assert issues(run, "array_not_declared")[0].location.json_path == "$.routing.groups[0].arrays.weights"
+    assert "arrays/spare.npy" in (issues(run, "array_not_referenced")[0].detail or "")
+
+
+def test_the_manifest_schema_is_v02s_own(tmp_path: Path) -> None:
+    run = make(tmp_path)
+    edit_manifest(run, lambda m: m["routing"].update(float_dtype="float8"))
+    assert any("float_dtype" in i.message for i in issues(run, "schema_violation"))
+    edit_manifest(run, lambda m: m.pop("routing"))
+    assert any("routing" in i.message for i in issues(run, "schema_violation"))
+
+
+def test_token_lines_follow_the_v02_event_schema(tmp_path: Path) -> None:
+    run = make(tmp_path)
+    lines = (run / "raw_trace.ndjson").read_text().splitlines()
+    event = json.loads(lines[3])
+    event["layers"] = []  # routing belongs in the arrays
+    lines[3] = json.dumps(event, sort_keys=True)
+    event = json.loads(lines[5])
+    event["timing_ms"]["decode_duration"] = 99.0
+    lines[5] = json.dumps(event, sort_keys=True)
+    (run / "raw_trace.ndjson").write_text("\n".join(lines) + "\n")
+    schema = issues(run, "schema_violation")[0]
+    assert schema.location.line == 4 and "layers" in schema.message
+    assert issues(run, "decode_duration_mismatch")[0].location.token_index == 5
+
+
+def test_many_bad_rows_are_counted_even_past_the_kept_issues(tmp_path: Path) -> None:
+    run = make(tmp_path)
+    weights = read(run, "weights") * 2.0
+    rewrite(run, "weights", weights)
+    report = RunReader(run).validate()
+    assert report.counts_by_code() == {"weight_mismatch": TOKENS * LAYERS}
