@@ -7,7 +7,10 @@ by line), and, for reference, a whole key press through Textual's test pilot (wh
 own fixed waits). Prints, side by side: open→token 0, time until validation is done, median
 and p99 of 1,000 steps, the median key press, and peak RSS.
 
-    python benchmarks/bench_tui.py [--sizes 5000,50000] [--steps 1000]
+    python benchmarks/bench_tui.py [--sizes 5000,50000] [--steps 1000] [--contracts v0.1,v0.2]
+
+With ``--contracts v0.1,v0.2`` each size is measured as v0.1.0 NDJSON and as the same run
+converted to contract v0.2 (float32 array files), side by side.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ async def measure(folder: Path, steps: int) -> dict[str, float]:
         while app.painted_at is None:
             await asyncio.sleep(0.005)
         first = app.painted_at - start
-        assert app.position == 0 and "token 0/" in str(app.query_one("#header").content)
+        assert app.position == 0 and "token #0 " in str(app.query_one("#header").content)
         await app.workers.wait_for_complete()
         ready = time.perf_counter() - start
         from inferoscope_tui.widgets.expert_grid import ExpertGrid
@@ -89,35 +92,42 @@ def main() -> None:
     parser.add_argument("--sizes", default="5000,50000")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--out", default=str(ROOT / ".bench"))
+    parser.add_argument("--contracts", default="v0.1,v0.2")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(asyncio.run(measure(Path(args.child), args.steps))))
         return
+    from bench_v02 import converted
+
     rows = []
+    contracts = args.contracts.split(",")
     for size in (int(s) for s in args.sizes.split(",")):
         folder = generate(Path(args.out) / f"olmoe-{size}", size)
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", str(folder), "--steps", str(args.steps)],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        for contract in contracts:
+            target = folder if contract == "v0.1" else converted(folder, "float32")
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", str(target), "--steps", str(args.steps)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            rows.append({**json.loads(out.stdout.strip().splitlines()[-1]), "contract": contract})
     print(
-        f"{'tokens':>8}{'token 0 shown s':>17}{'validated s':>13}{'step median ms':>16}"
+        f"{'tokens':>8}{'contract':>9}{'token 0 shown s':>17}{'validated s':>13}{'step median ms':>16}"
         f"{'step p99 ms':>13}{'key press ms':>14}{'peak RSS MiB':>14}"
     )
     for row in rows:
         print(
-            f"{int(row['tokens']):>8}{row['first_token_s']:>17.3f}{row['ready_s']:>13.2f}"
+            f"{int(row['tokens']):>8}{row['contract']:>9}{row['first_token_s']:>17.3f}{row['ready_s']:>13.2f}"
             f"{row['median_ms']:>16.2f}{row['p99_ms']:>13.2f}{row['press_median_ms']:>14.1f}"
             f"{row['peak_rss_mb']:>14.0f}"
         )
-    print(f"\n{'tokens':>8}{'run view open ms':>18}{'drill ms':>10}{'compare (self) s':>18}")
+    print(f"\n{'tokens':>8}{'contract':>9}{'run view open ms':>18}{'drill ms':>10}{'compare (self) s':>18}")
     for row in rows:
         print(
-            f"{int(row['tokens']):>8}{row['overview_ms']:>18.1f}{row['drill_ms']:>10.1f}{row['compare_s']:>18.2f}"
+            f"{int(row['tokens']):>8}{row['contract']:>9}{row['overview_ms']:>18.1f}{row['drill_ms']:>10.1f}"
+            f"{row['compare_s']:>18.2f}"
         )
 
 
