@@ -61,17 +61,24 @@ def export_parquet(run_dir: Path | str, out: Path | str, *, overwrite: bool = Fa
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists (use --overwrite)")
     reader = RunReader(run_dir)
-    if reader.profile == "v0.2":
-        raise ValueError(
-            "Parquet export of contract v0.2 runs is not written yet; a softmax run can be "
-            "converted first: inferoscope convert RUN --to v0.1 --out DIR"
-        )
     if target.resolve().parent.is_relative_to(reader.run_dir.resolve()):
         raise FileExistsError(f"{target} is inside the bundle {reader.run_dir}: write the export elsewhere")
     target.parent.mkdir(parents=True, exist_ok=True)
     count = len(reader)
     run_id = reader.manifest.get("run_id") if isinstance(reader.manifest, dict) else None
     run_id = without_surrogates(run_id) if isinstance(run_id, str) else ""
+    result = ExportResult()
+    if reader.profile == "v0.2" and reader.routing is not None:
+        from .export_v02 import export_v02
+
+        partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+        try:
+            export_v02(reader, partial, run_id, result)
+            os.replace(partial, target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        return result
     experts = _shared_expert_count(reader, count)
     probs_type = pa.list_(pa.float64(), experts) if experts else pa.list_(pa.float64())
     schema = pa.schema(
@@ -96,7 +103,6 @@ def export_parquet(run_dir: Path | str, out: Path | str, *, overwrite: bool = Fa
             ("top1_top2_margin", pa.float64()),
         ]
     )
-    result = ExportResult()
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
 
     def write(rows: list[_Row], last: bool) -> None:

@@ -153,11 +153,6 @@ def scramble_bundle(
     if variant not in VARIANTS:
         raise ValueError(f"unknown scramble variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     reader = open_valid_reader(run_dir)
-    if reader.profile == "v0.2":
-        raise ValueError(
-            "scrambled twins of contract v0.2 runs are not written yet; a softmax run can be "
-            "converted first: inferoscope convert RUN --to v0.1 --out DIR"
-        )
     manifest = copy.deepcopy(reader.manifest or {})
     source = manifest["run_id"]
     new_id = run_id or f"{source}-SCRAMBLED-{variant}-seed{seed}"
@@ -171,6 +166,11 @@ def scramble_bundle(
             "meaning": MEANING[variant],
         },
     }
+
+    if reader.profile == "v0.2":
+        from .scramble_v02 import scramble_v02
+
+        return scramble_v02(reader, manifest, Path(out_root), variant, seed, new_id)
 
     def read_all() -> Iterator[dict[str, Any]]:
         return (reader.event(i) for i in range(len(reader)))

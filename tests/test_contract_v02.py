@@ -312,3 +312,57 @@ def test_many_bad_rows_are_counted_even_past_the_kept_issues(tmp_path: Path) -> 
     rewrite(run, "weights", weights)
     report = RunReader(run).validate()
     assert report.counts_by_code() == {"weight_mismatch": TOKENS * LAYERS}
+
+
+# -- every reader path takes v0.2 ---------------------------------------------------------------
+
+
+def test_export_writes_the_recorded_selection_weights_and_scores(tmp_path: Path) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    from inferoscope.export import export_parquet
+
+    run = make(tmp_path, "deepseek", "bfloat16")
+    result = export_parquet(run, tmp_path / "out.parquet")
+    table = pq.read_table(tmp_path / "out.parquet").to_pylist()
+    assert result.rows == len(table) == TOKENS * LAYERS
+    selected, weights, scores = read(run, "selected"), read(run, "weights"), read(run, "scores")
+    row = table[5 * LAYERS + 1]  # token 5, layer 2 (slot 1): rows go token by token, layers ascending
+    assert (row["token_index"], row["layer_index"], row["score_function"]) == (5, 2, "sigmoid")
+    assert row["selected"] == selected[5, 1].tolist() and row["top1_expert"] == selected[5, 1, 0]
+    assert np.allclose(row["weights"], weights[5, 1]) and np.allclose(row["scores"], scores[5, 1])
+    share = scores[5, 1] / scores[5, 1].sum()
+    assert row["entropy"] == pytest.approx(float(-(share * np.log(share)).sum()), rel=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["tokens", "experts"])
+@pytest.mark.parametrize("router", ["softmax", "deepseek"])
+def test_scrambled_twins_of_v02_runs_obey_their_declared_rule(
+    tmp_path: Path, variant: str, router: str
+) -> None:
+    from inferoscope.scramble import scramble_bundle
+
+    run = make(tmp_path, router)
+    twin = scramble_bundle(run, tmp_path / "twins", variant, seed=3)
+    reader = RunReader(twin)
+    assert reader.profile == "v0.2" and reader.validate().ok  # selection and weights rules still hold
+    original, shuffled = read(run, "selected"), read(twin, "selected")
+    assert not np.array_equal(original, shuffled)
+    if variant == "tokens":  # every layer keeps exactly its rows, in another token order
+        for slot in range(LAYERS):
+            assert sorted(map(tuple, original[:, slot])) == sorted(map(tuple, shuffled[:, slot]))
+
+
+def test_inspect_json_states_the_contract_and_the_routing(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    run = make(tmp_path, "deepseek")
+    out = subprocess.run(
+        [sys.executable, "-m", "inferoscope", "inspect", str(run), "--json"], capture_output=True, text=True
+    )
+    data = json.loads(out.stdout)
+    assert out.returncode == 0 and data["contract"] == "v0.2" and data["float_dtype"] == "float32"
+    (group,) = data["routing"]
+    assert group["scores"] == "sigmoid score" and "scores + bias" in group["selection"]
+    assert group["shared_experts"] == 1 and "times 2.5" in group["mixing_weights"]
+    assert data["raw_events"] == TOKENS

@@ -1,0 +1,228 @@
+"""Parquet export of a contract v0.2 run: one row per token x MoE layer, written block by block
+straight from the array files (nothing holds the whole run).
+
+Columns: the token's metadata, then per layer ``layer_index``, ``num_experts``,
+``score_function``, ``scores`` (the router's score of every expert, a fixed-size list when every
+group has the same number of experts; null where the run records no scores), ``selected`` (the
+model's order), ``weights`` (null where not recorded), ``top1_expert`` (the first selected), and
+``entropy`` / ``normalized_entropy`` of the scores' distribution by its definition
+(docs/contract-v0.2.md §5; null without scores).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bundle.reader import RunReader
+from .events import meta_fields
+from .jsonfmt import JSONParseError, parse_json_bytes
+from .textsafe import without_surrogates
+
+BLOCK_TOKENS = 1024
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def v02_schema(experts: int | None) -> Any:
+    import pyarrow as pa
+
+    scores = pa.list_(pa.float32(), experts) if experts else pa.list_(pa.float32())
+    return pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("token_index", pa.int64()),
+            ("token_id", pa.int64()),
+            ("token_id_text", pa.string()),
+            ("token_text", pa.string()),
+            ("context_length", pa.int64()),
+            ("decode_duration_ms", pa.float64()),
+            ("document_index", pa.int64()),
+            ("source", pa.string()),
+            ("layer_index", pa.int32()),
+            ("num_experts", pa.int32()),
+            ("score_function", pa.string()),
+            ("scores", scores),
+            ("selected", pa.list_(pa.int32())),
+            ("weights", pa.list_(pa.float32())),
+            ("top1_expert", pa.int32()),
+            ("entropy", pa.float64()),
+            ("normalized_entropy", pa.float64()),
+        ]
+    )
+
+
+def write_v02_rows(reader: RunReader, writer: Any, run_id: str, result: Any) -> None:
+    """Every row of a (validated) v0.2 run into ``writer`` (a ``pq.ParquetWriter``)."""
+    import pyarrow as pa
+
+    assert reader.routing is not None
+    sidecar = reader.sidecar()
+    count = len(reader)
+    experts = {g.num_experts for g in reader.routing.groups}
+    fixed = next(iter(experts)) if len(experts) == 1 else None
+    schema = v02_schema(fixed)
+    for start in range(0, count, BLOCK_TOKENS):
+        stop = min(count, start + BLOCK_TOKENS)
+        metas = [_meta(reader, i, result) for i in range(start, stop)]
+        parts: list[dict[str, Any]] = []
+        for group in reader.routing.groups:
+            t, lg = stop - start, len(group.layers)
+            selected = sidecar.rows(group, "selected", start, stop)
+            if selected is None:
+                continue
+            weights = sidecar.rows(group, "weights", start, stop)
+            scores = sidecar.rows(group, "scores", start, stop)
+            entropy = _entropy(scores, group.score_function) if scores is not None else None
+            parts.append(
+                {
+                    "token": np.repeat(np.arange(start, stop), lg),
+                    "layer": np.tile(np.asarray(group.layers, dtype=np.int64), t),
+                    "experts": group.num_experts,
+                    "function": group.score_function,
+                    "selected": selected.reshape(t * lg, -1).astype(np.int32),
+                    "weights": None if weights is None else weights.reshape(t * lg, -1).astype(np.float32),
+                    "scores": None if scores is None else scores.reshape(t * lg, -1).astype(np.float32),
+                    "entropy": entropy,
+                }
+            )
+        table = _table(parts, metas, start, run_id, schema, fixed)
+        if table.num_rows:
+            writer.write_table(table)
+            result.rows += table.num_rows
+    if result.rows == 0:
+        writer.write_table(pa.Table.from_pylist([], schema=schema))
+
+
+def _meta(reader: RunReader, i: int, result: Any) -> dict[str, Any]:
+    try:
+        obj = parse_json_bytes(reader.raw_line(i))
+    except (JSONParseError, OSError):
+        result.skip("unreadable event", f"event {i}", event=True)
+        return {}
+    return meta_fields(obj) if isinstance(obj, dict) else {}
+
+
+def _entropy(scores: np.ndarray, function: str) -> np.ndarray | None:
+    rows = scores.reshape(-1, scores.shape[-1]).astype(np.float64)
+    if function == "logits":
+        z = np.exp(rows - rows.max(axis=1, keepdims=True))
+        rows = z / z.sum(axis=1, keepdims=True)
+    elif function == "sigmoid":
+        total = rows.sum(axis=1, keepdims=True)
+        rows = np.where(total > 0, rows / np.where(total > 0, total, 1.0), 0.0)
+    elif function != "softmax":
+        return None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.where(rows > 0, np.log(np.where(rows > 0, rows, 1.0)), 0.0)
+    result: np.ndarray = -(rows * logs).sum(axis=1)
+    return result
+
+
+def _table(
+    parts: list[dict[str, Any]],
+    metas: list[dict[str, Any]],
+    start: int,
+    run_id: str,
+    schema: Any,
+    fixed: int | None,
+) -> Any:
+    import pyarrow as pa
+
+    if not parts:
+        return pa.Table.from_pylist([], schema=schema)
+    token = np.concatenate([p["token"] for p in parts])
+    layer = np.concatenate([p["layer"] for p in parts])
+    order = np.lexsort((layer, token))  # token by token, layers ascending, as v0.1.0's export
+    columns: dict[str, Any] = {}
+    meta = [metas[int(t) - start] for t in token[order]]
+    columns["run_id"] = pa.array([run_id] * len(meta), pa.string())
+    columns["token_index"] = pa.array([m.get("token_index") for m in meta], pa.int64())
+    ids = [m.get("token_id") for m in meta]
+    columns["token_id"] = pa.array(
+        [i if i is not None and INT64[0] <= i <= INT64[1] else None for i in ids], pa.int64()
+    )
+    columns["token_id_text"] = pa.array([None if i is None else str(i) for i in ids], pa.string())
+    columns["token_text"] = pa.array(
+        [None if m.get("token_text") is None else without_surrogates(m["token_text"]) for m in meta],
+        pa.string(),
+    )
+    columns["context_length"] = pa.array([m.get("context_length") for m in meta], pa.int64())
+    columns["decode_duration_ms"] = pa.array(
+        [None if m.get("timing") is None else _finite(m["timing"][2]) for m in meta], pa.float64()
+    )
+    columns["document_index"] = pa.array([m.get("document_index") for m in meta], pa.int64())
+    columns["source"] = pa.array(
+        [None if m.get("source") is None else without_surrogates(m["source"]) for m in meta], pa.string()
+    )
+    columns["layer_index"] = pa.array(layer[order].astype(np.int32), pa.int32())
+    columns["num_experts"] = pa.array(
+        np.concatenate([np.full(p["token"].size, p["experts"]) for p in parts])[order].astype(np.int32)
+    )
+    columns["score_function"] = pa.array(
+        np.concatenate([np.full(p["token"].size, p["function"], dtype=object) for p in parts])[
+            order
+        ].tolist(),
+        pa.string(),
+    )
+    columns["scores"] = _lists(parts, "scores", order, schema.field("scores").type, fixed)
+    columns["selected"] = _lists(parts, "selected", order, pa.list_(pa.int32()), None)
+    columns["weights"] = _lists(parts, "weights", order, pa.list_(pa.float32()), None)
+    first = np.concatenate([p["selected"][:, 0] for p in parts])[order]
+    columns["top1_expert"] = pa.array(first.astype(np.int32), pa.int32())
+    entropy = np.concatenate(
+        [p["entropy"] if p["entropy"] is not None else np.full(p["token"].size, np.nan) for p in parts]
+    )[order]
+    logn = np.concatenate(
+        [np.full(p["token"].size, math.log(p["experts"]) if p["experts"] > 1 else np.nan) for p in parts]
+    )[order]
+    columns["entropy"] = pa.array(entropy, pa.float64(), mask=np.isnan(entropy))
+    normalized = np.where(np.isnan(logn), 0.0, entropy / np.where(np.isnan(logn), 1.0, logn))
+    columns["normalized_entropy"] = pa.array(normalized, pa.float64(), mask=np.isnan(entropy))
+    return pa.table(columns, schema=schema)
+
+
+def _lists(parts: list[dict[str, Any]], key: str, order: np.ndarray, kind: Any, fixed: int | None) -> Any:
+    """One list column from per-group ``[rows, width]`` arrays, built from offsets (no Python
+    objects per row); rows of a group that records no such array are null."""
+    import pyarrow as pa
+
+    present = [p[key] for p in parts if p[key] is not None]
+    if not present:
+        return pa.nulls(order.size, kind)
+    widths = np.concatenate(
+        [np.full(p["token"].size, 0 if p[key] is None else p[key].shape[1]) for p in parts]
+    )[order]
+    missing = np.concatenate([np.full(p["token"].size, p[key] is None) for p in parts])[order]
+    if len({a.shape[1] for a in present}) == 1 and not missing.any():
+        values = np.concatenate(present)[order].ravel()
+        if fixed is not None:
+            return pa.FixedSizeListArray.from_arrays(pa.array(values), fixed)
+    else:
+        rows = [
+            p[key] if p[key] is not None else np.zeros((p["token"].size, 0), dtype=present[0].dtype)
+            for p in parts
+        ]
+        ragged = [row for block in rows for row in block]
+        values = np.concatenate([ragged[int(i)] for i in order]) if order.size else np.zeros(0)
+    offsets = np.zeros(order.size + 1, dtype=np.int32)
+    np.cumsum(widths, out=offsets[1:])
+    return pa.ListArray.from_arrays(
+        pa.array(offsets), pa.array(values), type=kind, mask=pa.array(missing) if missing.any() else None
+    )
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def export_v02(reader: RunReader, partial: Path, run_id: str, result: Any) -> None:
+    import pyarrow.parquet as pq
+
+    assert reader.routing is not None
+    experts = {g.num_experts for g in reader.routing.groups}
+    schema = v02_schema(next(iter(experts)) if len(experts) == 1 else None)
+    with pq.ParquetWriter(partial, schema, compression="zstd") as writer:
+        write_v02_rows(reader, writer, run_id, result)
