@@ -43,7 +43,9 @@ def load_run_bundle(run_dir: Path | str) -> dict[str, Any]:
     """Load and fully validate a bundle; RunBundleError lists every code if it is not clean.
 
     Returns ``manifest``, ``raw_events``, ``layout``, and ``derived_events`` (a list),
-    ``motif_ledger`` and ``contingency``, each None when its file is absent.
+    ``motif_ledger`` and ``contingency``, each None when its file is absent. A contract v0.2
+    bundle also gives ``arrays``: every array file by its path, as numbers (bfloat16 widened to
+    float32); its ``raw_events`` are the token lines, which hold no routing.
     """
     reader = open_valid_reader(run_dir)
     base = Path(run_dir)
@@ -53,7 +55,14 @@ def load_run_bundle(run_dir: Path | str) -> dict[str, Any]:
         if derived_path.exists()
         else None
     )
-    return {
+    loaded: dict[str, Any] = {}
+    if reader.profile == "v0.2":
+        sidecar = reader.sidecar()
+        loaded["arrays"] = {
+            relpath: file.read(0, file.header.shape[0]) if file.header.shape else None
+            for relpath, file in sidecar.files.items()
+        }
+    return loaded | {
         "manifest": reader.manifest,
         "raw_events": [reader.event(i) for i in range(len(reader))],
         "layout": reader.layout,

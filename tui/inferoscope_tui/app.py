@@ -448,7 +448,7 @@ class InferoscopeApp(App[None]):
         shown.append(f"  id {token_id} · ctx {context}", style="dim")
         labelled(token, f"#{self.position}", shown)
         if self.model_b is not None:
-            token.append_text(compare_detail(self.model_b, slot, layer, self.cursor_layer))
+            token.append_text(compare_detail(self.model_b, slot, layer, self.cursor_layer, self.comparison))
             for note in self.comparison.notes if self.comparison is not None else []:
                 labelled(token, "note", Text(visible(note, 200), style="yellow"))
         if self.show_motifs and model.motifs is not None:

@@ -11,7 +11,7 @@ from rich.style import Style
 from rich.text import Text
 
 from inferoscope import LayerEvent, visible
-from inferoscope.compare import RunComparison, jensen_shannon_bits
+from inferoscope.compare import RunComparison
 
 from .run_model import EventSlot, RunModel
 from .run_overview import spark_glyph
@@ -42,32 +42,42 @@ def mark_disagreements(rows_a: list[GridRow], rows_b: list[GridRow]) -> None:
             other.compare_mark = "?"
 
 
-def layer_agreement(layer_a: LayerEvent | None, layer_b: LayerEvent | None) -> list[str]:
-    """['layer i: top-k Jaccard J · JSD D bits', 'top-1 A a / B b'] for one layer; [] if not comparable."""
-    if layer_a is None or layer_b is None:
+def layer_agreement(
+    comparison: RunComparison | None,
+    position: int,
+    layer_index: int | None,
+    layer_a: LayerEvent | None,
+    layer_b: LayerEvent | None,
+) -> list[str]:
+    """['layer i: top-k Jaccard J · JSD D bits', 'top-1 A a / B b'] at one token and layer, read from
+    the core's RunComparison (the numbers ``inferoscope compare`` prints); [] if not comparable."""
+    if comparison is None:
+        return ["comparing every token of both runs…"]
+    if layer_index not in comparison.layers or not 0 <= position < comparison.aligned:
         return []
-    pa, pb = layer_a.distribution(), layer_b.distribution()
-    if layer_a.stored or layer_b.stored:  # contract v0.1.0: the probabilities as stored
-        pa, pb = _stored_probs(layer_a), _stored_probs(layer_b)
-    if pa is None or pb is None or pa.size != pb.size or pa.size == 0:
+    column = comparison.layers.index(layer_index)
+    jaccard, jsd = comparison.jaccard[position, column], comparison.jsd[position, column]
+    if np.isnan(jaccard):
         return []
-    sa, sb = set(layer_a.selected), set(layer_b.selected)
-    jaccard = len(sa & sb) / len(sa | sb) if sa | sb else 1.0
-    jsd = jensen_shannon_bits(pa, pb)
-    return [
-        f"layer {layer_a.layer_index}: top-k Jaccard {jaccard:.2f} · JSD {bits(jsd)} bits",
-        f"top-1 A {int(np.argmax(pa))} / B {int(np.argmax(pb))}",
+    lines = [
+        f"layer {layer_index}: top-k Jaccard {jaccard:.2f}"
+        + ("" if np.isnan(jsd) else f" · JSD {bits(jsd)} bits")
     ]
+    if layer_a is not None and layer_b is not None and layer_a.selected and layer_b.selected:
+        lines.append(f"top-1 A {_top1(layer_a)} / B {_top1(layer_b)}")
+    return lines
 
 
-def _stored_probs(layer: LayerEvent) -> np.ndarray | None:
-    probs = layer.stored.get("router_probs") if layer.stored else None
-    if not isinstance(probs, list):
-        return None
-    try:
-        return np.asarray(probs, dtype=np.float64)
-    except (TypeError, ValueError, OverflowError):
-        return None
+def _top1(layer: LayerEvent) -> int:
+    """The expert with the highest score (as the comparison's top-1 agreement), else the first selected."""
+    if layer.stored:
+        probs = layer.stored.get("router_probs")
+        try:
+            return int(np.argmax(np.asarray(probs, dtype=np.float64)))
+        except (TypeError, ValueError, OverflowError):
+            return layer.selected[0]
+    distribution = layer.distribution()
+    return int(np.argmax(distribution)) if distribution is not None else layer.selected[0]
 
 
 def bits(value: float) -> str:
@@ -104,7 +114,11 @@ def agreement_line(comparison: RunComparison | None, position: int, width: int) 
 
 
 def compare_detail(
-    model_b: RunModel, slot: EventSlot, layer: LayerEvent | None, layer_index: int | None
+    model_b: RunModel,
+    slot: EventSlot,
+    layer: LayerEvent | None,
+    layer_index: int | None,
+    comparison: RunComparison | None = None,
 ) -> Text:
     """A vs B at the cursor layer for the detail pane: the numbers behind the marks."""
     text = Text()
@@ -118,7 +132,9 @@ def compare_detail(
         different = Text("different token: ", style="bold red")
         different.append(visible(other.token_text or "", 30))
         labelled(text, "B", different)
-    lines = layer_agreement(layer, layer_b) or ["layer not comparable"]
+    lines = layer_agreement(comparison, slot.position, layer_index, layer, layer_b) or [
+        "layer not comparable"
+    ]
     for label, line in zip(("A vs B", ""), lines, strict=False):
         labelled(text, label, Text(line, style="magenta"))
     return text
