@@ -35,6 +35,8 @@ class LayerEvent:
     stored: Mapping[str, Any] = field(default_factory=dict)
     #: why (part of) this layer cannot be read; its other fields hold what could be
     problem: str | None = None
+    #: where the router sits in its decoder layer (v0.2 groups may route a layer at two sites)
+    site: str = "mlp"
 
     @property
     def score_name(self) -> str:

@@ -37,7 +37,7 @@ PROMPT_ROLES = ("prompt_selected", "prompt_weights", "prompt_scores")
 
 @dataclass(frozen=True, slots=True)
 class Selection:
-    rule: str  # topk | group_limited_topk | unknown
+    rule: str  # topk | group_limited_topk | hash | unknown
     bias: bool
     n_group: int | None = None
     topk_group: int | None = None
@@ -52,12 +52,14 @@ class Selection:
                 f"top-k of {on} within the best {self.topk_group} of {self.n_group} expert groups "
                 f"(group score: {self.group_score or 'max'})"
             )
+        if self.rule == "hash":
+            return "by a hash of the token id (recorded; not a function of the scores)"
         return "not declared (selection is recorded but cannot be checked)"
 
 
 @dataclass(frozen=True, slots=True)
 class Mixing:
-    rule: str  # gather | renormalize | softmax_selected | unchecked
+    rule: str  # gather | renormalize | softmax_selected | sigmoid_selected | unchecked
     scale: float = 1.0
     name: str | None = None
 
@@ -66,6 +68,7 @@ class Mixing:
             "gather": "the selected scores",
             "renormalize": "the selected scores divided by their sum",
             "softmax_selected": "a softmax over the selected scores",
+            "sigmoid_selected": "the sigmoid of each selected score",
             "unchecked": f"{self.name or 'a rule'} (recorded, not recomputed)",
         }[self.rule]
         return base if self.scale == 1.0 else f"{base}, times {self.scale:g}"
@@ -82,6 +85,9 @@ class RoutingGroup:
     mixing: Mixing
     shared_experts: int
     arrays: Mapping[str, str] = field(default_factory=dict)
+    #: where in the decoder layer this router sits ("mlp" unless declared; a layer may have a
+    #: router per site, e.g. JetMoE's attention and MLP mixtures)
+    site: str = "mlp"
 
     def slot(self, layer_index: int) -> int:
         return self.layers.index(layer_index)
@@ -100,9 +106,9 @@ class Routing:
     def layer_indices(self) -> list[int]:
         return sorted(layer for group in self.groups for layer in group.layers)
 
-    def group_of(self, layer_index: int) -> RoutingGroup | None:
+    def group_of(self, layer_index: int, site: str = "mlp") -> RoutingGroup | None:
         for group in self.groups:
-            if layer_index in group.layers:
+            if layer_index in group.layers and group.site == site:
                 return group
         return None
 
@@ -147,6 +153,7 @@ def _group_of(item: Mapping[str, Any]) -> RoutingGroup:
         mixing=Mixing(rule=str(mixing["rule"]), scale=float(mixing["scale"]), name=mixing.get("name")),
         shared_experts=_plain_int(item["shared_experts"]),
         arrays=dict(arrays),
+        site=str(item.get("site", "mlp")),
     )
 
 
@@ -263,6 +270,8 @@ def expected_weights(selected_scores: np.ndarray, mixing: Mixing) -> np.ndarray 
     elif mixing.rule == "softmax_selected":
         z = np.exp(s - s.max(axis=1, keepdims=True))
         out = z / z.sum(axis=1, keepdims=True)
+    elif mixing.rule == "sigmoid_selected":
+        out = 1.0 / (1.0 + np.exp(-s))
     else:
         return None
     scaled: np.ndarray = out * mixing.scale

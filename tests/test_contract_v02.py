@@ -366,3 +366,38 @@ def test_inspect_json_states_the_contract_and_the_routing(tmp_path: Path) -> Non
     assert group["scores"] == "sigmoid score" and "scores + bias" in group["selection"]
     assert group["shared_experts"] == 1 and "times 2.5" in group["mixing_weights"]
     assert data["raw_events"] == TOKENS
+
+
+def test_a_layer_may_be_routed_at_two_sites_but_not_twice_at_one(tmp_path: Path) -> None:
+    """JetMoE routes attention heads and MLP experts in the same layer: two groups, two sites."""
+    run = make(tmp_path)
+
+    def second_site(m: dict[str, Any], site: str) -> None:
+        group = m["routing"]["groups"][0]
+        twin = json.loads(json.dumps(group))
+        twin.update(name="attention", site=site)
+        twin["arrays"] = {role: path.replace("moe.", "att.") for role, path in group["arrays"].items()}
+        m["routing"]["groups"].append(twin)
+        for role, path in group["arrays"].items():
+            m["arrays"][twin["arrays"][role]] = m["arrays"][path]
+
+    for role in ("selected", "weights", "scores"):
+        (run / f"arrays/att.{role}.npy").write_bytes((run / f"arrays/moe.{role}.npy").read_bytes())
+    edit_manifest(run, lambda m: second_site(m, "attention"))
+    report = RunReader(run).validate()
+    assert report.ok, report.counts_by_code()
+    sites = [(layer.layer_index, layer.site) for layer in RunReader(run).token_event(0).layers]
+    assert (1, "attention") in sites and (1, "mlp") in sites
+    edit_manifest(run, lambda m: m["routing"]["groups"][1].update(site="mlp"))
+    assert issues(run, "routing_layer_repeated")[0].location.layer_index == 1
+
+
+def test_hash_routed_layers_are_recorded_not_checked(tmp_path: Path) -> None:
+    run = make(tmp_path)
+    edit_manifest(run, lambda m: m["routing"]["groups"][0]["selection"].update(rule="hash"))
+    selected = read(run, "selected")
+    selected[0, 0] = selected[0, 0][::-1]  # any order, any set: a hash decided it
+    selected[1, 0, 0] = int(np.argsort(read(run, "scores")[1, 0])[0])
+    rewrite(run, "selected", selected)
+    report = RunReader(run).validate()
+    assert "selection_mismatch" not in report.counts_by_code()

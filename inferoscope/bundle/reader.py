@@ -226,6 +226,7 @@ class RunReader:
                         scores=None if scores is None else scores[slot],
                         score_function=group.score_function,
                         problem=problem,
+                        site=group.site,
                     )
                 )
         layers.sort(key=lambda la: la.layer_index if la.layer_index is not None else -1)

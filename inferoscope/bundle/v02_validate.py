@@ -30,7 +30,7 @@ def routing_issues(manifest: Mapping[str, Any], routing: Routing) -> list[Valida
     """The declaration itself: sound rules, each layer in one group, every array declared once."""
     issues: list[ValidationIssue] = []
     declared = _mapping(manifest.get("arrays"))
-    seen_layers: dict[int, str] = {}
+    seen_layers: dict[tuple[int, str], str] = {}
     used: dict[str, str] = {}
     for number, group in enumerate(routing.groups):
         where = Location(file=MANIFEST_FILE, json_path=f"$.routing.groups[{number}]")
@@ -39,7 +39,7 @@ def routing_issues(manifest: Mapping[str, Any], routing: Routing) -> list[Valida
                 _issue("manifest", "routing_rule_invalid", where, f"group {group.name!r}: {problem}")
             )
         for layer in group.layers:
-            if layer in seen_layers:
+            if (layer, group.site) in seen_layers:
                 issues.append(
                     _issue(
                         "manifest",
@@ -47,10 +47,11 @@ def routing_issues(manifest: Mapping[str, Any], routing: Routing) -> list[Valida
                         Location(
                             file=MANIFEST_FILE, layer_index=layer, json_path=f"{where.json_path}.layers"
                         ),
-                        f"layer {layer} is in group {seen_layers[layer]!r} and again in {group.name!r}",
+                        f"layer {layer} ({group.site}) is in group {seen_layers[(layer, group.site)]!r} "
+                        f"and again in {group.name!r}",
                     )
                 )
-            seen_layers[layer] = group.name
+            seen_layers[(layer, group.site)] = group.name
         for role, relpath in group.arrays.items():
             at = Location(file=MANIFEST_FILE, json_path=f"{where.json_path}.arrays.{role}")
             if relpath in used:

@@ -148,7 +148,7 @@ def check_block(block: Block, tol: float) -> BlockFindings:
             report("score_sum_mismatch", bad_sum, "scores", lambda r: f"{at(r)}: scores sum to {sums[r]:.9g}")
     flat = safe + (np.arange(rows, dtype=np.intp) * e)[:, None]
     chosen = scores.ravel()[flat]
-    if group.selection.rule != "unknown":
+    if group.selection.rule in ("topk", "group_limited_topk"):
         if block.bias is None:
             keys, chosen_keys = scores, chosen
         else:
