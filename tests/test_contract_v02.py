@@ -401,3 +401,16 @@ def test_hash_routed_layers_are_recorded_not_checked(tmp_path: Path) -> None:
     rewrite(run, "selected", selected)
     report = RunReader(run).validate()
     assert "selection_mismatch" not in report.counts_by_code()
+
+
+def test_a_bias_that_is_not_finite_is_located_and_the_selection_not_judged_by_it(tmp_path: Path) -> None:
+    run = make(tmp_path, "deepseek")
+    bias = read(run, "bias")
+    bias[2, 5] = np.inf
+    rewrite(run, "bias", bias)
+    issue = only(run, "value_not_finite")
+    assert (issue.location.file, issue.location.layer_index, issue.location.expert_index) == (
+        "arrays/moe.bias.npy",
+        3,
+        5,
+    )
