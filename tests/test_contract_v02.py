@@ -414,3 +414,16 @@ def test_a_bias_that_is_not_finite_is_located_and_the_selection_not_judged_by_it
         3,
         5,
     )
+
+
+def test_a_weight_that_is_not_finite_is_located(tmp_path: Path) -> None:
+    run = make(tmp_path)
+    weights = read(run, "weights")
+    weights[9, 0, 2] = np.nan
+    rewrite(run, "weights", weights)
+    issue = only(run, "value_not_finite")
+    assert (issue.location.file, issue.location.token_index, issue.location.layer_index) == (
+        "arrays/moe.weights.npy",
+        9,
+        1,
+    )
