@@ -19,14 +19,8 @@ import numpy as np
 
 from .bundle.writer_v02 import RunWriter, default_array_paths
 from .extraction.builders import build_layer_grid_layout
+from .versions import V02_ARTIFACT_VERSIONS
 
-V02_ARTIFACTS = {
-    "raw_event_schema_version": "raw/v0.2.0",
-    "derived_event_schema_version": "derived/v0.1.0-provisional",
-    "layout_schema_version": "layout/v0.1.0",
-    "motif_ledger_schema_version": "motif_ledger/v0.1.0-provisional",
-    "contingency_schema_version": "contingency/v0.1.0-provisional",
-}
 BLOCK = 1024
 
 
@@ -38,7 +32,7 @@ def v02_manifest(run_id: str, groups: list[dict[str, Any]], float_dtype: str = "
         "model_id": "synthetic/router",
         "tokenizer_id": "synthetic/tokenizer",
         "prompt": {"text": "synthetic"},
-        "artifact_versions": dict(V02_ARTIFACTS),
+        "artifact_versions": dict(V02_ARTIFACT_VERSIONS),
         "derivation_version": "motifs/v0.1.0-alpha",
         "derivation_config_id": "motifs/default-alpha",
         "run_kind": "generate",

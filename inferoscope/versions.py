@@ -9,6 +9,11 @@ DERIVED_EVENT_SCHEMA_VERSION = "derived/v0.1.0-provisional"
 MOTIF_LEDGER_SCHEMA_VERSION = "motif_ledger/v0.1.0-provisional"
 CONTINGENCY_SCHEMA_VERSION = "contingency/v0.1.0-provisional"
 
+#: contract v0.2 (docs/contract-v0.2.md): its own manifest and token lines; layout and derived
+#: artifacts are v0.1.0's.
+MANIFEST_V02_SCHEMA_VERSION = "manifest/v0.2.0"
+RAW_EVENT_V02_SCHEMA_VERSION = "raw/v0.2.0"
+
 #: manifest.artifact_versions key -> the version that key must declare.
 ARTIFACT_VERSION_KEYS: dict[str, str] = {
     "raw_event_schema_version": RAW_EVENT_SCHEMA_VERSION,
@@ -36,3 +41,9 @@ MOTIF_LEDGER_FILE = "motif_ledger.json"
 CONTINGENCY_FILE = "contingency.json"
 
 FLOAT_TOLERANCE = 1e-6
+
+#: a contract v0.2 manifest's artifact_versions
+V02_ARTIFACT_VERSIONS: dict[str, str] = {
+    **ARTIFACT_VERSION_KEYS,
+    "raw_event_schema_version": RAW_EVENT_V02_SCHEMA_VERSION,
+}

@@ -19,12 +19,12 @@ from ..jsonfmt import DECODE_FAILURES
 from ..validation.bundle_checks import RunChecks
 from ..validation.layer_checks import TOL
 from ..validation.raw_event import TOKEN_META_DECODER
+from ..versions import RAW_EVENT_V02_SCHEMA_VERSION
 from .lines import MAX_LINE_BYTES, LineIndex
 from .report import ValidationReport
 from .scan import SegmentResult
 
 MAX_FAST_BYTES = 256 * 1024 * 1024  # above this the streaming pass keeps memory flat
-V02_RAW = "raw/v0.2.0"
 
 
 def fast_meta_scan(path: Path, manifest: Mapping[str, Any] | None, max_kept: int) -> SegmentResult | None:
@@ -33,7 +33,10 @@ def fast_meta_scan(path: Path, manifest: Mapping[str, Any] | None, max_kept: int
         return None
     versions = manifest.get("artifact_versions")
     run_id = manifest.get("run_id")
-    if not isinstance(versions, Mapping) or versions.get("raw_event_schema_version") != V02_RAW:
+    if (
+        not isinstance(versions, Mapping)
+        or versions.get("raw_event_schema_version") != RAW_EVENT_V02_SCHEMA_VERSION
+    ):
         return None
     try:
         if path.stat().st_size > MAX_FAST_BYTES:

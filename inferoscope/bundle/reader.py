@@ -30,6 +30,7 @@ from ..versions import (
     DERIVED_FILE,
     LAYOUT_FILE,
     MANIFEST_FILE,
+    MANIFEST_V02_SCHEMA_VERSION,
     MOTIF_LEDGER_FILE,
     RAW_TRACE_FILE,
 )
@@ -377,7 +378,7 @@ class RunReader:
         report.add(checks.check_derived_events(chunk))
 
 
-MANIFEST_V02 = "manifest/v0.2.0"
+MANIFEST_V02 = MANIFEST_V02_SCHEMA_VERSION
 
 
 def profile_of(manifest: dict[str, Any] | None, raw_path: Path | None) -> str:

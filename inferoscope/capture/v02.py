@@ -18,18 +18,12 @@ import numpy as np
 from ..bundle.writer_v02 import default_array_paths, write_run_bundle_v02
 from ..extraction.builders import build_layer_grid_layout, build_manifest
 from ..routing import DEFAULT_TOLERANCE, Mixing, Selection, expected_weights, selection_violations
+from ..versions import V02_ARTIFACT_VERSIONS
 from .errors import CaptureError
 from .hooks import RouterCapture
 
 DERIVATION_VERSION = "motifs/v0.1.0-alpha"
 DERIVATION_CONFIG_ID = "motifs/default-alpha"
-V02_ARTIFACTS = {
-    "raw_event_schema_version": "raw/v0.2.0",
-    "derived_event_schema_version": "derived/v0.1.0-provisional",
-    "layout_schema_version": "layout/v0.1.0",
-    "motif_ledger_schema_version": "motif_ledger/v0.1.0-provisional",
-    "contingency_schema_version": "contingency/v0.1.0-provisional",
-}
 #: the model's compute dtype -> the tolerance its router's numbers are checked with
 MODEL_TOLERANCE = {"float32": 1e-5, "float64": 1e-6, "bfloat16": 1.6e-2, "float16": 2e-3}
 
@@ -107,7 +101,7 @@ def write_v02(
     )
     manifest.update(
         schema_version="manifest/v0.2.0",
-        artifact_versions=dict(V02_ARTIFACTS),
+        artifact_versions=dict(V02_ARTIFACT_VERSIONS),
         prompt={"text": prompt, "token_ids": prompt_ids},
         run_kind="generate",
         routing={
