@@ -47,9 +47,15 @@ class RouterCapture:
     _origin: float = 0.0
     _start: float = 0.0
 
+    _top_k: dict[int, int] = field(default_factory=dict)
+
     def __post_init__(self) -> None:
         if not self.sites:
             self.sites = find_routers(self.model)
+        for site in self.sites:
+            k = getattr(site.module, "top_k", None)
+            if isinstance(k, int) and not isinstance(k, bool) and k > 0:
+                self._top_k[site.layer_index] = k
 
     @property
     def layer_indices(self) -> list[int]:
@@ -98,7 +104,7 @@ class RouterCapture:
                 f"the routers of layers {missing} did not run in this forward pass "
                 "(a fused kernel may bypass them); nothing can be recorded faithfully"
             )
-        parts = [_split(self._outputs[i], i) for i in self.layer_indices]
+        parts = [_split(self._outputs[i], i, self._top_k.get(i)) for i in self.layer_indices]
         logits = [part[0] for part in parts]
         weights = [part[1] for part in parts]
         selected = [part[2] for part in parts]
@@ -139,28 +145,54 @@ class RouterCapture:
             self.on_step(len(self.steps))
 
 
-def _split(output: Any, layer_index: int) -> tuple[Any, Any | None, Any]:
+def _split(output: Any, layer_index: int, top_k: int | None = None) -> tuple[Any, Any | None, Any]:
     """(logits, mixing weights or None, selected indices) from a router's output, whatever the
-    tuple order: the integer tensor holds the indices, the float tensor as wide as them the
-    weights, the widest float tensor the logits over every expert."""
+    tuple order: the 2-D integer tensor holds the indices, the 2-D float tensor as wide as them the
+    weights, the widest 2-D float tensor with as many rows the logits over every expert.
+
+    A router that returns no indices but a score matrix that is zero outside its choice (Llama-4:
+    the sigmoid of the top-k logits scattered over -inf) gives them by that matrix: the selected
+    experts are the top-k of its logits, proven to be exactly where the matrix is not zero.
+    """
     import torch
 
     tensors = [
         t for t in (output if isinstance(output, (tuple, list)) else (output,)) if isinstance(t, torch.Tensor)
     ]
-    integer = [t for t in tensors if not t.is_floating_point()]
-    floating = [t for t in tensors if t.is_floating_point()]
+    integer = [t for t in tensors if not t.is_floating_point() and t.dim() == 2]
+    floating = [t for t in tensors if t.is_floating_point() and t.dim() == 2]
+    if not integer and len(floating) >= 2 and top_k:
+        return _scattered(floating, layer_index, top_k)
     if not integer or not floating:
         raise CaptureError(
-            f"the router of layer {layer_index} returns no expert indices; its "
-            "family selects experts elsewhere and cannot be recorded faithfully"
+            f"the router of layer {layer_index} returns no expert indices (output shapes "
+            f"{[tuple(t.shape) for t in tensors]}); its family selects experts elsewhere and cannot "
+            "be recorded faithfully"
         )
     selected = integer[0]
-    logits = max(floating, key=lambda t: t.shape[-1])  # all experts, not the k weights
-    if logits.dim() != 2 or selected.dim() != 2:
+    rows = [t for t in floating if t.shape[0] == selected.shape[0]]
+    if not rows:
         raise CaptureError(
-            f"unexpected router output shapes in layer {layer_index}: "
-            f"{tuple(logits.shape)} and {tuple(selected.shape)}"
+            f"unexpected router output shapes in layer {layer_index}: {[tuple(t.shape) for t in tensors]}"
         )
-    narrow = [t for t in floating if t is not logits and tuple(t.shape) == tuple(selected.shape)]
+    logits = max(rows, key=lambda t: t.shape[-1])  # all experts, not the k weights
+    narrow = [t for t in rows if t is not logits and tuple(t.shape) == tuple(selected.shape)]
     return logits, (narrow[0] if narrow else None), selected
+
+
+def _scattered(floating: list[Any], layer_index: int, top_k: int) -> tuple[Any, Any, Any]:
+    import torch
+
+    wide = [t for t in floating if t.shape == floating[0].shape]
+    if len(wide) != 2:
+        raise CaptureError(f"the router of layer {layer_index} returns no expert indices")
+    zeros = [int((t == 0).sum()) for t in wide]
+    scattered, logits = (wide[0], wide[1]) if zeros[0] >= zeros[1] else (wide[1], wide[0])
+    selected = torch.topk(logits, top_k, dim=-1).indices
+    chosen = torch.zeros_like(scattered, dtype=torch.bool).scatter_(1, selected, True)
+    if not torch.equal(chosen, scattered != 0):
+        raise CaptureError(
+            f"the router of layer {layer_index} returns no expert indices, and its score matrix is "
+            "not zero exactly outside the top-k of its logits; the experts it uses cannot be read"
+        )
+    return logits, torch.gather(scattered, 1, selected), selected

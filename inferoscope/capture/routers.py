@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import CaptureError
 
-_LAYER_IN_NAME = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+_LAYER_IN_NAME = re.compile(r"(?:^|\.)(?:layers|blocks|h)\.(\d+)\.")
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,7 +67,8 @@ def capture_run(
     if max_new_tokens < 1:
         raise CaptureError("max_new_tokens must be at least 1")
     capture = RouterCapture(model, on_step=on_step)  # CaptureError for a model without routers
-    _refuse_biased_selection(capture)
+    if contract == "v0.1":
+        _refuse_biased_selection(capture)
     inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
     prompt_length = int(inputs["input_ids"].shape[1])
     name = model_id or _name_of(model)

@@ -9,7 +9,6 @@ declared candidates on every recorded position (prompt and generated) and refuse
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +16,11 @@ import numpy as np
 
 from ..bundle.writer_v02 import default_array_paths, write_run_bundle_v02
 from ..extraction.builders import build_layer_grid_layout, build_manifest
-from ..routing import DEFAULT_TOLERANCE, Mixing, Selection, expected_weights, selection_violations
+from ..routing import DEFAULT_TOLERANCE
 from ..versions import V02_ARTIFACT_VERSIONS
 from .errors import CaptureError
 from .hooks import RouterCapture
+from .rules import RouterRule, find_bias, find_rule, hints_of
 
 DERIVATION_VERSION = "motifs/v0.1.0-alpha"
 DERIVATION_CONFIG_ID = "motifs/default-alpha"
@@ -66,28 +66,22 @@ def write_v02(
     prompt_weights = first.prefill_weights.transpose(1, 0, 2) if has_weights else None  # type: ignore[union-attr]
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     tol = max(MODEL_TOLERANCE.get(dtype, 1e-5), DEFAULT_TOLERANCE[store_dtype])
-    scores, prompt_scores = softmax_rows(logits), softmax_rows(prompt_logits)
-    router_class = type(capture.sites[0].module).__name__
-    _check_selection(scores, selected, prompt_scores, prompt_selected, tol, capture.layer_indices)
-    mixing = _mixing_rule(
-        np.concatenate([scores.reshape(-1, scores.shape[-1]), prompt_scores.reshape(-1, scores.shape[-1])]),
-        np.concatenate(
-            [selected.reshape(-1, selected.shape[-1]), prompt_selected.reshape(-1, selected.shape[-1])]
-        ),
-        None
-        if weights is None or prompt_weights is None
-        else np.concatenate(
-            [weights.reshape(-1, weights.shape[-1]), prompt_weights.reshape(-1, weights.shape[-1])]
-        ),
-        _scales(model),
-        tol,
-        router_class,
-    )
     layers = capture.layer_indices
-    experts, k = scores.shape[-1], selected.shape[-1]
-    paths = default_array_paths("moe", prompt=True)
-    if weights is None:
-        del paths["weights"], paths["prompt_weights"]
+    rules = _layer_rules(
+        model, capture, logits, selected, weights, prompt_logits, prompt_selected, prompt_weights, tol
+    )
+    router_class = type(capture.sites[0].module).__name__
+    groups, routing, prompt_routing, biases = _groups(
+        layers,
+        rules,
+        logits,
+        selected,
+        weights,
+        prompt_logits,
+        prompt_selected,
+        prompt_weights,
+        _shared_experts(model),
+    )
     manifest = build_manifest(
         run_id=run_id,
         model_id=model_id,
@@ -96,7 +90,7 @@ def write_v02(
         derivation_version=DERIVATION_VERSION,
         derivation_config_id=DERIVATION_CONFIG_ID,
         generation_config=generation_config,
-        capture_config=_capture_config(model, capture, dtype, router_class),
+        capture_config=_capture_config(model, capture, dtype, router_class, rules),
         seed=seed,
     )
     manifest.update(
@@ -104,27 +98,7 @@ def write_v02(
         artifact_versions=dict(V02_ARTIFACT_VERSIONS),
         prompt={"text": prompt, "token_ids": prompt_ids},
         run_kind="generate",
-        routing={
-            "float_dtype": store_dtype,
-            "tolerance": tol,
-            "groups": [
-                {
-                    "name": "moe",
-                    "layers": layers,
-                    "num_experts": experts,
-                    "top_k": k,
-                    "score_function": "softmax",
-                    "selection": {"rule": "topk", "bias": False},
-                    "mixing": {
-                        "rule": mixing.rule,
-                        "scale": mixing.scale,
-                        **({"name": mixing.name} if mixing.name else {}),
-                    },
-                    "shared_experts": _shared_experts(model),
-                    "arrays": paths,
-                }
-            ],
-        },
+        routing={"float_dtype": store_dtype, "tolerance": tol, "groups": groups},
     )
     prompt_length = len(prompt_ids)
     events = [
@@ -144,72 +118,117 @@ def write_v02(
         }
         for t, (token_id, step) in enumerate(zip(generated, steps, strict=False))
     ]
+    experts_of = {layer: rules[layer][1].shape[-1] for layer in layers}
     layout = build_layer_grid_layout(
-        run_id=run_id, layout_id="default-grid", layer_expert_counts=[(i, experts) for i in layers]
+        run_id=run_id, layout_id="default-grid", layer_expert_counts=[(i, experts_of[i]) for i in layers]
     )
-    routing = {"selected": selected, "scores": scores}
-    prompt_routing = {"selected": prompt_selected, "scores": prompt_scores}
-    if weights is not None and prompt_weights is not None:
-        routing["weights"], prompt_routing["weights"] = weights, prompt_weights
     return write_run_bundle_v02(
-        out, manifest, events, layout, {"moe": routing}, prompt_routing={"moe": prompt_routing}
+        out, manifest, events, layout, routing, bias=biases or None, prompt_routing=prompt_routing
     )
 
 
-def _check_selection(
-    scores: np.ndarray,
-    selected: np.ndarray,
-    prompt_scores: np.ndarray,
-    prompt_selected: np.ndarray,
-    tol: float,
-    layers: list[int],
-) -> None:
-    """Refuse a family whose router does not pick the top-k of its softmax scores."""
-    rule = Selection("topk", False)
-    for name, s, sel in (("token", scores, selected), ("prompt position", prompt_scores, prompt_selected)):
-        _rows, lg, e = s.shape
-        bad, winners = selection_violations(s.reshape(-1, e), sel.reshape(-1, sel.shape[-1]), rule, tol)
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            where, slot = divmod(row, lg)
-            raise CaptureError(
-                f"{name} {where}, layer {layers[slot]}: the router chose experts "
-                f"{sorted(int(x) for x in sel.reshape(-1, sel.shape[-1])[row])} although expert "
-                f"{int(winners[row])} has a higher softmax score. This family does not route by "
-                "softmax-then-top-k (a selection bias or expert groups outside the router); "
-                "inferoscope refuses rather than record a rule the model does not follow."
-            )
+LayerRule = tuple[RouterRule, np.ndarray, np.ndarray | None]  # the rule, a logits row, the bias
 
 
-def _scales(model: Any) -> list[float]:
-    config = getattr(model, "config", None)
-    scale = getattr(config, "routed_scaling_factor", None)
-    scales = [1.0]
-    if isinstance(scale, (int, float)) and not isinstance(scale, bool) and math.isfinite(scale) and scale > 0:
-        scales.append(float(scale))
-    return scales
-
-
-def _mixing_rule(
-    scores: np.ndarray,
+def _layer_rules(
+    model: Any,
+    capture: RouterCapture,
+    logits: np.ndarray,
     selected: np.ndarray,
     weights: np.ndarray | None,
-    scales: list[float],
+    prompt_logits: np.ndarray,
+    prompt_selected: np.ndarray,
+    prompt_weights: np.ndarray | None,
     tol: float,
-    router_class: str,
-) -> Mixing:
-    """The declared rule that reproduces every recorded weight, or ``unchecked`` (named)."""
-    if weights is None:
-        return Mixing("unchecked", 1.0, f"{router_class} returns no mixing weights")
-    chosen = np.take_along_axis(scores, selected, axis=1)
-    for scale in scales:
-        for rule in ("gather", "renormalize"):
-            candidate = Mixing(rule, scale)
-            expected = expected_weights(chosen, candidate)
-            assert expected is not None
-            if (np.abs(weights - expected) <= tol * np.maximum(1.0, np.abs(expected))).all():
-                return candidate
-    return Mixing("unchecked", 1.0, f"{router_class} (its weights follow none of the declared rules)")
+) -> dict[int, LayerRule]:
+    """Per MoE layer, the declared rule its router follows on every recorded position; a
+    CaptureError naming the layer when no declared rule reproduces its selection."""
+    config = getattr(model, "config", None)
+    found: dict[int, LayerRule] = {}
+    for slot, site in enumerate(capture.sites):
+        rows_logits = np.concatenate([prompt_logits[:, slot], logits[:, slot]])
+        rows_selected = np.concatenate([prompt_selected[:, slot], selected[:, slot]])
+        rows_weights = (
+            None
+            if weights is None or prompt_weights is None
+            else np.concatenate([prompt_weights[:, slot], weights[:, slot]])
+        )
+        experts = rows_logits.shape[-1]
+        parent = model.get_submodule(site.name.rsplit(".", 1)[0]) if "." in site.name else None
+        bias_found = find_bias(site.module, parent, experts)
+        bias = None if bias_found is None else bias_found[1]
+        rule = find_rule(
+            rows_logits, rows_selected, rows_weights, bias, hints_of(site.module, config, bias), tol
+        )
+        if rule is None:
+            raise CaptureError(
+                f"layer {site.layer_index} ({type(site.module).__name__}): no declared routing rule "
+                "(softmax or sigmoid scores; top-k, with or without a selection bias, or limited to "
+                "expert groups) reproduces the experts the router chose on every position; "
+                "inferoscope refuses rather than record a rule the model does not follow"
+            )
+        found[site.layer_index] = (rule, rows_logits[:1], bias if rule.selection.bias else None)
+    return found
+
+
+def _groups(
+    layers: list[int],
+    rules: dict[int, LayerRule],
+    logits: np.ndarray,
+    selected: np.ndarray,
+    weights: np.ndarray | None,
+    prompt_logits: np.ndarray,
+    prompt_selected: np.ndarray,
+    prompt_weights: np.ndarray | None,
+    shared_experts: int,
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any], dict[str, np.ndarray]]:
+    """Layers with one shape and one rule form a group (most models: one group)."""
+    keys: dict[Any, list[int]] = {}
+    for slot, layer in enumerate(layers):
+        rule, row, bias = rules[layer]
+        key = (rule, row.shape[-1], selected.shape[-1], bias is not None)
+        keys.setdefault(key, []).append(slot)
+    groups, routing, prompt_routing, biases = [], {}, {}, {}
+    for number, ((rule, experts, k, has_bias), slots) in enumerate(keys.items()):
+        name = "moe" if len(keys) == 1 else f"moe{number}"
+        paths = default_array_paths(name, prompt=True, bias=has_bias)
+        if weights is None:
+            del paths["weights"], paths["prompt_weights"]
+        selection: dict[str, Any] = {"rule": rule.selection.rule, "bias": rule.selection.bias}
+        if rule.selection.rule == "group_limited_topk":
+            selection.update(
+                n_group=rule.selection.n_group,
+                topk_group=rule.selection.topk_group,
+                group_score=rule.selection.group_score,
+            )
+        groups.append(
+            {
+                "name": name,
+                "layers": [layers[s] for s in slots],
+                "num_experts": int(experts),
+                "top_k": int(k),
+                "score_function": rule.score_function,
+                "selection": selection,
+                "mixing": {
+                    "rule": rule.mixing.rule,
+                    "scale": rule.mixing.scale,
+                    **({"name": rule.mixing.name} if rule.mixing.name else {}),
+                },
+                "shared_experts": shared_experts,
+                "arrays": paths,
+            }
+        )
+        routing[name] = {"selected": selected[:, slots], "scores": rule.scores(logits[:, slots])}
+        prompt_routing[name] = {
+            "selected": prompt_selected[:, slots],
+            "scores": rule.scores(prompt_logits[:, slots]),
+        }
+        if weights is not None and prompt_weights is not None:
+            routing[name]["weights"] = weights[:, slots]
+            prompt_routing[name]["weights"] = prompt_weights[:, slots]
+        if has_bias:
+            biases[name] = np.stack([rules[layers[s]][2] for s in slots])  # type: ignore[misc]
+    return groups, routing, prompt_routing, biases
 
 
 def _shared_experts(model: Any) -> int:
@@ -223,7 +242,9 @@ def _shared_experts(model: Any) -> int:
     return 0
 
 
-def _capture_config(model: Any, capture: RouterCapture, dtype: str, router_class: str) -> dict[str, Any]:
+def _capture_config(
+    model: Any, capture: RouterCapture, dtype: str, router_class: str, rules: dict[int, LayerRule]
+) -> dict[str, Any]:
     config = getattr(model, "config", None)
     return {
         "adapter": "transformers-router-hooks",
@@ -231,7 +252,10 @@ def _capture_config(model: Any, capture: RouterCapture, dtype: str, router_class
         "router_class": router_class,
         "router_modules": [site.name for site in capture.sites],
         "moe_layer_indices": capture.layer_indices,
-        "scores": "softmax over all experts of the router's logits (float64, stored as the routing dtype)",
+        "scores": "the router's own logits through its score function (softmax or sigmoid, in float64, "
+        "stored as the routing dtype)",
+        "rule_evidence": "every declared rule reproduces the router's selection on every recorded "
+        "position (prompt and generated) within the routing tolerance",
         "selected_and_weights": "exactly as the router module returned them, in its order",
         "norm_topk_prob": getattr(config, "norm_topk_prob", None),
         "dtype": dtype,

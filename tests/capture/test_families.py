@@ -135,13 +135,74 @@ def test_sampling_records_its_seed_and_repeats(checkpoints: dict[str, Path], tmp
     ]
 
 
-def test_deepseek_v3_is_refused_rather_than_recorded_wrongly(
-    checkpoints: dict[str, Path], tmp_path: Path
-) -> None:
+def test_deepseek_v3_cannot_be_written_as_v01(checkpoints: dict[str, Path], tmp_path: Path) -> None:
     model, tokenizer = _load(checkpoints["deepseek_v3"])
     with pytest.raises(CaptureError, match="sigmoid"):
-        capture_run(model, tokenizer, PROMPT, max_new_tokens=2, out=tmp_path)
+        capture_run(model, tokenizer, PROMPT, max_new_tokens=2, out=tmp_path, contract="v0.1")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_deepseek_v3_is_recorded_as_v02_with_its_own_rule(
+    checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    """Sigmoid scores plus a non-zero correction bias, group-limited, weights renormalised and
+    scaled: the bundle holds what the router returned, and the declared rule is proven both on the
+    capture and on 2,000 random positions fed to each router directly."""
+    from inferoscope.routing import expected_weights, selection_keys, selection_violations
+
+    model, tokenizer = _load(checkpoints["deepseek_v3"])
+    seen: dict[int, list[tuple[Any, Any]]] = {}
+    routers = find_routers(model)
+
+    def observe(layer: int) -> Any:
+        def hook(_module: Any, _inputs: Any, out: Any) -> None:
+            weights = next(t for t in out if t.is_floating_point() and t.shape[-1] == out[2].shape[-1])
+            seen.setdefault(layer, []).append((out[2][-1].tolist(), weights[-1].clone()))
+
+        return hook
+
+    handles = [site.module.register_forward_hook(observe(site.layer_index)) for site in routers]
+    try:
+        run = capture_run(model, tokenizer, PROMPT, max_new_tokens=NEW_TOKENS, out=tmp_path, run_id="ds")
+    finally:
+        for handle in handles:
+            handle.remove()
+    reader = RunReader(run)
+    assert reader.validate().ok
+    assert reader.routing is not None
+    (group,) = reader.routing.groups
+    config = model.config
+    assert group.layers == (1,)  # layer 0 is dense (first_k_dense_replace)
+    assert group.score_function == "sigmoid" and group.selection.bias
+    assert (group.selection.rule, group.selection.n_group, group.selection.topk_group) == (
+        "group_limited_topk",
+        config.n_group,
+        config.topk_group,
+    )
+    assert group.mixing.rule == "renormalize" and group.mixing.scale == pytest.approx(
+        config.routed_scaling_factor
+    )
+    assert group.shared_experts == config.n_shared_experts
+    bias = reader.sidecar().whole(group, "bias")
+    module = routers[0].module
+    assert bias is not None and np.array_equal(bias[0], module.e_score_correction_bias.numpy())
+    assert np.abs(bias).max() > 0.1  # a bias that matters, not transformers' zero init
+    for t in range(len(reader)):
+        layer = reader.token_event(t).layers[0]
+        indices, weights = seen[1][t]
+        assert list(layer.selected) == indices
+        assert layer.weights is not None and np.array_equal(layer.weights.astype(np.float32), weights.numpy())
+    # the rule on many random positions, straight through the router
+    torch.manual_seed(1)
+    probe = torch.randn(2000, config.hidden_size)
+    with torch.no_grad():
+        logits, weights, indices = module(probe)
+    scores = torch.sigmoid(logits).double().numpy()
+    keys = selection_keys(scores, bias[0])
+    bad, _ = selection_violations(keys, indices.numpy(), group.selection, 1e-5)
+    assert not bad.any()
+    expected = expected_weights(np.take_along_axis(scores, indices.numpy(), 1), group.mixing)
+    assert expected is not None and np.allclose(weights.numpy(), expected, atol=1e-5)
 
 
 def test_a_dense_model_gets_a_clear_error(tmp_path: Path) -> None:

@@ -113,5 +113,8 @@ def save_tiny(family: str, folder: Path, seed: int = 0) -> Path:
         for name, param in model.named_parameters():
             if name.endswith(("gate.weight", "router.weight")):
                 param.normal_(0, 1.0)
+        for name, buffer in model.named_buffers():  # trained routers have non-zero selection biases
+            if name.endswith("e_score_correction_bias"):
+                buffer.normal_(0, 0.5)
     model.save_pretrained(folder)
     return folder
