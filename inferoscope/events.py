@@ -53,7 +53,7 @@ class LayerEvent:
             z = np.exp(scores - scores.max())
             softmax: np.ndarray = z / z.sum()
             return softmax
-        if self.score_function == "sigmoid":
+        if self.score_function in ("sigmoid", "sqrt_softplus"):
             total = float(scores.sum())
             share: np.ndarray = scores / total
             return share if total > 0 else None

@@ -110,7 +110,7 @@ def _entropy(scores: np.ndarray, function: str) -> np.ndarray | None:
     if function == "logits":
         z = np.exp(rows - rows.max(axis=1, keepdims=True))
         rows = z / z.sum(axis=1, keepdims=True)
-    elif function == "sigmoid":
+    elif function in ("sigmoid", "sqrt_softplus"):
         total = rows.sum(axis=1, keepdims=True)
         rows = np.where(total > 0, rows / np.where(total > 0, total, 1.0), 0.0)
     elif function != "softmax":

@@ -27,6 +27,7 @@ DEFAULT_TOLERANCE: dict[str, float] = {
 SCORE_NAMES: dict[str, str] = {
     "softmax": "softmax probability",
     "sigmoid": "sigmoid score",
+    "sqrt_softplus": "sqrt-softplus score",
     "logits": "router logit",
     "unknown": "score",
 }
@@ -59,18 +60,22 @@ class Selection:
 
 @dataclass(frozen=True, slots=True)
 class Mixing:
-    rule: str  # gather | renormalize | softmax_selected | sigmoid_selected | unchecked
+    rule: str  # gather | renormalize | softmax_selected | unchecked
     scale: float = 1.0
     name: str | None = None
+    #: applied to each selected score before the rule ("sigmoid": a router that selects on
+    #: logits and weighs by their sigmoid)
+    transform: str = "none"
 
     def describe(self) -> str:
         base = {
             "gather": "the selected scores",
             "renormalize": "the selected scores divided by their sum",
             "softmax_selected": "a softmax over the selected scores",
-            "sigmoid_selected": "the sigmoid of each selected score",
             "unchecked": f"{self.name or 'a rule'} (recorded, not recomputed)",
         }[self.rule]
+        if self.transform == "sigmoid":
+            base = base.replace("the selected scores", "the sigmoid of the selected scores")
         return base if self.scale == 1.0 else f"{base}, times {self.scale:g}"
 
 
@@ -150,7 +155,12 @@ def _group_of(item: Mapping[str, Any]) -> RoutingGroup:
             topk_group=_optional_int(selection.get("topk_group")),
             group_score=selection.get("group_score"),
         ),
-        mixing=Mixing(rule=str(mixing["rule"]), scale=float(mixing["scale"]), name=mixing.get("name")),
+        mixing=Mixing(
+            rule=str(mixing["rule"]),
+            scale=float(mixing["scale"]),
+            name=mixing.get("name"),
+            transform=str(mixing.get("transform", "none")),
+        ),
         shared_experts=_plain_int(item["shared_experts"]),
         arrays=dict(arrays),
         site=str(item.get("site", "mlp")),
@@ -263,6 +273,8 @@ def _distinct_count(values: np.ndarray) -> np.ndarray:
 def expected_weights(selected_scores: np.ndarray, mixing: Mixing) -> np.ndarray | None:
     """The weights the mixing rule gives for the selected scores ``[N, k]`` (float64), or None."""
     s = selected_scores.astype(np.float64)
+    if mixing.transform == "sigmoid":
+        s = 1.0 / (1.0 + np.exp(-s))
     if mixing.rule == "gather":
         out = s
     elif mixing.rule == "renormalize":
@@ -270,8 +282,6 @@ def expected_weights(selected_scores: np.ndarray, mixing: Mixing) -> np.ndarray 
     elif mixing.rule == "softmax_selected":
         z = np.exp(s - s.max(axis=1, keepdims=True))
         out = z / z.sum(axis=1, keepdims=True)
-    elif mixing.rule == "sigmoid_selected":
-        out = 1.0 / (1.0 + np.exp(-s))
     else:
         return None
     scaled: np.ndarray = out * mixing.scale

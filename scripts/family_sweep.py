@@ -346,9 +346,12 @@ def router_modules(model: Any) -> list[tuple[str, Any]]:
     classes = _declared_router_classes(model)
 
     def is_router(module: Any) -> bool:
+        name = type(module).__name__
+        if name.endswith("HashRouter") or hasattr(module, "tid2eid"):  # undeclared: DeepSeek-V4's hash layers
+            return True
         if classes:
             return isinstance(module, classes)
-        return type(module).__name__.endswith(("TopKRouter", "TopkRouter"))
+        return name.endswith(("TopKRouter", "TopkRouter"))
 
     return [(name, module) for name, module in model.named_modules() if is_router(module)]
 
@@ -410,6 +413,15 @@ def randomize_biases(model: Any, seed: int) -> list[str]:
         for name, tensor in selection_biases(model):
             tensor.copy_(torch.randn(tensor.shape, generator=generator) * BIAS_STD)
             names.append(name)
+        for name, table in model.named_buffers():  # hash routing: a token -> distinct experts table
+            if name.endswith("tid2eid") and table.dim() == 2:
+                experts = int(getattr(model.config, "num_local_experts", 0) or table.max() + 1 or 2)
+                rows = [
+                    torch.randperm(experts, generator=generator)[: table.shape[1]]
+                    for _ in range(table.shape[0])
+                ]
+                table.copy_(torch.stack(rows).to(table.dtype))
+                names.append(name)
     return names
 
 
@@ -448,8 +460,15 @@ def _last_row(output: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
     items = output if isinstance(output, (tuple, list)) else (output,)
     tensors = [t for t in items if isinstance(t, torch.Tensor)]
     integer = [t for t in tensors if not t.is_floating_point()]
-    if not integer:
-        return None, None
+    if not integer:  # Llama-4: a score matrix that is zero outside the chosen experts
+        wide = [t for t in tensors if t.is_floating_point() and t.dim() == 2]
+        scattered = [t for t in wide if bool((t == 0).any())]
+        if not scattered:
+            return None, None
+        row = scattered[0][-1].detach().float().cpu().numpy()
+        chosen = np.flatnonzero(row)
+        order = chosen[np.argsort(-row[chosen], kind="stable")]
+        return order.astype(np.int64), row[order]
     indices = integer[0]
     last = indices.reshape(-1, indices.shape[-1])[-1].detach().cpu().numpy().astype(np.int64)
     same = [t for t in tensors if t.is_floating_point() and tuple(t.shape) == tuple(indices.shape)]

@@ -383,7 +383,7 @@ def _display_entropy(block: Block, group: RoutingGroup) -> np.ndarray | None:
     if group.score_function == "logits":
         z = np.exp(scores - scores.max(axis=1, keepdims=True))
         scores = z / z.sum(axis=1, keepdims=True)
-    elif group.score_function == "sigmoid":
+    elif group.score_function in ("sigmoid", "sqrt_softplus"):
         total = scores.sum(axis=1, keepdims=True)
         scores = np.where(total > 0, scores / np.where(total > 0, total, 1.0), 0.0).astype(np.float32)
     elif group.score_function != "softmax":

@@ -25,6 +25,16 @@ class RouterSite:
     name: str
     module: Any
 
+    @property
+    def hashed(self) -> bool:
+        """A router that picks experts by a table of the token id (DeepSeek-V4's hash layers)."""
+        return hasattr(self.module, "tid2eid") or type(self.module).__name__.endswith("HashRouter")
+
+
+def _undeclared_router(module: Any) -> bool:
+    """Routing modules a model does not declare in ``_can_record_outputs`` (hash routers)."""
+    return hasattr(module, "tid2eid") or type(module).__name__.endswith("HashRouter")
+
 
 def _declared_router_classes(model: Any) -> list[type]:
     classes: list[type] = []
@@ -46,7 +56,7 @@ def find_routers(model: Any) -> list[RouterSite]:
     sites: list[RouterSite] = []
     for name, module in model.named_modules():
         if classes:
-            is_router = isinstance(module, tuple(classes))
+            is_router = isinstance(module, tuple(classes)) or _undeclared_router(module)
         else:  # no declaration: fall back to the naming convention of MoE routers
             is_router = type(module).__name__.endswith(("TopKRouter", "TopkRouter"))
         if not is_router:
@@ -65,4 +75,19 @@ def find_routers(model: Any) -> list[RouterSite]:
     seen = [site.layer_index for site in sites]
     if len(set(seen)) != len(seen):
         raise CaptureError("more than one router per decoder layer; cannot tell which one routes")
+    _no_layer_left_out(model, set(seen))
     return sites
+
+
+def _no_layer_left_out(model: Any, routed: set[int]) -> None:
+    """A decoder layer whose MoE block has experts but no router we found would be silently
+    missing from the bundle: refuse, naming it."""
+    for name, module in model.named_modules():
+        if not name.endswith(".experts") or not list(module.parameters(recurse=True)):
+            continue
+        match = _LAYER_IN_NAME.search(name + ".")
+        if match is not None and int(match.group(1)) not in routed:
+            raise CaptureError(
+                f"decoder layer {match.group(1)} has experts ({name}) but no router inferoscope can "
+                "record; its routing would be missing from the bundle, so the model is refused"
+            )

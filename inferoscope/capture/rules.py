@@ -24,7 +24,7 @@ BIAS_NAMES = ("e_score_correction_bias", "expert_bias", "correction_bias")
 
 @dataclass(frozen=True, slots=True)
 class RouterRule:
-    score_function: str  # softmax | sigmoid
+    score_function: str  # softmax | sigmoid | sqrt_softplus | logits
     selection: Selection
     mixing: Mixing
 
@@ -32,12 +32,21 @@ class RouterRule:
         return score_rows(logits, self.score_function)
 
 
+SCORE_FUNCTIONS = ("softmax", "sigmoid", "sqrt_softplus", "logits")
+
+
 def score_rows(logits: np.ndarray, function: str) -> np.ndarray:
-    """The router's scores from its logits, in float64 (softmax over experts, or sigmoid)."""
+    """The router's scores from its logits, in float64: softmax over experts, sigmoid,
+    sqrt(softplus) (DeepSeek-V4) or the logits themselves."""
     z = logits.astype(np.float64)
+    if function == "logits":
+        return z
     if function == "sigmoid":
         out: np.ndarray = 1.0 / (1.0 + np.exp(-z))
         return out
+    if function == "sqrt_softplus":
+        root: np.ndarray = np.sqrt(np.logaddexp(0.0, z))
+        return root
     z = np.exp(z - z.max(axis=-1, keepdims=True))
     soft: np.ndarray = z / z.sum(axis=-1, keepdims=True)
     return soft
@@ -112,9 +121,11 @@ def find_rule(
     bias: np.ndarray | None,
     hints: RouterHints,
     tol: float,
+    hashed: bool = False,
 ) -> RouterRule | None:
     """The first declared rule that reproduces ``selected`` on every row, preferring one whose
-    mixing rule also reproduces ``weights``.
+    mixing rule also reproduces ``weights``. A ``hashed`` router picks by token id: its selection
+    is recorded as ``hash`` (not a function of the scores) and only its scores and mixing found.
 
     ``logits`` ``[R, E]``, ``selected`` / ``weights`` ``[R, k]``: every recorded position of one
     layer. The selection must follow exactly; a mixing rule that no candidate reproduces is
@@ -122,14 +133,17 @@ def find_rule(
     """
     experts, k = logits.shape[1], selected.shape[1]
     fallback: RouterRule | None = None
-    for selection in _selections(hints, experts, k):
-        for function in ("softmax", "sigmoid"):
+    selections = [Selection("hash", False)] if hashed else _selections(hints, experts, k)
+    for selection in selections:
+        for function in SCORE_FUNCTIONS:
             scores = score_rows(logits, function)
-            keys = selection_keys(scores, bias if selection.bias else None)
-            bad, _winners = selection_violations(keys, selected, selection, tol)
-            if bad.any():
-                continue
-            rule = RouterRule(function, selection, _mixing(scores, selected, weights, hints, tol))
+            if not hashed:
+                keys = selection_keys(scores, bias if selection.bias else None)
+                bad, _winners = selection_violations(keys, selected, selection, tol)
+                if bad.any():
+                    continue
+            mixing = _mixing(scores, selected, weights, hints, tol, function == "logits")
+            rule = RouterRule(function, selection, mixing)
             if rule.mixing.rule != "unchecked":
                 return rule
             fallback = fallback or rule
@@ -137,14 +151,22 @@ def find_rule(
 
 
 def _mixing(
-    scores: np.ndarray, selected: np.ndarray, weights: np.ndarray | None, hints: RouterHints, tol: float
+    scores: np.ndarray,
+    selected: np.ndarray,
+    weights: np.ndarray | None,
+    hints: RouterHints,
+    tol: float,
+    logits: bool = False,
 ) -> Mixing:
     if weights is None:
         return Mixing("unchecked", 1.0, "the router returns no mixing weights")
     chosen = np.take_along_axis(scores, selected, axis=1)
+    candidates = [("gather", "none"), ("renormalize", "none")]
+    if logits:  # a router that selects on logits and weighs by their sigmoid or their softmax
+        candidates = [("softmax_selected", "none"), ("gather", "sigmoid"), ("renormalize", "sigmoid")]
     for scale in hints.scales:
-        for rule in ("gather", "renormalize"):
-            candidate = Mixing(rule, scale)
+        for rule, transform in candidates:
+            candidate = Mixing(rule, scale, transform=transform)
             expected = expected_weights(chosen, candidate)
             assert expected is not None
             if (np.abs(weights - expected) <= tol * np.maximum(1.0, np.abs(expected))).all():

@@ -157,9 +157,8 @@ def _layer_rules(
         parent = model.get_submodule(site.name.rsplit(".", 1)[0]) if "." in site.name else None
         bias_found = find_bias(site.module, parent, experts)
         bias = None if bias_found is None else bias_found[1]
-        rule = find_rule(
-            rows_logits, rows_selected, rows_weights, bias, hints_of(site.module, config, bias), tol
-        )
+        hints = hints_of(site.module, config, bias)
+        rule = find_rule(rows_logits, rows_selected, rows_weights, bias, hints, tol, hashed=site.hashed)
         if rule is None:
             raise CaptureError(
                 f"layer {site.layer_index} ({type(site.module).__name__}): no declared routing rule "
@@ -213,6 +212,7 @@ def _groups(
                     "rule": rule.mixing.rule,
                     "scale": rule.mixing.scale,
                     **({"name": rule.mixing.name} if rule.mixing.name else {}),
+                    **({"transform": rule.mixing.transform} if rule.mixing.transform != "none" else {}),
                 },
                 "shared_experts": shared_experts,
                 "arrays": paths,

@@ -110,7 +110,8 @@ def _v02_detail(
 ) -> Text:
     name = layer.score_name
     labelled(text, f"layer {layer.layer_index}", f"n={layer.num_experts} k={len(layer.selected)}", "bold")
-    labelled(text, "scores", name + ("" if layer.score_function != "sigmoid" else " (no sum to 1)"))
+    unbounded = layer.score_function in ("sigmoid", "sqrt_softplus")
+    labelled(text, "scores", name + (" (no sum to 1)" if unbounded else ""))
     chosen = layer.selected_scores()
     pairs = [
         f"{e}:{_g(p, 3) if p is not None else '—'}" for e, p in zip(layer.selected, chosen, strict=False)
