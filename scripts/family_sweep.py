@@ -563,6 +563,88 @@ def check_bundle(
     return problems
 
 
+PROBE_ROWS = 2000
+
+
+def probe_rules(model: Any, path: Path) -> tuple[list[str], int]:
+    """Feed random positions straight into every router that takes hidden states alone and check
+    that the bundle's declared rule reproduces the router's own selection (and weights, unless
+    declared unchecked) on all of them: a rule that fits a short capture by luck fails here.
+    Returns the problems and how many routers were probed."""
+    import inspect as pyinspect
+
+    import torch
+
+    from inferoscope import RunReader
+    from inferoscope.capture import find_routers
+    from inferoscope.capture.rules import score_rows
+    from inferoscope.routing import expected_weights, selection_keys, selection_violations
+
+    reader = RunReader(path)
+    routing = reader.routing
+    if routing is None:
+        return ["no routing declared"], 0
+    sidecar = reader.sidecar()
+    generator = torch.Generator().manual_seed(5)
+    problems: list[str] = []
+    probed = 0
+    for site in find_routers(model):
+        group = routing.group_of(site.layer_index)
+        if group is None or group.selection.rule not in ("topk", "group_limited_topk"):
+            continue
+        if len(pyinspect.signature(site.module.forward).parameters) != 1:
+            continue  # the router takes more than hidden states (a bias passed in, token ids)
+        hidden = int(getattr(model.config, "hidden_size", 0))
+        x = torch.randn(PROBE_ROWS, hidden, generator=generator)
+        with torch.no_grad():
+            output = site.module(x)
+        logits, weights, indices = _probe_parts(output)
+        if logits is None or indices is None:
+            continue
+        probed += 1
+        scores = score_rows(logits, group.score_function)
+        bias = None
+        if group.selection.bias:
+            bias_rows = sidecar.whole(group, "bias")
+            bias = None if bias_rows is None else bias_rows[group.layers.index(site.layer_index)]
+        keys = selection_keys(scores, bias)
+        bad, _ = selection_violations(keys, indices, group.selection, 1e-5)
+        if bad.any():
+            missed = int(bad.sum())
+            problems.append(
+                f"layer {site.layer_index}: the declared selection misses {missed} of {PROBE_ROWS} probes"
+            )
+            continue
+        expected = expected_weights(np.take_along_axis(scores, indices, 1), group.mixing)
+        if (
+            weights is not None
+            and expected is not None
+            and not np.allclose(weights, expected, atol=1e-4, rtol=1e-4)
+        ):
+            problems.append(f"layer {site.layer_index}: the declared mixing rule misses the probes' weights")
+    return problems, probed
+
+
+def _probe_parts(output: Any) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    import torch
+
+    tensors = [
+        t for t in (output if isinstance(output, (tuple, list)) else (output,)) if isinstance(t, torch.Tensor)
+    ]
+    integer = [t for t in tensors if not t.is_floating_point() and t.dim() == 2]
+    floating = [t for t in tensors if t.is_floating_point() and t.dim() == 2]
+    if not integer or not floating:
+        return None, None, None
+    indices = integer[0]
+    rows = [t for t in floating if t.shape[0] == indices.shape[0]]
+    if not rows:
+        return None, None, None
+    logits = max(rows, key=lambda t: t.shape[-1])
+    narrow = [t for t in rows if t is not logits and t.shape == indices.shape]
+    weights = narrow[0].double().numpy() if narrow else None
+    return logits.double().numpy(), weights, indices.numpy().astype(np.int64)
+
+
 def _mixing(path: Path) -> str:
     from inferoscope import RunReader
 
@@ -620,9 +702,12 @@ def sweep_one(
         return Result(label, "error", f"capture_run raised {type(exc).__name__}: {_short(str(exc))}")
     sites = {site.layer_index: site.name for site in find_routers(model)}
     problems = check_bundle(Path(path), log, sites, tokens, reference)
+    probe_problems, probed = probe_rules(model, Path(path))
+    problems += probe_problems
     if problems:
         return Result(label, "mismatch", "; ".join(problems))
-    return Result(label, "captured", _mixing(Path(path)))
+    note = f"; rule probed on {PROBE_ROWS} random positions x {probed} routers" if probed else ""
+    return Result(label, "captured", _mixing(Path(path)) + note)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -104,7 +104,7 @@ class RouterCapture:
                 f"the routers of layers {missing} did not run in this forward pass "
                 "(a fused kernel may bypass them); nothing can be recorded faithfully"
             )
-        parts = [_split(self._outputs[i], i, self._top_k.get(i)) for i in self.layer_indices]
+        parts = [split_router_output(self._outputs[i], i, self._top_k.get(i)) for i in self.layer_indices]
         logits = [part[0] for part in parts]
         weights = [part[1] for part in parts]
         selected = [part[2] for part in parts]
@@ -145,7 +145,9 @@ class RouterCapture:
             self.on_step(len(self.steps))
 
 
-def _split(output: Any, layer_index: int, top_k: int | None = None) -> tuple[Any, Any | None, Any]:
+def split_router_output(
+    output: Any, layer_index: int, top_k: int | None = None
+) -> tuple[Any, Any | None, Any]:
     """(logits, mixing weights or None, selected indices) from a router's output, whatever the
     tuple order: the 2-D integer tensor holds the indices, the 2-D float tensor as wide as them the
     weights, the widest 2-D float tensor with as many rows the logits over every expert.

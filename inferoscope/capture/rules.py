@@ -172,3 +172,57 @@ def _mixing(
             if (np.abs(weights - expected) <= tol * np.maximum(1.0, np.abs(expected))).all():
                 return candidate
     return Mixing("unchecked", 1.0, "the router's own (none of the declared rules reproduces them)")
+
+
+PROBE_ROWS = 512
+
+
+def probe_router(
+    module: Any, parent: Any, hidden_size: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray] | None:
+    """(logits, weights, selected) of ``PROBE_ROWS`` random positions fed straight to the router,
+    or None when it cannot be called with hidden states alone (it needs token ids, say).
+
+    A short capture can fit a wrong rule by luck (a bias that rarely changes the choice); random
+    positions decide between the candidates. They only choose the declared rule: nothing from a
+    probe is written to the bundle.
+    """
+    import inspect
+
+    import torch
+
+    from .hooks import split_router_output
+
+    extra: dict[str, Any] = {}
+    for name, parameter in inspect.signature(module.forward).parameters.items():
+        if name in ("hidden_states", "x", "input", "hidden"):
+            continue
+        if "bias" in name and parent is not None:  # a selection bias the MoE block passes in
+            found = find_bias(module, parent, int(getattr(module, "num_experts", 0) or 0) or -1)
+            if found is None:
+                return None
+            parent_bias = next(
+                (t for n, t in [*parent.named_buffers(), *parent.named_parameters()] if n.endswith(found[0])),
+                None,
+            )
+            if parent_bias is None:
+                return None
+            extra[name] = parent_bias
+        elif parameter.default is parameter.empty:
+            return None
+    weight = next(module.parameters(), None)
+    dtype = weight.dtype if weight is not None else torch.float32
+    device = weight.device if weight is not None else "cpu"
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn(PROBE_ROWS, hidden_size, generator=generator).to(dtype=dtype, device=device)
+    try:
+        with torch.no_grad():  # .forward, not the module call: nobody's hooks see a probe
+            output = module.forward(x, **extra)
+        logits, weights, selected = split_router_output(output, -1, getattr(module, "top_k", None))
+    except Exception:  # a router that cannot be probed this way: the recorded positions decide
+        return None
+    return (
+        logits.float().cpu().numpy(),
+        None if weights is None else weights.float().cpu().numpy(),
+        selected.cpu().numpy().astype(np.int64),
+    )

@@ -20,7 +20,7 @@ from ..routing import DEFAULT_TOLERANCE
 from ..versions import V02_ARTIFACT_VERSIONS
 from .errors import CaptureError
 from .hooks import RouterCapture
-from .rules import RouterRule, find_bias, find_rule, hints_of
+from .rules import RouterRule, find_bias, find_rule, hints_of, probe_router
 
 DERIVATION_VERSION = "motifs/v0.1.0-alpha"
 DERIVATION_CONFIG_ID = "motifs/default-alpha"
@@ -158,6 +158,18 @@ def _layer_rules(
         bias_found = find_bias(site.module, parent, experts)
         bias = None if bias_found is None else bias_found[1]
         hints = hints_of(site.module, config, bias)
+        probe = (
+            None if site.hashed else probe_router(site.module, parent, int(getattr(config, "hidden_size", 0)))
+        )
+        if (
+            probe is not None
+            and probe[0].shape[-1] == experts
+            and probe[2].shape[-1] == rows_selected.shape[-1]
+        ):
+            rows_logits = np.concatenate([rows_logits, probe[0]])
+            rows_selected = np.concatenate([rows_selected, probe[2]])
+            if rows_weights is not None:
+                rows_weights = None if probe[1] is None else np.concatenate([rows_weights, probe[1]])
         rule = find_rule(rows_logits, rows_selected, rows_weights, bias, hints, tol, hashed=site.hashed)
         if rule is None:
             raise CaptureError(
@@ -255,7 +267,8 @@ def _capture_config(
         "scores": "the router's own logits through its score function (softmax or sigmoid, in float64, "
         "stored as the routing dtype)",
         "rule_evidence": "every declared rule reproduces the router's selection on every recorded "
-        "position (prompt and generated) within the routing tolerance",
+        "position (prompt and generated) and on 512 random positions fed to each router directly, "
+        "within the routing tolerance (probes choose the rule; none is written)",
         "selected_and_weights": "exactly as the router module returned them, in its order",
         "norm_topk_prob": getattr(config, "norm_topk_prob", None),
         "dtype": dtype,
