@@ -37,6 +37,17 @@ class LayerEvent:
     problem: str | None = None
     #: where the router sits in its decoder layer (v0.2 groups may route a layer at two sites)
     site: str = "mlp"
+    #: the layer's selection bias (v0.2 routers that select on score + bias), one per expert
+    bias: np.ndarray | None = None
+    #: experts every token uses besides the routed ones (always on; not in the scores)
+    shared_experts: int = 0
+
+    def selection_keys(self) -> np.ndarray | None:
+        """What chose the experts: the scores, plus the selection bias where the router adds one."""
+        if self.scores is None:
+            return None
+        keys = self.scores.astype(np.float64)
+        return keys if self.bias is None or self.bias.shape != keys.shape else keys + self.bias
 
     @property
     def score_name(self) -> str:

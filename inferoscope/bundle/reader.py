@@ -85,6 +85,7 @@ class RunReader:
         self.profile = profile_of(self.manifest, self.raw_path if self.raw_problem is None else None)
         self.routing: Routing | None = routing_of(self.manifest) if self.profile == "v0.2" else None
         self._sidecar: Sidecar | None = None
+        self._biases: dict[str, np.ndarray | None] = {}
         self._index: LineIndex | None = None
         self.workers: int | None = None  # processes for validate(); None: one per core for big files
         #: validate() in worker processes only, keeping this process free (for an interactive app)
@@ -196,6 +197,9 @@ class RunReader:
         sidecar = self.sidecar()
         layers: list[LayerEvent] = []
         for group in self.routing.groups:
+            if group.name not in self._biases:
+                self._biases[group.name] = sidecar.whole(group, "bias") if group.selection.bias else None
+            biases = self._biases[group.name]
             found: dict[str, np.ndarray | None] = {}
             problem = None
             for role in ("selected", "weights", "scores"):
@@ -228,6 +232,10 @@ class RunReader:
                         score_function=group.score_function,
                         problem=problem,
                         site=group.site,
+                        bias=None
+                        if biases is None or slot >= len(biases)
+                        else biases[slot].astype(np.float64),
+                        shared_experts=group.shared_experts,
                     )
                 )
         layers.sort(key=lambda la: la.layer_index if la.layer_index is not None else -1)

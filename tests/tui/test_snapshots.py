@@ -102,3 +102,22 @@ def test_compare(snap_compare, tmp_path_factory: pytest.TempPathFactory) -> None
     assert snap_compare(
         InferoscopeApp(a, compare=b), terminal_size=(100, 34), run_before=_then("l", "l", "l", "j", "j")
     )
+
+
+@pytest.fixture
+def deepseek_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DeepSeek-V3-style v0.2 run (sigmoid + bias, group-limited, one shared expert), fixed path."""
+    from inferoscope.synthetic import write_synthetic_v02
+
+    folder = tmp_path_factory.getbasetemp() / "snap-deepseek"
+    shutil.rmtree(folder, ignore_errors=True)
+    return write_synthetic_v02(folder, "deepseek-style", 40, layers=4, experts=32, top_k=4, router="deepseek")
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_deepseek_style_run(snap_compare, deepseek_run: Path, size: tuple[int, int]) -> None:  # type: ignore[no-untyped-def]
+    """Sigmoid scores named as such, coloured by their share, the bias-adjusted rank that chose the
+    experts, the applied weights, and the shared expert as its own always-on column."""
+    assert snap_compare(
+        InferoscopeApp(deepseek_run), terminal_size=size, run_before=settle, press=["l", "j", "L", "L", "L"]
+    )

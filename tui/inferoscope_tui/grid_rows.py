@@ -72,20 +72,23 @@ def grid_rows(model: RunModel, slot: EventSlot | None, position: int, *, show_mo
                 motif_fit_strength=model.motifs.strength(motif) if motif and model.motifs else 1.0,
                 motif_novel=motif.novel if motif is not None else False,
                 note=None if numbers is not None else _no_scores_note(layer),
+                shared=layer.shared_experts,
             )
         )
     return rows
 
 
 def shown_numbers(layer: LayerEvent) -> list[float] | None:
-    """What the cells are shaded by: the stored probabilities (v0.1.0: a non-number as 0), the
-    softmax or sigmoid scores, or the softmax of router logits; None when no scores are recorded."""
+    """What the cells are shaded by (as a multiple of the uniform share): the stored probabilities
+    (v0.1.0: a non-number as 0), softmax scores, the softmax of router logits, or for sigmoid and
+    sqrt-softplus scores their share of the layer's sum (they do not sum to 1); None when no
+    scores are recorded."""
     if layer.stored:
         probs = layer.stored.get("router_probs")
         return [as_float(p) for p in probs] if isinstance(probs, list) else None
     if layer.scores is None:
         return None
-    if layer.score_function == "logits":
+    if layer.score_function != "softmax":
         distribution = layer.distribution()
         return None if distribution is None else distribution.tolist()
     return [float(v) for v in layer.scores]

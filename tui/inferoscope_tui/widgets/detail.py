@@ -112,6 +112,10 @@ def _v02_detail(
     labelled(text, f"layer {layer.layer_index}", f"n={layer.num_experts} k={len(layer.selected)}", "bold")
     unbounded = layer.score_function in ("sigmoid", "sqrt_softplus")
     labelled(text, "scores", name + (" (no sum to 1)" if unbounded else ""))
+    if unbounded:
+        labelled(text, "colour", "score share: score ÷ sum", "dim")
+    if layer.shared_experts:
+        labelled(text, "shared", f"{layer.shared_experts} always on (S), not routed", "dim")
     chosen = layer.selected_scores()
     pairs = [
         f"{e}:{_g(p, 3) if p is not None else '—'}" for e, p in zip(layer.selected, chosen, strict=False)
@@ -140,6 +144,15 @@ def _v02_detail(
             f"{_g(float(scores[expert]), 4)} · rank {order.index(expert) + 1}{note}",
             "bold",
         )
+        keys = layer.selection_keys()
+        if layer.bias is not None and keys is not None:  # what chose the experts: score + bias
+            by_key = sorted(range(keys.size), key=lambda i: (-float(keys[i]), i))
+            labelled(
+                text,
+                "+ bias",
+                f"{_g(float(layer.bias[expert]), 3)} → {_g(float(keys[expert]), 4)} · "
+                f"rank {by_key.index(expert) + 1} (chooses)",
+            )
     if cell and len(cell) > 1 and scores is not None:
         members = [
             f"{m}:{_g(float(scores[m]) if 0 <= m < scores.size else None, 3)}"

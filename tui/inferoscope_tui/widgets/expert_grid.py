@@ -117,6 +117,11 @@ def faded(colour: str, strength: float, background: str = "#1e1e1e") -> str:
     return "#" + "".join(f"{v:02x}" for v in mix)
 
 
+def shared_label(count: int) -> str:
+    """``S`` per always-on shared expert (``S×n`` past three)."""
+    return "S" * count if count <= 3 else f"S×{count}"
+
+
 def rank_glyph(rank: int) -> str:
     return str(rank + 1) if rank < 9 else "+"
 
@@ -142,6 +147,8 @@ class GridRow:
     motif_novel: bool = False
     #: what to show instead of cells when there are no probabilities (default: "unreadable")
     note: str | None = None
+    #: experts every token uses besides the routed ones: drawn as their own always-on column
+    shared: int = 0
 
 
 class ExpertGrid(ScrollView, can_focus=True, inherit_bindings=False):
@@ -175,10 +182,16 @@ class ExpertGrid(ScrollView, can_focus=True, inherit_bindings=False):
         self.no_color = no_color
 
     @property
+    def shared_width(self) -> int:
+        """Columns of the shared-expert column at a row's end (0 when no layer has one)."""
+        shared = max((row.shared for row in self.rows), default=0)
+        return 0 if shared == 0 else len(shared_label(shared)) + 1
+
+    @property
     def packing(self) -> Packing:
         experts = max((len(row.order) for row in self.rows), default=1) or 1
         top_k = max((len(row.topk) for row in self.rows), default=1)
-        return packing_for(experts, top_k, (self.size.width or 80) - MARGIN)
+        return packing_for(experts, top_k, (self.size.width or 80) - MARGIN - self.shared_width)
 
     @property
     def cell_width(self) -> int:
@@ -213,7 +226,9 @@ class ExpertGrid(ScrollView, can_focus=True, inherit_bindings=False):
         experts = max((len(row.order) for row in self.rows), default=0)
         packing = self.packing
         cells = -(-experts // packing.group)
-        self.virtual_size = Size(MARGIN + cells * packing.width + packing.list_width, len(self.rows))
+        self.virtual_size = Size(
+            MARGIN + cells * packing.width + packing.list_width + self.shared_width, len(self.rows)
+        )
 
     def on_resize(self) -> None:
         self._update_virtual_size()
@@ -275,7 +290,7 @@ class ExpertGrid(ScrollView, can_focus=True, inherit_bindings=False):
             return segments
         packing = self.packing
         if packing.packed:
-            return segments + self._packed_cells(row, selected, packing)
+            return segments + self._packed_cells(row, selected, packing) + self._shared_cells(row)
         n = len(row.probs)
         width = packing.width
         ranks = {expert: rank for rank, expert in enumerate(row.topk)}
@@ -291,7 +306,14 @@ class ExpertGrid(ScrollView, can_focus=True, inherit_bindings=False):
                 style = style + _DIFF_NO_COLOR if self.no_color else style + _DIFF
             # a digit, then a plain coloured column: two neighbouring ranks never fuse
             segments.append(Segment(glyph.center(width), style))
-        return segments
+        return segments + self._shared_cells(row)
+
+    def _shared_cells(self, row: GridRow) -> list[Segment]:
+        """Shared experts: always on, so one marker column apart from the routed cells."""
+        if not row.shared:
+            return []
+        style = Style(bold=True) if self.no_color else Style(bold=True, color="#87d7af")
+        return [Segment(" ", Style()), Segment(shared_label(row.shared), style)]
 
     def _packed_cells(self, row: GridRow, selected: bool, packing: Packing) -> list[Segment]:
         """Cells of ``group`` experts (the strongest shown; ``•``: holds a selected one), then top-k ids."""
