@@ -174,11 +174,15 @@ def main() -> None:
         for name in names:
             model = build(name, root / name, len(tokenizer), args.device, dtype, direct=name in FULL_LAYERS)
             inputs = tokenizer("the quick brown fox jumps over", return_tensors="pt").to(args.device)
-            timed_generate(model, inputs, 4, hooks=False)  # warm up
+            for hooks in (False, True):  # warm up both paths (kernels, caches, clocks)
+                timed_generate(model, inputs, 16, hooks=hooks)
             plain, hooked = [], []
-            for _ in range(args.repeats):  # interleaved, so drift hits both alike
-                plain.append(timed_generate(model, inputs, args.tokens, hooks=False))
-                hooked.append(timed_generate(model, inputs, args.tokens, hooks=True))
+            for repeat in range(args.repeats):  # interleaved, alternating which goes first
+                first = repeat % 2 == 1
+                for hooks in (first, not first):
+                    (hooked if hooks else plain).append(
+                        timed_generate(model, inputs, args.tokens, hooks=hooks)
+                    )
             start = time.perf_counter()
             capture_run(
                 model,
