@@ -241,8 +241,16 @@ def moe_families() -> dict[str, type]:
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+    from inferoscope.capture.loading import causal_lm_class
+
     found: dict[str, type] = {}
-    for model_type, class_name in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.items():
+    names = dict(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+    for model_type, config_cls in CONFIG_MAPPING.items():  # families shipped but not mapped (Mistral4)
+        if model_type not in names:
+            cls = getattr(transformers, config_cls.__name__.removesuffix("Config") + "ForCausalLM", None)
+            if cls is not None and causal_lm_class(config_cls()) is cls:
+                names[model_type] = cls.__name__
+    for model_type, class_name in names.items():
         if not class_name.endswith("ForCausalLM"):
             continue
         try:
@@ -437,12 +445,19 @@ def build_and_load(model_type: str, folder: Path, extra: dict[str, Any] | None =
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     torch.manual_seed(0)
     config = tiny_config(model_type, len(tokenizer), extra)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
+    from inferoscope.capture.loading import causal_lm_class, load_causal_lm
+
+    cls = causal_lm_class(config)
+    model = (
+        cls._from_config(config, dtype=torch.float32)
+        if cls is not None
+        else AutoModelForCausalLM.from_config(config)
+    )
     spread_routers(model, seed=0)
     randomize_biases(model, seed=1)
     model.save_pretrained(folder)
     del model
-    loaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
+    loaded = load_causal_lm(folder, dtype=torch.float32)  # the loader `inferoscope capture` uses
     if any(not tensor.any() for _name, tensor in selection_biases(loaded)):
         randomize_biases(loaded, seed=1)  # a non-persistent buffer is not saved: set it again
     loaded.eval()  # type: ignore[no-untyped-call]
