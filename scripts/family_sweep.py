@@ -508,10 +508,47 @@ def observe_routers(model: Any) -> Iterator[HookLog]:
 
         return keep
 
+    def experts_hook(name: str) -> Any:
+        """For a router that returns logits only (DBRX): what the experts were called with."""
+
+        def keep(_module: Any, args: Any, kwargs: Any) -> None:
+            calls = log.calls.get(name)
+            if not calls or calls[-1][1] is not None:
+                return
+            import torch
+
+            given = [*args, *kwargs.values()]
+            index = next(
+                (t for t in given if isinstance(t, torch.Tensor) and not t.is_floating_point()), None
+            )
+            if index is None:
+                return
+            weight = next(
+                (
+                    t
+                    for t in given
+                    if isinstance(t, torch.Tensor) and t.is_floating_point() and t.shape == index.shape
+                ),
+                None,
+            )
+            last = index.reshape(-1, index.shape[-1])[-1].detach().cpu().numpy().astype(np.int64)
+            weights = (
+                None
+                if weight is None
+                else weight.reshape(-1, weight.shape[-1])[-1].detach().float().cpu().numpy()
+            )
+            calls[-1] = (calls[-1][0], last, weights)
+
+        return keep
+
+    modules = dict(model.named_modules())
     try:
         handles.append(model.register_forward_pre_hook(on_pass))
         for name, module in router_modules(model):
             handles.append(module.register_forward_hook(router_hook(name)))
+            experts = modules.get(name.rsplit(".", 1)[0] + ".experts")
+            if experts is not None:
+                handles.append(experts.register_forward_pre_hook(experts_hook(name), with_kwargs=True))
         yield log
     finally:
         for handle in handles:

@@ -34,6 +34,10 @@ class StepRouting:
     prefill_weights: np.ndarray | None = None  # [L, positions, k]
 
 
+#: the MoE block method that picks experts from a logits-only router's output (DBRX)
+BLOCK_ROUTING = "route_tokens_to_experts"
+
+
 @dataclass(slots=True)
 class RouterCapture:
     """``with RouterCapture(model) as capture: model.generate(...)`` fills ``capture.steps``."""
@@ -48,6 +52,8 @@ class RouterCapture:
     _start: float = 0.0
 
     _top_k: dict[int, int] = field(default_factory=dict)
+    _routed: dict[int, Any] = field(default_factory=dict)  # block-level routing outputs (DBRX)
+    _wrapped: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.sites:
@@ -66,6 +72,7 @@ class RouterCapture:
         try:
             for site in self.sites:
                 self._handles.append(site.module.register_forward_hook(self._router_hook(site.layer_index)))
+                self._watch_block_routing(site)
             self._handles.append(self.model.register_forward_pre_hook(self._before_step))
             self._handles.append(self.model.register_forward_hook(self._after_step))
         except BaseException:
@@ -84,6 +91,29 @@ class RouterCapture:
             handle.remove()
         self._handles.clear()
         self._outputs.clear()
+        for block in self._wrapped:
+            block.__dict__.pop(BLOCK_ROUTING, None)  # the class's own method again
+        self._wrapped.clear()
+
+    def _watch_block_routing(self, site: RouterSite) -> None:
+        """A router that returns logits only (DBRX) leaves the choice to its MoE block's
+        ``route_tokens_to_experts``: that method's own output (weights, indices) is recorded, by
+        wrapping it on this one block instance for the capture's duration."""
+        if "." not in site.name:
+            return
+        block = self.model.get_submodule(site.name.rsplit(".", 1)[0])
+        original = getattr(block, BLOCK_ROUTING, None)
+        if original is None or BLOCK_ROUTING in block.__dict__:
+            return
+        layer = site.layer_index
+
+        def routed(*args: Any, **kwargs: Any) -> Any:
+            result = original(*args, **kwargs)
+            self._routed[layer] = result
+            return result
+
+        block.__dict__[BLOCK_ROUTING] = routed
+        self._wrapped.append(block)
 
     def _router_hook(self, layer_index: int) -> Any:
         def keep(_module: Any, _inputs: Any, output: Any) -> None:
@@ -93,7 +123,17 @@ class RouterCapture:
 
     def _before_step(self, _module: Any, _args: Any) -> None:
         self._outputs.clear()
+        self._routed.clear()
         self._start = time.perf_counter()
+
+    def _joined(self, layer: int) -> Any:
+        """The router's output, with its block's (weights, indices) where the block chose."""
+        output = self._outputs[layer]
+        routed = self._routed.get(layer)
+        if routed is None:
+            return output
+        own = output if isinstance(output, (tuple, list)) else (output,)
+        return (*own, *(routed if isinstance(routed, (tuple, list)) else (routed,)))
 
     def _after_step(self, _module: Any, _args: Any, _output: Any) -> None:
         import torch
@@ -104,7 +144,7 @@ class RouterCapture:
                 f"the routers of layers {missing} did not run in this forward pass "
                 "(a fused kernel may bypass them); nothing can be recorded faithfully"
             )
-        parts = [split_router_output(self._outputs[i], i, self._top_k.get(i)) for i in self.layer_indices]
+        parts = [split_router_output(self._joined(i), i, self._top_k.get(i)) for i in self.layer_indices]
         logits = [part[0] for part in parts]
         weights = [part[1] for part in parts]
         selected = [part[2] for part in parts]

@@ -14,7 +14,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 #: refused on purpose, with the reason the capture must give
 REFUSED = {
-    "dbrx": "returns no expert indices",
     "doge": "returns no expert indices",
     "jetmoe": "more than one router per decoder layer",
     "zaya": "no declared routing rule",
