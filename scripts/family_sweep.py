@@ -473,6 +473,16 @@ def _last_row(output: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
     import torch
 
     items = output if isinstance(output, (tuple, list)) else (output,)
+    if len(items) == 5 and isinstance(items[3], (list, tuple)) and isinstance(items[4], torch.Tensor):
+        # JetMoE: (positions in the flattened top-k, tokens, gates, count per expert, logits), by expert
+        positions, _tokens, gates, sizes, logits = items
+        k = positions.numel() // logits.shape[0]
+        order = np.repeat(np.arange(logits.shape[-1]), np.asarray(sizes))
+        flat = np.zeros(positions.numel(), dtype=np.int64)
+        flat[positions.cpu().numpy()] = order
+        flat_gates = np.zeros(positions.numel())
+        flat_gates[positions.cpu().numpy()] = gates.detach().float().cpu().numpy()
+        return flat.reshape(-1, k)[-1], flat_gates.reshape(-1, k)[-1]
     tensors = [t for t in items if isinstance(t, torch.Tensor)]
     integer = [t for t in tensors if not t.is_floating_point()]
     if not integer:  # Llama-4: a score matrix that is zero outside the chosen experts
@@ -560,11 +570,11 @@ def _rounded(values: Any) -> list[float]:
 
 
 def check_bundle(
-    path: Path, log: HookLog, sites: dict[int, str], tokens: int, reference: list[int]
+    path: Path, log: HookLog, sites: dict[tuple[int, str], str], tokens: int, reference: list[int]
 ) -> list[str]:
     """Every way the bundle differs from what the routers returned (empty: faithful).
 
-    ``sites`` maps each recorded layer to its router module. Event ``t`` is checked against the
+    ``sites`` maps each recorded (layer, site) to its router module. Event ``t`` is checked against the
     router's call in forward pass ``t`` (pass 0 is the prompt's, which produced token 0), and its
     token against ``reference``, a plain ``generate`` without capture."""
     from inferoscope import RunReader
@@ -592,7 +602,7 @@ def check_bundle(
             problems.append(f"token {t} is {event.token_id}; generate without capture gave {reference[t]}")
         for layer in event.layers:
             where = f"token {t}, layer {layer.layer_index}"
-            site = sites.get(-1 if layer.layer_index is None else layer.layer_index)
+            site = sites.get((-1 if layer.layer_index is None else layer.layer_index, layer.site))
             if site is None or t not in by_pass.get(site, {}):
                 return [*problems, f"{where}: no router call in forward pass {t}"]
             indices, weights = by_pass[site][t]
@@ -641,7 +651,7 @@ def probe_rules(model: Any, path: Path) -> tuple[list[str], int]:
     problems: list[str] = []
     probed = 0
     for site in find_routers(model):
-        group = routing.group_of(site.layer_index)
+        group = routing.group_of(site.layer_index, site.site)
         if group is None or group.selection.rule not in ("topk", "group_limited_topk"):
             continue
         if len(pyinspect.signature(site.module.forward).parameters) != 1:
@@ -752,7 +762,7 @@ def sweep_one(
         raise
     except Exception as exc:
         return Result(label, "error", f"capture_run raised {type(exc).__name__}: {_short(str(exc))}")
-    sites = {site.layer_index: site.name for site in find_routers(model)}
+    sites = {(site.layer_index, site.site): site.name for site in find_routers(model)}
     problems = check_bundle(Path(path), log, sites, tokens, reference)
     probe_problems, probed = probe_rules(model, Path(path))
     problems += probe_problems

@@ -58,10 +58,10 @@ class RouterCapture:
     def __post_init__(self) -> None:
         if not self.sites:
             self.sites = find_routers(self.model)
-        for site in self.sites:
+        for position, site in enumerate(self.sites):
             k = getattr(site.module, "top_k", None)
             if isinstance(k, int) and not isinstance(k, bool) and k > 0:
-                self._top_k[site.layer_index] = k
+                self._top_k[position] = k
 
     @property
     def layer_indices(self) -> list[int]:
@@ -70,9 +70,9 @@ class RouterCapture:
     def __enter__(self) -> RouterCapture:
         self._origin = time.perf_counter()
         try:
-            for site in self.sites:
-                self._handles.append(site.module.register_forward_hook(self._router_hook(site.layer_index)))
-                self._watch_block_routing(site)
+            for position, site in enumerate(self.sites):
+                self._handles.append(site.module.register_forward_hook(self._router_hook(position)))
+                self._watch_block_routing(site, position)
             self._handles.append(self.model.register_forward_pre_hook(self._before_step))
             self._handles.append(self.model.register_forward_hook(self._after_step))
         except BaseException:
@@ -95,7 +95,7 @@ class RouterCapture:
             block.__dict__.pop(BLOCK_ROUTING, None)  # the class's own method again
         self._wrapped.clear()
 
-    def _watch_block_routing(self, site: RouterSite) -> None:
+    def _watch_block_routing(self, site: RouterSite, position: int) -> None:
         """A router that returns logits only (DBRX) leaves the choice to its MoE block's
         ``route_tokens_to_experts``: that method's own output (weights, indices) is recorded, by
         wrapping it on this one block instance for the capture's duration."""
@@ -105,19 +105,18 @@ class RouterCapture:
         original = getattr(block, BLOCK_ROUTING, None)
         if original is None or BLOCK_ROUTING in block.__dict__:
             return
-        layer = site.layer_index
 
         def routed(*args: Any, **kwargs: Any) -> Any:
             result = original(*args, **kwargs)
-            self._routed[layer] = result
+            self._routed[position] = result
             return result
 
         block.__dict__[BLOCK_ROUTING] = routed
         self._wrapped.append(block)
 
-    def _router_hook(self, layer_index: int) -> Any:
+    def _router_hook(self, position: int) -> Any:
         def keep(_module: Any, _inputs: Any, output: Any) -> None:
-            self._outputs[layer_index] = output
+            self._outputs[position] = output
 
         return keep
 
@@ -126,10 +125,10 @@ class RouterCapture:
         self._routed.clear()
         self._start = time.perf_counter()
 
-    def _joined(self, layer: int) -> Any:
+    def _joined(self, position: int) -> Any:
         """The router's output, with its block's (weights, indices) where the block chose."""
-        output = self._outputs[layer]
-        routed = self._routed.get(layer)
+        output = self._outputs[position]
+        routed = self._routed.get(position)
         if routed is None:
             return output
         own = output if isinstance(output, (tuple, list)) else (output,)
@@ -138,13 +137,16 @@ class RouterCapture:
     def _after_step(self, _module: Any, _args: Any, _output: Any) -> None:
         import torch
 
-        missing = [i for i in self.layer_indices if i not in self._outputs]
+        missing = [site.layer_index for i, site in enumerate(self.sites) if i not in self._outputs]
         if missing:
             raise CaptureError(
                 f"the routers of layers {missing} did not run in this forward pass "
                 "(a fused kernel may bypass them); nothing can be recorded faithfully"
             )
-        parts = [split_router_output(self._joined(i), i, self._top_k.get(i)) for i in self.layer_indices]
+        parts = [
+            split_router_output(self._joined(i), site.layer_index, self._top_k.get(i))
+            for i, site in enumerate(self.sites)
+        ]
         logits = [part[0] for part in parts]
         weights = [part[1] for part in parts]
         selected = [part[2] for part in parts]
@@ -198,6 +200,9 @@ def split_router_output(
     """
     import torch
 
+    grouped = _grouped_by_expert(output, top_k)
+    if grouped is not None:
+        return grouped
     tensors = [
         t for t in (output if isinstance(output, (tuple, list)) else (output,)) if isinstance(t, torch.Tensor)
     ]
@@ -220,6 +225,29 @@ def split_router_output(
     logits = max(rows, key=lambda t: t.shape[-1])  # all experts, not the k weights
     narrow = [t for t in rows if t is not logits and tuple(t.shape) == tuple(selected.shape)]
     return logits, (narrow[0] if narrow else None), selected
+
+
+def _grouped_by_expert(output: Any, top_k: int | None) -> tuple[Any, Any, Any] | None:
+    """JetMoE's gating output, sorted by expert: (positions in the flattened top-k, token of each,
+    gate of each, count per expert, logits). Laid back out per token, in the router's own top-k
+    order (position ``token * k + slot``): a re-layout of its output, nothing recomputed."""
+    import torch
+
+    if not isinstance(output, (tuple, list)) or len(output) != 5 or not top_k:
+        return None
+    positions, _tokens, gates, sizes, logits = output
+    tensors = (positions, gates, logits)
+    if not all(isinstance(t, torch.Tensor) for t in tensors) or logits.dim() != 2 or positions.dim() != 1:
+        return None
+    counts = torch.as_tensor(sizes, device=positions.device)
+    if counts.numel() != logits.shape[-1] or int(counts.sum()) != positions.numel():
+        return None
+    experts = torch.repeat_interleave(torch.arange(logits.shape[-1], device=positions.device), counts)
+    flat_experts = torch.empty_like(positions)
+    flat_experts[positions] = experts
+    flat_gates = torch.empty_like(gates)
+    flat_gates[positions] = gates
+    return logits, flat_gates.view(-1, top_k), flat_experts.view(-1, top_k)
 
 
 def _scattered(floating: list[Any], layer_index: int, top_k: int) -> tuple[Any, Any, Any]:

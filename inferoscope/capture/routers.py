@@ -26,6 +26,17 @@ class RouterSite:
     module: Any
 
     @property
+    def site(self) -> str:
+        """Where in its decoder layer the router sits: "attention" for a mixture of attention
+        heads (JetMoE's MoA), else "mlp"."""
+        parts = self.name.split(".")
+        return (
+            "attention"
+            if any(p in ("self_attention", "self_attn", "attention", "attn") for p in parts)
+            else "mlp"
+        )
+
+    @property
     def hashed(self) -> bool:
         """A router that picks experts by a table of the token id (DeepSeek-V4's hash layers)."""
         return hasattr(self.module, "tid2eid") or type(self.module).__name__.endswith("HashRouter")
@@ -71,11 +82,13 @@ def find_routers(model: Any) -> list[RouterSite]:
             f"no Mixture-of-Experts router found in this model ({kind}); "
             "inferoscope captures MoE models (OLMoE, Mixtral, Qwen-MoE, ...)"
         )
-    sites.sort(key=lambda site: site.layer_index)
-    seen = [site.layer_index for site in sites]
+    sites.sort(key=lambda site: (site.layer_index, site.site != "mlp", site.name))
+    seen = [(site.layer_index, site.site) for site in sites]
     if len(set(seen)) != len(seen):
-        raise CaptureError("more than one router per decoder layer; cannot tell which one routes")
-    _no_layer_left_out(model, set(seen))
+        raise CaptureError(
+            "more than one router at one place of a decoder layer; cannot tell which one routes"
+        )
+    _no_layer_left_out(model, {layer for layer, _site in seen})
     return sites
 
 

@@ -69,6 +69,11 @@ def capture_run(
     capture = RouterCapture(model, on_step=on_step)  # CaptureError for a model without routers
     if contract == "v0.1":
         _refuse_biased_selection(capture)
+        if len(set(capture.layer_indices)) != len(capture.layer_indices):
+            raise CaptureError(
+                "this model routes some layers at two places (attention and MLP experts); contract "
+                "v0.1.0 holds one router per layer: capture it as v0.2 (the default)"
+            )
     inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
     prompt_length = int(inputs["input_ids"].shape[1])
     name = model_id or _name_of(model)

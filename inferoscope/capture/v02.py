@@ -67,12 +67,14 @@ def write_v02(
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     tol = max(MODEL_TOLERANCE.get(dtype, 1e-5), DEFAULT_TOLERANCE[store_dtype])
     layers = capture.layer_indices
+    sites = [site.site for site in capture.sites]
     rules = _layer_rules(
         model, capture, logits, selected, weights, prompt_logits, prompt_selected, prompt_weights, tol
     )
     router_class = type(capture.sites[0].module).__name__
     groups, routing, prompt_routing, biases = _groups(
         layers,
+        sites,
         rules,
         logits,
         selected,
@@ -118,9 +120,11 @@ def write_v02(
         }
         for t, (token_id, step) in enumerate(zip(generated, steps, strict=False))
     ]
-    experts_of = {layer: rules[layer][1].shape[-1] for layer in layers}
+    experts_of: dict[int, int] = {}
+    for slot, layer in enumerate(layers):  # a layer routed at two places: its larger expert count
+        experts_of[layer] = max(experts_of.get(layer, 0), rules[slot][1].shape[-1])
     layout = build_layer_grid_layout(
-        run_id=run_id, layout_id="default-grid", layer_expert_counts=[(i, experts_of[i]) for i in layers]
+        run_id=run_id, layout_id="default-grid", layer_expert_counts=sorted(experts_of.items())
     )
     return write_run_bundle_v02(
         out, manifest, events, layout, routing, bias=biases or None, prompt_routing=prompt_routing
@@ -178,12 +182,13 @@ def _layer_rules(
                 "expert groups) reproduces the experts the router chose on every position; "
                 "inferoscope refuses rather than record a rule the model does not follow"
             )
-        found[site.layer_index] = (rule, rows_logits[:1], bias if rule.selection.bias else None)
+        found[slot] = (rule, rows_logits[:1], bias if rule.selection.bias else None)
     return found
 
 
 def _groups(
     layers: list[int],
+    sites: list[str],
     rules: dict[int, LayerRule],
     logits: np.ndarray,
     selected: np.ndarray,
@@ -195,12 +200,12 @@ def _groups(
 ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any], dict[str, np.ndarray]]:
     """Layers with one shape and one rule form a group (most models: one group)."""
     keys: dict[Any, list[int]] = {}
-    for slot, layer in enumerate(layers):
-        rule, row, bias = rules[layer]
-        key = (rule, row.shape[-1], selected.shape[-1], bias is not None)
+    for slot, _layer in enumerate(layers):
+        rule, row, bias = rules[slot]
+        key = (rule, row.shape[-1], selected.shape[-1], bias is not None, sites[slot])
         keys.setdefault(key, []).append(slot)
     groups, routing, prompt_routing, biases = [], {}, {}, {}
-    for number, ((rule, experts, k, has_bias), slots) in enumerate(keys.items()):
+    for number, ((rule, experts, k, has_bias, site), slots) in enumerate(keys.items()):
         name = "moe" if len(keys) == 1 else f"moe{number}"
         paths = default_array_paths(name, prompt=True, bias=has_bias)
         if weights is None:
@@ -228,6 +233,7 @@ def _groups(
                 },
                 "shared_experts": shared_experts,
                 "arrays": paths,
+                **({"site": site} if site != "mlp" else {}),
             }
         )
         routing[name] = {"selected": selected[:, slots], "scores": rule.scores(logits[:, slots])}
@@ -239,7 +245,7 @@ def _groups(
             routing[name]["weights"] = weights[:, slots]
             prompt_routing[name]["weights"] = prompt_weights[:, slots]
         if has_bias:
-            biases[name] = np.stack([rules[layers[s]][2] for s in slots])  # type: ignore[misc]
+            biases[name] = np.stack([rules[s][2] for s in slots])  # type: ignore[misc]
     return groups, routing, prompt_routing, biases
 
 
