@@ -20,6 +20,7 @@ from textual.widgets import Footer, Static
 
 from inferoscope import BundleOpenError, RunBundleError, RunIdError, ValidationIssue, visible
 from inferoscope.compare import RunComparison, compare_runs
+from inferoscope.routing import Routing
 from inferoscope.scramble import MEANING as SCRAMBLE_MEANING
 from inferoscope.scramble import VARIANTS as SCRAMBLE_VARIANTS
 from inferoscope.scramble import scrambled_twin
@@ -688,6 +689,7 @@ class InferoscopeApp(App[None]):
             no_color=self.no_color,
             scrambled=self.scramble,
             palette=self.palette,
+            entropy_of=_entropy_of(model.reader.routing),
         )
 
         def back(target: Target | None) -> None:
@@ -740,3 +742,13 @@ def run_app(run_dir: Path | str, token: int | None = None, compare: Path | str |
     app = InferoscopeApp(run_dir, token=token, compare=compare)
     app.run()
     return app.return_code or 0
+
+
+def _entropy_of(routing: Routing | None) -> str:
+    """For the run view: what a v0.2 run's entropy is of when its scores are not probabilities."""
+    functions = {group.score_function for group in routing.groups} if routing is not None else set()
+    if functions & {"sigmoid", "sqrt_softplus"}:
+        return "score share (score ÷ sum)"
+    if "logits" in functions:
+        return "softmax(logits)"
+    return ""

@@ -90,9 +90,12 @@ class OverviewScreen(Screen[Target | None]):
         no_color: bool,
         scrambled: str | None = None,
         palette: tuple[str, ...] = PALETTE,
+        entropy_of: str = "",
     ) -> None:
         super().__init__()
         self.palette = palette
+        #: what the entropy is of, where it is not a probability distribution the model computed
+        self.entropy_of = entropy_of
         self.scrambled = scrambled  # the null model's variant: every title says so
         self.by_layer = layers
         self.title_text = title
@@ -295,6 +298,8 @@ class OverviewScreen(Screen[Target | None]):
         per = spans[0][1] - spans[0][0] if spans else 0
         low, high = spark_scale([means for means, _spans in binned.values()])
         scale = f"normalized, ▁={low:.2f} █={high:.2f}, {len(spans)} columns of ~{per} tokens"
+        if self.entropy_of:
+            scale = f"of {self.entropy_of}, {scale}"
         self._title(body, "entropy over tokens", scale, focused)
         for row, layer in enumerate(self.by_layer.values()):
             chosen = row == self.layer_row
