@@ -74,7 +74,8 @@ def inspect_view(summary: RunSummary, table_box: box.Box) -> RenderableType:
             facts.add_row(
                 f"group {_text(row['group'], 20)}",
                 Text(
-                    f"layers {span}: {row['num_experts']} experts, top-{row['top_k']}; "
+                    f"layer{'s' if len(layers) > 1 else ''} {span}: "
+                    f"{row['num_experts']} experts, top-{row['top_k']}; "
                     f"{row['scores']}s; selection: {row['selection']}; "
                     f"weights: {row['mixing_weights']}"
                     + (

@@ -162,10 +162,9 @@ def _refuse_biased_selection(capture: RouterCapture) -> None:
         if hasattr(site.module, "e_score_correction_bias"):
             raise CaptureError(
                 f"{type(site.module).__name__} (layer {site.layer_index}) selects experts on sigmoid "
-                "scores plus a correction bias, group-limited, and returns no scores over all experts; "
-                "recording it needs its scores recomputed from the router's own input and parameters, "
-                "which this capture does not do yet, so inferoscope refuses this model rather than "
-                "record other experts"
+                "scores plus a correction bias, group-limited; contract v0.1.0 can only state softmax "
+                "top-k, so it cannot be written as v0.1.0: capture it as v0.2 (the default), which "
+                "records this rule"
             )
 
 
