@@ -66,9 +66,12 @@ def inspect_view(summary: RunSummary, table_box: box.Box) -> RenderableType:
         facts.add_row("contract", Text(f"v0.2 (routing in array files, {data['float_dtype']})"))
         for row in summary.routing_rows():
             layers = row["layers"]
+            contiguous = layers == list(range(layers[0], layers[-1] + 1))
             span = (
-                f"{layers[0]}–{layers[-1]}"
-                if layers == list(range(layers[0], layers[-1] + 1))
+                str(layers[0])
+                if len(layers) == 1
+                else f"{layers[0]}–{layers[-1]}"
+                if contiguous
                 else str(layers)
             )
             facts.add_row(
