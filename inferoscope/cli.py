@@ -468,6 +468,83 @@ def cmd_capture(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_route(args: argparse.Namespace) -> int:
+    """Teacher-forced routing of a corpus: one v0.2 bundle per document under --out."""
+    out, err = _consoles()
+    from .corpus import CorpusError, CorpusSpec, check_corpus, documents
+
+    if (args.text is None) == (args.jsonl is None):
+        return _fail("give exactly one of --text FILE or --jsonl FILE")
+    spec = CorpusSpec(
+        path=args.text or args.jsonl,
+        kind="text" if args.text is not None else "jsonl",
+        field=args.field,
+        source_field=args.source_field,
+        source=args.source,
+    )
+    try:
+        total_docs = check_corpus(spec)  # every line checked before anything is routed or written
+    except (CorpusError, OSError) as exc:
+        return _fail(visible(str(exc), 400))
+    missing = _capture_dependencies()
+    if missing:
+        return _capture_imports_missing(missing)
+    try:
+        from .capture import CaptureError, Document, route_corpus
+        from .capture.loading import load_local
+    except ImportError as exc:
+        return _capture_imports_missing([exc.name or "torch"])
+    columns = (
+        TextColumn("routing"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} documents"),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+    )
+    try:
+        model, tokenizer = load_local(args.model, device=args.device, dtype=args.dtype)
+        with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
+            task = progress.add_task("route", total=total_docs, rate="")
+            started, tokens = time.perf_counter(), [0]
+
+            def on_tokens(count: int) -> None:
+                tokens[0] += count
+                rate = tokens[0] / max(time.perf_counter() - started, 1e-9)
+                progress.update(task, advance=1, rate=f"{rate:.0f} tok/s")
+
+            result = route_corpus(
+                model,
+                tokenizer,
+                (Document(i, text, source) for i, text, source in documents(spec)),
+                out=args.out,
+                prefix=args.prefix,
+                batch=args.batch,
+                max_tokens_per_doc=args.max_tokens_per_doc,
+                model_id=args.model_id or str(args.model),
+                on_tokens=on_tokens,
+            )
+    except (CaptureError, CorpusError, FileExistsError, RunIdError) as exc:
+        _error_line(f"inferoscope: {visible(str(exc), 500)}")
+        return EXIT_UNREADABLE
+    rate = result.tokens / max(result.seconds, 1e-9)
+    out.print(
+        Text.assemble(
+            ("routed ", "bold"),
+            (f"{result.tokens} tokens of {len(result.written)} documents", "bold green"),
+            f" in {result.seconds:.1f} s ({rate:.0f} tok/s) -> ",
+            (visible(str(args.out)), "cyan"),
+        )
+    )
+    if result.skipped:
+        out.print(Text(f"{len(result.skipped)} document(s) already routed there: kept, not routed again"))
+    if result.empty:
+        out.print(Text(f"{len(result.empty)} empty document(s) skipped: {result.empty[:10]}"))
+    out.print(
+        Text(f"check them: inferoscope validate {shlex.quote(visible(str(args.out)))}/*"), soft_wrap=True
+    )
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     out, err = _consoles()
     missing = _capture_dependencies()
@@ -584,6 +661,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="v0.2: dtype of the stored scores and weights (default float32)",
     )
     capture.set_defaults(handler=cmd_capture)
+    route = commands.add_parser(
+        "route", help="route every position of given text (teacher forcing): one v0.2 bundle per document"
+    )
+    route.add_argument("--model", required=True, type=Path, metavar="PATH", help="local checkpoint directory")
+    route.add_argument("--text", type=Path, metavar="FILE", help="documents separated by blank lines")
+    route.add_argument("--jsonl", type=Path, metavar="FILE", help="one JSON object per line")
+    route.add_argument("--field", default="text", help="JSONL field holding the text (default: text)")
+    route.add_argument(
+        "--source-field", default=None, metavar="FIELD", help="JSONL field holding a source label"
+    )
+    route.add_argument("--source", default=None, help="source label for every document of a --text file")
+    route.add_argument(
+        "--batch", type=int, default=8, metavar="N", help="documents per forward pass (default 8)"
+    )
+    route.add_argument("--max-tokens-per-doc", type=int, default=None, metavar="N", help="truncate documents")
+    route.add_argument("--out", required=True, type=Path, metavar="DIR", help="where the bundles go")
+    route.add_argument("--prefix", default="doc", help="bundle names: PREFIX-000000, ... (default doc)")
+    route.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    route.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
+    route.add_argument("--model-id", default=None, help="model_id to record (default: the path)")
+    route.set_defaults(handler=cmd_route)
     compare = commands.add_parser("compare", help="token-aligned routing comparison of two runs")
     compare.add_argument("run_a", metavar="RUN_A", help="the first run bundle")
     compare.add_argument("run_b", metavar="RUN_B", help="the second run bundle, same prompt")

@@ -197,6 +197,7 @@ def _groups(
     prompt_selected: np.ndarray,
     prompt_weights: np.ndarray | None,
     shared_experts: int,
+    with_prompt: bool = True,
 ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any], dict[str, np.ndarray]]:
     """Layers with one shape and one rule form a group (most models: one group)."""
     keys: dict[Any, list[int]] = {}
@@ -207,9 +208,10 @@ def _groups(
     groups, routing, prompt_routing, biases = [], {}, {}, {}
     for number, ((rule, experts, k, has_bias, site), slots) in enumerate(keys.items()):
         name = "moe" if len(keys) == 1 else f"moe{number}"
-        paths = default_array_paths(name, prompt=True, bias=has_bias)
+        paths = default_array_paths(name, prompt=with_prompt, bias=has_bias)
         if weights is None:
-            del paths["weights"], paths["prompt_weights"]
+            paths.pop("weights")
+            paths.pop("prompt_weights", None)
         selection: dict[str, Any] = {"rule": rule.selection.rule, "bias": rule.selection.bias}
         if rule.selection.rule == "group_limited_topk":
             selection.update(
@@ -237,13 +239,15 @@ def _groups(
             }
         )
         routing[name] = {"selected": selected[:, slots], "scores": rule.scores(logits[:, slots])}
-        prompt_routing[name] = {
-            "selected": prompt_selected[:, slots],
-            "scores": rule.scores(prompt_logits[:, slots]),
-        }
-        if weights is not None and prompt_weights is not None:
+        if weights is not None:
             routing[name]["weights"] = weights[:, slots]
-            prompt_routing[name]["weights"] = prompt_weights[:, slots]
+        if with_prompt:
+            prompt_routing[name] = {
+                "selected": prompt_selected[:, slots],
+                "scores": rule.scores(prompt_logits[:, slots]),
+            }
+            if prompt_weights is not None:
+                prompt_routing[name]["weights"] = prompt_weights[:, slots]
         if has_bias:
             biases[name] = np.stack([rules[s][2] for s in slots])  # type: ignore[misc]
     return groups, routing, prompt_routing, biases
