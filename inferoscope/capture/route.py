@@ -100,6 +100,7 @@ def route_corpus(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     device = next(model.parameters()).device
     start = time.perf_counter()
+    rules: dict[int, Any] | None = None  # found on the first document, reused while they hold
     was_training = model.training
     model.train(False)
     try:
@@ -132,7 +133,7 @@ def route_corpus(
             logits, weights, selected = _route_batch(model, sites, input_ids.to(device), mask.to(device))
             for row, (document, ids) in enumerate(todo):
                 n = len(ids)
-                path = _write_document(
+                path, rules = _write_document(
                     model,
                     tokenizer,
                     sites,
@@ -146,6 +147,7 @@ def route_corpus(
                     model_id=name,
                     tokenizer_id=tokenizer_name,
                     store_dtype=store_dtype,
+                    rules=rules,
                 )
                 result.written.append(path)
                 result.tokens += n
@@ -228,14 +230,88 @@ def _write_document(
     model_id: str,
     tokenizer_id: str,
     store_dtype: str,
-) -> Path:
+    rules: dict[int, Any] | None = None,
+) -> tuple[Path, dict[int, Any]]:
+    """The document's bundle, and the rules it was written with. ``rules`` found on an earlier
+    document are tried first: the validator proves them on every row of this one before it is
+    written; if they do not hold, they are found again from this document (and its probes)."""
+    from ..bundle.errors import RunBundleError
+
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     tol = max(MODEL_TOLERANCE.get(dtype, 1e-5), DEFAULT_TOLERANCE[store_dtype])
     capture: Any = _Sites(sites)
     none = np.zeros((0, *logits.shape[1:]), dtype=logits.dtype)
     no_picks = np.zeros((0, *selected.shape[1:]), dtype=selected.dtype)
     no_weights = None if weights is None else np.zeros((0, *weights.shape[1:]), dtype=weights.dtype)
+    if rules is not None:
+        try:
+            return _write_with(
+                model,
+                tokenizer,
+                sites,
+                document,
+                ids,
+                logits,
+                weights,
+                selected,
+                rules,
+                capture,
+                out=out,
+                run_id=run_id,
+                model_id=model_id,
+                tokenizer_id=tokenizer_id,
+                store_dtype=store_dtype,
+                dtype=dtype,
+                tol=tol,
+            ), rules
+        except RunBundleError as exc:
+            if not {"selection_mismatch", "weight_mismatch"} & set(exc.counts):
+                raise
     rules = _layer_rules(model, capture, logits, selected, weights, none, no_picks, no_weights, tol)
+    return _write_with(
+        model,
+        tokenizer,
+        sites,
+        document,
+        ids,
+        logits,
+        weights,
+        selected,
+        rules,
+        capture,
+        out=out,
+        run_id=run_id,
+        model_id=model_id,
+        tokenizer_id=tokenizer_id,
+        store_dtype=store_dtype,
+        dtype=dtype,
+        tol=tol,
+    ), rules
+
+
+def _write_with(
+    model: Any,
+    tokenizer: Any,
+    sites: list[RouterSite],
+    document: Document,
+    ids: list[int],
+    logits: np.ndarray,
+    weights: np.ndarray | None,
+    selected: np.ndarray,
+    rules: dict[int, Any],
+    capture: Any,
+    *,
+    out: Path,
+    run_id: str,
+    model_id: str,
+    tokenizer_id: str,
+    store_dtype: str,
+    dtype: str,
+    tol: float,
+) -> Path:
+    none = np.zeros((0, *logits.shape[1:]), dtype=logits.dtype)
+    no_picks = np.zeros((0, *selected.shape[1:]), dtype=selected.dtype)
+    no_weights = None if weights is None else np.zeros((0, *weights.shape[1:]), dtype=weights.dtype)
     layers = [site.layer_index for site in sites]
     groups, routing, _prompt, biases = _groups(
         layers,
