@@ -545,6 +545,28 @@ def cmd_route(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_specialise(args: argparse.Namespace) -> int:
+    out, _err = _consoles()
+    from .specialise import SpecialiseError, describe, specialise
+
+    if args.by != "source":
+        return _fail("--by source is the only grouping so far")
+    try:
+        result = specialise(args.runs, permutations=args.permutations, seed=args.seed)
+    except SpecialiseError as exc:
+        return _fail(visible(str(exc), 400))
+    if args.layer is not None:
+        result.layers = [layer for layer in result.layers if layer.layer_index == args.layer]
+        if not result.layers:
+            return _fail(f"no MoE layer {args.layer} in these runs")
+    if args.json:
+        sys.stdout.write(json.dumps(result.to_dict(top=args.top), indent=2) + "\n")
+        return EXIT_OK
+    for line in describe(result, top=args.top):
+        out.print(Text(visible(line, 500)), soft_wrap=True)
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     out, err = _consoles()
     missing = _capture_dependencies()
@@ -682,6 +704,19 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
     route.add_argument("--model-id", default=None, help="model_id to record (default: the path)")
     route.set_defaults(handler=cmd_route)
+    special = commands.add_parser(
+        "specialise", help="which experts lean to which source, against a document-level null"
+    )
+    special.add_argument(
+        "runs", metavar="RUNS", nargs="+", help="run folders, or run-set folders holding them"
+    )
+    special.add_argument("--by", default="source", help="what to group tokens by (source)")
+    special.add_argument("--layer", type=int, default=None, metavar="L", help="one MoE layer only")
+    special.add_argument("--permutations", type=int, default=200, metavar="N", help="null permutations (200)")
+    special.add_argument("--seed", type=int, default=0, help="seed of the permutations")
+    special.add_argument("--top", type=int, default=3, metavar="N", help="experts listed per source")
+    special.add_argument("--json", action="store_true", help="machine-readable result")
+    special.set_defaults(handler=cmd_specialise)
     compare = commands.add_parser("compare", help="token-aligned routing comparison of two runs")
     compare.add_argument("run_a", metavar="RUN_A", help="the first run bundle")
     compare.add_argument("run_b", metavar="RUN_B", help="the second run bundle, same prompt")
