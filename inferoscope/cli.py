@@ -150,17 +150,30 @@ def cmd_compare(args: argparse.Namespace) -> int:
         Text(
             f"tokens {result.tokens_a} vs {result.tokens_b}, {result.aligned} aligned; "
             f"top-k Jaccard {number(data['mean_topk_jaccard'])}, JSD {number(data['mean_jsd_bits'])} bits, "
-            f"top-1 agreement {number(data['top1_agreement'])}"
+            f"top-1 agreement {number(data['top1_agreement'])}; identical top-k set "
+            f"{number(data['identical_topk_set'])}, "
+            f"same order given the set {number(data['same_order_given_set'])}"
         )
     )
     table = Table(title="per layer", box=_table_box(out), title_justify="left")
-    for header in ("layer", "tokens", "top-k Jaccard", "mean JSD bits", "max JSD bits", "top-1 agree"):
+    for header in (
+        "layer",
+        "tokens",
+        "top-k Jaccard",
+        "same set",
+        "same order|set",
+        "mean JSD bits",
+        "max JSD bits",
+        "top-1 agree",
+    ):
         table.add_column(header, justify="right")
     for row in data["per_layer"]:
         table.add_row(
             str(row["layer_index"]),
             str(row["compared_tokens"]),
             number(row["mean_topk_jaccard"]),
+            number(row["identical_topk_set"]),
+            number(row["same_order_given_set"]),
             number(row["mean_jsd_bits"]),
             number(row["max_jsd_bits"]),
             number(row["top1_agreement"]),
@@ -700,8 +713,18 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--max-tokens-per-doc", type=int, default=None, metavar="N", help="truncate documents")
     route.add_argument("--out", required=True, type=Path, metavar="DIR", help="where the bundles go")
     route.add_argument("--prefix", default="doc", help="bundle names: PREFIX-000000, ... (default doc)")
-    route.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
-    route.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
+    route.add_argument(
+        "--device",
+        choices=("cpu", "cuda", "auto"),
+        default="auto",
+        help="where to run (auto: cuda if present)",
+    )
+    route.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="weights dtype (auto: the checkpoint's)",
+    )
     route.add_argument("--model-id", default=None, help="model_id to record (default: the path)")
     route.set_defaults(handler=cmd_route)
     special = commands.add_parser(

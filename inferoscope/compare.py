@@ -49,6 +49,10 @@ class RunComparison:
     top1_agree: np.ndarray
     token_id_differs: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: [T, L]: 1 where both top-k *sets* are identical, 0 where they differ, NaN not comparable
+    same_set: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    #: [T, L]: given the same set, 1 where the order is the same too (NaN where the sets differ)
+    same_order: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
     @property
     def aligned(self) -> int:
@@ -73,6 +77,9 @@ class RunComparison:
         for column, layer in enumerate(self.layers):
             j, d, a = self.jaccard[:, column], self.jsd[:, column], self.top1_agree[:, column]
             ok = ~np.isnan(j)
+            same = self.same_set[:, column] if self.same_set.size else np.full(j.shape, np.nan)
+            order = self.same_order[:, column] if self.same_order.size else np.full(j.shape, np.nan)
+            ordered = ~np.isnan(order)
             rows.append(
                 {
                     "layer_index": layer,
@@ -80,7 +87,11 @@ class RunComparison:
                     "mean_topk_jaccard": float(j[ok].mean()) if ok.any() else None,
                     "mean_jsd_bits": float(d[ok].mean()) if ok.any() else None,
                     "max_jsd_bits": float(d[ok].max()) if ok.any() else None,
-                    "top1_agreement": float(a[ok].mean()) if ok.any() else None,
+                    "top1_agreement": float(np.nanmean(a[ok]))
+                    if ok.any() and (~np.isnan(a[ok])).any()
+                    else None,
+                    "identical_topk_set": float(np.nanmean(same[ok])) if ok.any() else None,
+                    "same_order_given_set": float(order[ordered].mean()) if ordered.any() else None,
                 }
             )
         return rows
@@ -98,6 +109,10 @@ class RunComparison:
             "mean_topk_jaccard": float(overall.mean()) if overall.size else None,
             "mean_jsd_bits": float(np.nanmean(self.jsd)) if overall.size else None,
             "top1_agreement": float(np.nanmean(self.top1_agree)) if overall.size else None,
+            "identical_topk_set": float(np.nanmean(self.same_set)) if overall.size else None,
+            "same_order_given_set": (
+                float(np.nanmean(self.same_order)) if (~np.isnan(self.same_order)).any() else None
+            ),
             "per_layer": self.layer_summary(),
             "worst_tokens": [{"token": t, "mean_topk_jaccard": v} for t, v in self.worst_tokens(worst)],
             "token_agreement": [None if np.isnan(v) else float(v) for v in self.token_agreement()],
@@ -217,6 +232,18 @@ def compare_runs(run_a: Path | str | RunReader, run_b: Path | str | RunReader) -
         notes.append(f"layers only in A: {only_a}; only in B: {only_b}")
     shape = (count, len(layers))
     jaccard, jsd, agree = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
+    same_set, same_order = np.full(shape, np.nan), np.full(shape, np.nan)
+
+    def sets(column: int, t: int, x: list[Any], y: list[Any]) -> None:
+        """Set agreement, and order agreement where the sets agree (a reordered top-k is not a
+        changed top-k)."""
+        xs = [i for i in x if isinstance(i, int) and not isinstance(i, bool)]
+        ys = [i for i in y if isinstance(i, int) and not isinstance(i, bool)]
+        equal = set(xs) == set(ys)
+        same_set[t, column] = float(equal)
+        if equal:
+            same_order[t, column] = float(xs == ys)
+
     differs: list[int] = []
     mismatched: set[int] = set()
     unreadable: list[tuple[int, str]] = []
@@ -237,6 +264,7 @@ def compare_runs(run_a: Path | str | RunReader, run_b: Path | str | RunReader) -
                 if x[1] is not None and y[1] is not None:
                     sx, sy = set(x[1]), set(y[1])
                     jaccard[t, column] = len(sx & sy) / len(sx | sy) if sx | sy else 1.0
+                    sets(column, t, x[1], y[1])
                 continue
             try:
                 px, py = np.asarray(x[0], dtype=np.float64), np.asarray(y[0], dtype=np.float64)
@@ -248,6 +276,7 @@ def compare_runs(run_a: Path | str | RunReader, run_b: Path | str | RunReader) -
                 continue
             sx, sy = {i for i in x[1] if isinstance(i, int)}, {i for i in y[1] if isinstance(i, int)}
             jaccard[t, column] = len(sx & sy) / len(sx | sy) if sx | sy else 1.0
+            sets(column, t, x[1], y[1])
             columns.append(column)
             xs.append(px)
             ys.append(py)
@@ -274,4 +303,17 @@ def compare_runs(run_a: Path | str | RunReader, run_b: Path | str | RunReader) -
             f"generated token ids differ at {len(differs)} position(s), first at token {differs[0]}; "
             "routing after a divergence compares different contexts"
         )
-    return RunComparison(str(a.run_dir), str(b.run_dir), na, nb, layers, jaccard, jsd, agree, differs, notes)
+    return RunComparison(
+        str(a.run_dir),
+        str(b.run_dir),
+        na,
+        nb,
+        layers,
+        jaccard,
+        jsd,
+        agree,
+        differs,
+        notes,
+        same_set=same_set,
+        same_order=same_order,
+    )

@@ -132,3 +132,49 @@ def test_unreadable_or_ill_typed_events_are_noted_per_token_and_the_rest_compare
         check=False,
     )
     assert cli.returncode == 0 and "note:" in cli.stdout and "Traceback" not in cli.stderr
+
+
+def test_a_reordered_top_k_is_told_apart_from_a_changed_one(tmp_path: Path) -> None:
+    """Engine-vs-training comparisons confuse the two: the same set in another order is not a
+    different choice of experts."""
+    import json
+
+    import numpy as np
+
+    from inferoscope.arrays.npy import file_sha256, write_array
+    from inferoscope.synthetic import write_synthetic_v02
+
+    a = write_synthetic_v02(tmp_path / "a", "run", 8, layers=3, experts=8, top_k=2)
+    b = tmp_path / "b" / "run"
+    b.parent.mkdir()
+    import shutil
+
+    shutil.copytree(a, b)
+    manifest = json.loads((b / "manifest.json").read_text())
+    for role in ("scores", "weights"):  # top-k only, as a serving engine records it
+        relpath = manifest["routing"]["groups"][0]["arrays"].pop(role)
+        manifest["arrays"].pop(relpath)
+        (b / relpath).unlink()
+    selected = np.load(b / "arrays/moe.selected.npy")
+    selected[3, 1] = selected[3, 1][::-1]  # same set, other order
+    selected[5, 2, 1] = next(e for e in range(8) if e not in selected[5, 2])  # another set
+    (b / "arrays/moe.selected.npy").unlink()
+    write_array(b / "arrays/moe.selected.npy", selected, "int16")
+    manifest["arrays"]["arrays/moe.selected.npy"]["sha256"] = file_sha256(b / "arrays/moe.selected.npy")
+    (b / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    result = compare_runs(a, b)
+    assert result.same_set[3, 1] == 1.0 and result.same_order[3, 1] == 0.0
+    assert result.same_set[5, 2] == 0.0 and np.isnan(result.same_order[5, 2])
+    assert np.nansum(1 - result.same_set) == 1 and np.nansum(1 - result.same_order) == 1
+    rows = {row["layer_index"]: row for row in result.layer_summary()}
+    assert rows[1]["identical_topk_set"] == 1.0 and rows[1]["same_order_given_set"] == 7 / 8
+    assert rows[2]["identical_topk_set"] == 7 / 8
+
+
+def test_the_app_marks_a_reordered_top_k_apart() -> None:
+    from inferoscope_tui.compare_view import compare_mark
+
+    assert compare_mark([3, 5], [5, 3]) == "↕"
+    assert compare_mark([3, 5], [3, 6]) == "~"
+    assert compare_mark([3, 5], [6, 5]) == "≠"
+    assert compare_mark([3, 5], [3, 5]) == " "

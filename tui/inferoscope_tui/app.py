@@ -362,7 +362,10 @@ class InferoscopeApp(App[None]):
         title_a = Text(no_wrap=True, overflow="ellipsis")
         title_a.append("A ", style="bold reverse")
         title_a.append(" " + visible(model.field("run_id"), 40), style="bold")
-        title_a.append("  ≠ top-1 differs · ~ top-k differs · struck: in one top-k only", style="dim")
+        title_a.append(
+            "  ≠ top-1 differs · ~ top-k differs · ↕ same set, other order · struck: in one top-k only",
+            style="dim",
+        )
         self.query_one("#grid-title", Static).update(title_a)
         title_b = Text(no_wrap=True, overflow="ellipsis")
         title_b.append("B ", style="bold reverse")

@@ -31,15 +31,22 @@ def mark_disagreements(rows_a: list[GridRow], rows_b: list[GridRow]) -> None:
                 other.compare_mark = "?"
             continue
         mine, theirs = set(row.topk), set(other.topk)
-        top1_differs = (row.topk[:1] != other.topk[:1]) if row.topk and other.topk else True
-        mark = "≠" if top1_differs else ("~" if mine != theirs else " ")
-        row.compare_mark = other.compare_mark = mark
+        row.compare_mark = other.compare_mark = compare_mark(row.topk, other.topk)
         row.diff_experts = mine - theirs
         other.diff_experts = theirs - mine
     seen = {row.layer_index for row in rows_a}
     for other in rows_b:
         if other.layer_index not in seen:
             other.compare_mark = "?"
+
+
+def compare_mark(a: list[int], b: list[int]) -> str:
+    """``↕`` the same experts in another order (a reordered top-k is not a changed top-k), ``≠``
+    another set and another top-1, ``~`` another set with the same top-1, blank: identical."""
+    if set(a) == set(b):
+        return "↕" if a != b else " "
+    top1_differs = (a[:1] != b[:1]) if a and b else True
+    return "≠" if top1_differs else "~"
 
 
 def layer_agreement(

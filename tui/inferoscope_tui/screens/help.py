@@ -47,7 +47,8 @@ class HelpScreen(ModalScreen[None]):
         )
         legend.append("\ncompare (--compare RUN_B): ", style="bold")
         legend.append(
-            "≠ top-1 differs, ~ only the top-k set differs, ? not comparable; struck cells are in one "
+            "≠ top-1 differs, ~ only the top-k set differs, ↕ the same set in another order, ? not "
+            "comparable; struck cells are in one "
             "run's top-k only; A↔B line = mean top-k Jaccard per token."
         )
         legend.append("\nscramble (s): ", style="bold")

@@ -137,7 +137,8 @@ class GridRow:
     normalized_entropy: float | None = None
     flagged: bool = False
     flagged_experts: set[int] = field(default_factory=set)
-    #: compare mode: "≠" top-1 differs from the other run, "~" only the top-k set differs
+    #: compare mode: "≠" the top-k set and top-1 differ, "~" only the set differs, "↕" the same set
+    #: in another order
     compare_mark: str = " "
     #: compare mode: experts in this run's top-k but not the other's (or the reverse)
     diff_experts: set[int] = field(default_factory=set)
