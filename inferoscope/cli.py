@@ -580,6 +580,64 @@ def cmd_specialise(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_import_engine(args: argparse.Namespace) -> int:
+    out, _err = _consoles()
+    missing = _capture_dependencies()
+    if missing:
+        return _capture_imports_missing(missing)
+    from .capture.engine import import_engine
+    from .engine_import import EngineImportError
+
+    prompt_ids = None
+    if args.prompt_ids is not None:
+        try:
+            prompt_ids = json.loads(Path(args.prompt_ids).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            return _fail(f"--prompt-ids: {visible(str(exc), 200)}")
+        if not isinstance(prompt_ids, list) or not all(isinstance(i, int) for i in prompt_ids):
+            return _fail("--prompt-ids must hold a JSON list of token ids")
+    run_id = args.run_id or Path(args.file).stem
+    try:
+        path, checked = import_engine(
+            args.format, args.file, args.tokenizer, out=args.out, run_id=run_id, prompt_ids=prompt_ids
+        )
+    except (EngineImportError, FileExistsError, RunIdError) as exc:
+        return _fail(visible(str(exc), 600))
+    out.print(Text(f"imported {checked.selected.shape[0]} positions -> {visible(str(path))}"), soft_wrap=True)
+    for finding in checked.findings:
+        out.print(Text(f"  {visible(finding, 300)}"), soft_wrap=True)
+    out.print(
+        Text(f"replay it: inferoscope replay {shlex.quote(str(path))} --model MODEL --out DIR"),
+        soft_wrap=True,
+    )
+    return EXIT_OK
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    out, _err = _consoles()
+    missing = _capture_dependencies()
+    if missing:
+        return _capture_imports_missing(missing)
+    from .capture import CaptureError
+    from .capture.engine import replay
+    from .capture.loading import load_local
+
+    if _unopenable(args.engine_run, "engine run") is not None:
+        return _fail(_unopenable(args.engine_run, "engine run") or "")
+    try:
+        model, tokenizer = load_local(args.model, device=args.device, dtype=args.dtype)
+        run_id = args.run_id or f"{Path(args.engine_run).name}-replay"
+        path = replay(args.engine_run, model, tokenizer, out=args.out, run_id=run_id)
+    except (CaptureError, FileExistsError, RunIdError) as exc:
+        return _fail(visible(str(exc), 500))
+    out.print(Text(f"replayed -> {visible(str(path))}"), soft_wrap=True)
+    out.print(
+        Text(f"compare: inferoscope compare {shlex.quote(str(args.engine_run))} {shlex.quote(str(path))}"),
+        soft_wrap=True,
+    )
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     out, err = _consoles()
     missing = _capture_dependencies()
@@ -727,6 +785,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     route.add_argument("--model-id", default=None, help="model_id to record (default: the path)")
     route.set_defaults(handler=cmd_route)
+    engine = commands.add_parser(
+        "import-engine", help="a serving engine's routed experts (vLLM, SGLang) as a top-k-only v0.2 run"
+    )
+    engine.add_argument("file", metavar="FILE", help="the engine's output (JSON, or NPZ for vLLM)")
+    engine.add_argument("--format", required=True, choices=("vllm", "sglang"), help="which engine wrote it")
+    engine.add_argument(
+        "--tokenizer",
+        required=True,
+        type=Path,
+        metavar="PATH",
+        help="the model's checkpoint (tokenizer and config)",
+    )
+    engine.add_argument(
+        "--prompt-ids", default=None, metavar="FILE", help="JSON list of the prompt's token ids"
+    )
+    engine.add_argument("--out", required=True, type=Path, metavar="DIR", help="bundle root")
+    engine.add_argument("--run-id", default=None, metavar="ID", help="run_id (default: the file's name)")
+    engine.set_defaults(handler=cmd_import_engine)
+    replay_cmd = commands.add_parser(
+        "replay", help="teacher-force an engine run's tokens through the transformers model, to compare"
+    )
+    replay_cmd.add_argument("engine_run", metavar="ENGINE_RUN", help="a run written by import-engine")
+    replay_cmd.add_argument(
+        "--model", required=True, type=Path, metavar="PATH", help="local checkpoint directory"
+    )
+    replay_cmd.add_argument("--out", required=True, type=Path, metavar="DIR", help="bundle root")
+    replay_cmd.add_argument(
+        "--run-id", default=None, metavar="ID", help="run_id (default: ENGINE_RUN-replay)"
+    )
+    replay_cmd.add_argument(
+        "--device",
+        choices=("cpu", "cuda", "auto"),
+        default="auto",
+        help="where to run (auto: cuda if present)",
+    )
+    replay_cmd.add_argument(
+        "--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto", help="weights dtype"
+    )
+    replay_cmd.set_defaults(handler=cmd_replay)
     special = commands.add_parser(
         "specialise", help="which experts lean to which source, against a document-level null"
     )

@@ -265,6 +265,8 @@ def compare_runs(run_a: Path | str | RunReader, run_b: Path | str | RunReader) -
                     sx, sy = set(x[1]), set(y[1])
                     jaccard[t, column] = len(sx & sy) / len(sx | sy) if sx | sy else 1.0
                     sets(column, t, x[1], y[1])
+                    if x[1] and y[1]:  # top-1: the first expert each recorded (no scores to rank)
+                        agree[t, column] = float(x[1][0] == y[1][0])
                 continue
             try:
                 px, py = np.asarray(x[0], dtype=np.float64), np.asarray(y[0], dtype=np.float64)

@@ -231,6 +231,7 @@ def _write_document(
     tokenizer_id: str,
     store_dtype: str,
     rules: dict[int, Any] | None = None,
+    first_position: int = 0,
 ) -> tuple[Path, dict[int, Any]]:
     """The document's bundle, and the rules it was written with. ``rules`` found on an earlier
     document are tried first: the validator proves them on every row of this one before it is
@@ -263,6 +264,7 @@ def _write_document(
                 store_dtype=store_dtype,
                 dtype=dtype,
                 tol=tol,
+                first_position=first_position,
             ), rules
         except RunBundleError as exc:
             if not {"selection_mismatch", "weight_mismatch"} & set(exc.counts):
@@ -286,6 +288,7 @@ def _write_document(
         store_dtype=store_dtype,
         dtype=dtype,
         tol=tol,
+        first_position=first_position,
     ), rules
 
 
@@ -308,6 +311,7 @@ def _write_with(
     store_dtype: str,
     dtype: str,
     tol: float,
+    first_position: int = 0,
 ) -> Path:
     none = np.zeros((0, *logits.shape[1:]), dtype=logits.dtype)
     no_picks = np.zeros((0, *selected.shape[1:]), dtype=selected.dtype)
@@ -359,7 +363,7 @@ def _write_with(
             "token_index": t,
             "token_id": token_id,
             "token_text": tokenizer.decode([token_id]),
-            "context_length": t + 1,  # position t routes the text up to and including token t
+            "context_length": first_position + t + 1,  # position t routes the text up to token t
             "document_index": document.index,
         }
         if document.source is not None:

@@ -1,0 +1,177 @@
+"""Engine runs in and out of contract v0.2: import a serving engine's routed experts as a top-k-only
+bundle, and replay its exact token ids through the transformers model to compare the two."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..bundle.reader import RunReader
+from ..bundle.writer_v02 import default_array_paths, write_run_bundle_v02
+from ..engine_import import Checked, EngineImportError, ModelLayers, check_trace, read_sglang, read_vllm
+from ..extraction.builders import build_layer_grid_layout, build_manifest
+from ..versions import V02_ARTIFACT_VERSIONS
+from .errors import CaptureError
+from .loading import causal_lm_class
+from .routers import find_routers
+
+
+def model_layers(model_path: Path | str) -> ModelLayers:
+    """Decoder layers, MoE layers, experts and k of a checkpoint, from its config (no weights)."""
+    import torch
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise EngineImportError(f"cannot read the model config at {model_path}: {exc}") from None
+    cls = causal_lm_class(config)
+    if cls is None:
+        raise EngineImportError(f"{model_path}: no causal LM class for model type {config.model_type!r}")
+    with torch.device("meta"):
+        model = cls(config)
+    sites = find_routers(model)
+    router = sites[0].module
+    experts = int(getattr(router, "num_experts", 0) or getattr(config, "num_experts", 0) or 0)
+    experts = experts or int(
+        getattr(config, "n_routed_experts", 0) or getattr(config, "num_local_experts", 0)
+    )
+    top_k = int(getattr(router, "top_k", 0) or getattr(config, "num_experts_per_tok", 0))
+    return ModelLayers(int(config.num_hidden_layers), [s.layer_index for s in sites], experts, top_k)
+
+
+def import_engine(
+    engine: str,
+    path: Path | str,
+    model_path: Path | str,
+    *,
+    out: Path | str,
+    run_id: str,
+    prompt_ids: list[int] | None = None,
+) -> tuple[Path, Checked]:
+    """Write the engine run as a v0.2 bundle (``run_kind: engine``); EngineImportError, naming
+    every problem, where the file disagrees with the model (nothing is written then)."""
+    from transformers import AutoTokenizer
+
+    layers = model_layers(model_path)
+    file = Path(path)
+    if engine == "sglang":
+        trace = read_sglang(file, prompt_ids, layers.decoder_layers, layers.top_k)
+    elif engine == "vllm":
+        trace = read_vllm(file, prompt_ids)
+    else:
+        raise EngineImportError(f"unknown engine format {engine!r}: vllm or sglang")
+    tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+    past = [t for t in trace.token_ids if not 0 <= t < len(tokenizer)]
+    if past:
+        raise EngineImportError(
+            f"{len(past)} token ids are outside the tokenizer's {len(tokenizer)} (first {past[0]}): "
+            "a tokenizer of another model?"
+        )
+    checked = check_trace(trace, layers)
+    if checked.problems:
+        raise EngineImportError("; ".join(checked.problems))
+    rows = checked.selected.shape[0]
+    positions = range(trace.start, trace.start + rows)
+    events = [
+        {
+            "event_type": "token_complete",
+            "schema_version": "raw/v0.2.0",
+            "run_id": run_id,
+            "token_index": t,
+            "token_id": trace.token_ids[p],
+            "token_text": tokenizer.decode([trace.token_ids[p]]),
+            "context_length": p + 1,
+        }
+        for t, p in enumerate(positions)
+    ]
+    paths = {"selected": default_array_paths("moe")["selected"]}
+    manifest = build_manifest(
+        run_id=run_id,
+        model_id=str(model_path),
+        tokenizer_id=str(model_path),
+        prompt_text="",
+        derivation_version="motifs/v0.1.0-alpha",
+        derivation_config_id="motifs/default-alpha",
+        capture_config={
+            "engine": trace.engine,
+            "engine_file": str(file),
+            "token_ids": trace.token_ids,
+            "prompt_tokens": trace.prompt_tokens,
+            "first_row_position": trace.start,
+            "rows": "one per position fed forward, from first_row_position; token t is position "
+            "first_row_position + t (the last generated token has no row)",
+            "findings": checked.findings,
+        },
+    )
+    manifest.update(
+        schema_version="manifest/v0.2.0",
+        artifact_versions=dict(V02_ARTIFACT_VERSIONS),
+        prompt={"text": ""},
+        run_kind="engine",
+        routing={
+            "float_dtype": "float32",
+            "groups": [
+                {
+                    "name": "moe",
+                    "layers": layers.moe_layers,
+                    "num_experts": layers.experts,
+                    "top_k": layers.top_k,
+                    "score_function": "unknown",
+                    "selection": {"rule": "unknown", "bias": False},
+                    "mixing": {"rule": "unchecked", "scale": 1.0, "name": "not returned by the engine"},
+                    "shared_experts": 0,
+                    "arrays": paths,
+                }
+            ],
+        },
+    )
+    layout = build_layer_grid_layout(
+        run_id=run_id,
+        layout_id="default-grid",
+        layer_expert_counts=[(i, layers.experts) for i in layers.moe_layers],
+    )
+    return write_run_bundle_v02(
+        out, manifest, events, layout, {"moe": {"selected": checked.selected}}
+    ), checked
+
+
+def replay(engine_run: Path | str, model: Any, tokenizer: Any, *, out: Path | str, run_id: str) -> Path:
+    """Teacher-force the engine run's exact token ids through ``model`` and record its routing at
+    the same positions, as a v0.2 bundle whose token t is the engine run's token t."""
+    import torch
+
+    from .route import Document, _route_batch, _write_document
+
+    reader = RunReader(engine_run)
+    config = (reader.manifest or {}).get("capture_config") or {}
+    ids, start = config.get("token_ids"), config.get("first_row_position", 0)
+    if reader.profile != "v0.2" or not isinstance(ids, list) or not isinstance(start, int):
+        raise CaptureError(
+            f"{engine_run}: not an imported engine run (inferoscope import-engine writes them)"
+        )
+    rows = len(reader)
+    feed = ids[: start + rows]
+    device = next(model.parameters()).device
+    input_ids = torch.tensor([feed], dtype=torch.long, device=device)
+    mask = torch.ones_like(input_ids)
+    sites = find_routers(model)
+    logits, weights, selected = _route_batch(model, sites, input_ids, mask)
+    span = slice(start, start + rows)
+    path, _rules = _write_document(
+        model,
+        tokenizer,
+        sites,
+        Document(0, "", "replay"),
+        feed[span],
+        logits[0, span],
+        None if weights is None else weights[0, span],
+        selected[0, span],
+        out=Path(out),
+        run_id=run_id,
+        model_id=str(getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__),
+        tokenizer_id=str(getattr(tokenizer, "name_or_path", "")),
+        store_dtype="float32",
+        first_position=start,
+    )
+    return path
