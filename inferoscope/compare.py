@@ -80,13 +80,14 @@ class RunComparison:
             same = self.same_set[:, column] if self.same_set.size else np.full(j.shape, np.nan)
             order = self.same_order[:, column] if self.same_order.size else np.full(j.shape, np.nan)
             ordered = ~np.isnan(order)
+            scored = ok & ~np.isnan(d)  # runs without scores (an engine's top-k) have no JSD
             rows.append(
                 {
                     "layer_index": layer,
                     "compared_tokens": int(ok.sum()),
                     "mean_topk_jaccard": float(j[ok].mean()) if ok.any() else None,
-                    "mean_jsd_bits": float(d[ok].mean()) if ok.any() else None,
-                    "max_jsd_bits": float(d[ok].max()) if ok.any() else None,
+                    "mean_jsd_bits": float(d[scored].mean()) if scored.any() else None,
+                    "max_jsd_bits": float(d[scored].max()) if scored.any() else None,
                     "top1_agreement": float(np.nanmean(a[ok]))
                     if ok.any() and (~np.isnan(a[ok])).any()
                     else None,
@@ -107,7 +108,7 @@ class RunComparison:
             "layers": self.layers,
             "token_ids_differ_at": self.token_id_differs,
             "mean_topk_jaccard": float(overall.mean()) if overall.size else None,
-            "mean_jsd_bits": float(np.nanmean(self.jsd)) if overall.size else None,
+            "mean_jsd_bits": float(np.nanmean(self.jsd)) if (~np.isnan(self.jsd)).any() else None,
             "top1_agreement": float(np.nanmean(self.top1_agree)) if overall.size else None,
             "identical_topk_set": float(np.nanmean(self.same_set)) if overall.size else None,
             "same_order_given_set": (
