@@ -25,7 +25,7 @@ def mark_disagreements(rows_a: list[GridRow], rows_b: list[GridRow]) -> None:
     for row in rows_a:
         other = by_layer.get(row.layer_index)
         row.compare_mark, row.diff_experts = " ", set()
-        if other is None or row.probs is None or other.probs is None or len(row.probs) != len(other.probs):
+        if other is None or not _comparable(row, other):
             row.compare_mark = "?"
             if other is not None:
                 other.compare_mark = "?"
@@ -38,6 +38,14 @@ def mark_disagreements(rows_a: list[GridRow], rows_b: list[GridRow]) -> None:
     for other in rows_b:
         if other.layer_index not in seen:
             other.compare_mark = "?"
+
+
+def _comparable(a: GridRow, b: GridRow) -> bool:
+    """Both rows hold a selection of the same experts (scores may be missing on one side: an
+    engine's top-k-only run is compared by its selection)."""
+    if a.probs is not None and b.probs is not None:
+        return len(a.probs) == len(b.probs)
+    return bool(a.topk) and bool(b.topk) and len(a.order) == len(b.order)
 
 
 def compare_mark(a: list[int], b: list[int]) -> str:
