@@ -80,6 +80,11 @@ def _open(run_dir: str) -> RunReader | None:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     out, err = _consoles()
+    from .runset import run_set
+
+    runs = run_set(args.run_dir)
+    if runs:
+        return _inspect_run_set(out, args, runs)
     reader = _open(args.run_dir)
     if reader is None:
         return EXIT_UNREADABLE
@@ -92,14 +97,67 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK if summary.report.ok else EXIT_ISSUES
 
 
+def _inspect_run_set(out: Console, args: argparse.Namespace, runs: list[Path]) -> int:
+    """A run set: one row per run (size, validation state, source, tokens)."""
+    from rich.table import Table
+
+    from .runset import run_rows
+
+    rows = run_rows(runs)
+    if args.json:
+        data = [
+            {
+                "run_dir": str(row.path),
+                "run_id": row.run_id,
+                "contract": row.contract,
+                "run_kind": row.kind,
+                "tokens": row.tokens,
+                "bytes": row.size_bytes,
+                "ok": row.ok,
+                "issues": row.issues,
+                "source": row.source,
+            }
+            for row in rows
+        ]
+        sys.stdout.write(
+            json.dumps({"run_set": str(args.run_dir), "runs": data}, indent=2, sort_keys=True) + "\n"
+        )
+    else:
+        table = Table(
+            title=f"run set {visible(str(args.run_dir), 80)}", box=_table_box(out), title_justify="left"
+        )
+        for header in ("run", "contract", "kind", "source", "tokens", "MiB", "validation"):
+            table.add_column(header, justify="right" if header in ("tokens", "MiB") else "left")
+        for row in rows:
+            state = "unreadable" if row.ok is None else "clean" if row.ok else f"{row.issues} issue(s)"
+            table.add_row(
+                Text(visible(row.path.name, 40)),
+                row.contract,
+                row.kind or "—",
+                Text(visible(row.source or "—", 24)),
+                str(row.tokens),
+                f"{row.size_bytes / 2**20:.2f}",
+                state,
+            )
+        out.print(table)
+        sources: dict[str, int] = {}
+        for row in rows:
+            sources[row.source or "—"] = sources.get(row.source or "—", 0) + row.tokens
+        summary = ", ".join(f"{visible(k, 24)} {v}" for k, v in sorted(sources.items()))
+        out.print(Text(f"{len(rows)} runs, {sum(r.tokens for r in rows)} tokens; by source: {summary}"))
+    return EXIT_OK if all(row.ok for row in rows) else EXIT_ISSUES
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     out, err = _consoles()
+    from .runset import expand
+
     if args.max_issues < 0:
         _error_line("inferoscope: --max-issues must be >= 0")
         return EXIT_UNREADABLE
     worst = EXIT_OK
     results: list[dict[str, Any]] = []
-    for run_dir in args.run_dirs:
+    for run_dir in expand(list(args.run_dirs)):
         reader = _open(run_dir)
         if reader is None:
             worst = EXIT_UNREADABLE
@@ -200,7 +258,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     out, _err = _consoles()
     from .export import export_parquet
+    from .runset import run_set
 
+    runs = run_set(args.run_dir)
+    if runs:
+        return _export_run_set(out, args, runs)
     reader = _open(args.run_dir)
     if reader is None:
         return EXIT_UNREADABLE
@@ -263,6 +325,55 @@ def cmd_convert(args: argparse.Namespace) -> int:
     for note in result.notes:
         out.print(Text(f"  {visible(note, 300)}"), soft_wrap=True)
     return EXIT_OK
+
+
+def _export_run_set(out: Console, args: argparse.Namespace, runs: list[Path]) -> int:
+    """One Parquet dataset: OUT/source=<source>/run=<run>/data.parquet (DuckDB, Polars and Spark read
+    it with hive partitioning); every run must validate (or --force)."""
+    from .export import export_parquet
+    from .runset import run_rows
+
+    target = Path(args.parquet)
+    if target.exists() and not args.overwrite:
+        return _fail(f"{visible(str(target))} already exists (use --overwrite)")
+    rows = run_rows(runs)
+    bad = [row for row in rows if not row.ok]
+    if bad and not args.force:
+        _error_line(
+            f"inferoscope: {len(bad)} run(s) of the set have issues (first: {visible(str(bad[0].path))}); "
+            "run 'inferoscope validate', or --force to export what is readable"
+        )
+        return EXIT_ISSUES
+    total = 0
+    try:
+        for row in rows:
+            if row.ok is None:
+                continue
+            source = _partition(row.source or "none")
+            part = target / f"source={source}" / f"run={_partition(row.path.name)}" / "data.parquet"
+            total += export_parquet(row.path, part, overwrite=args.overwrite).rows
+    except ModuleNotFoundError as exc:
+        _error_line(
+            f"inferoscope: export needs {exc.name}: {shlex.quote(sys.executable)} -m pip install pyarrow"
+        )
+        return EXIT_UNREADABLE
+    except (FileExistsError, OSError, ValueError) as exc:
+        return _fail(visible(str(exc), 300))
+    out.print(
+        Text(
+            f"wrote {total} rows of {len(rows)} runs to {visible(str(target))} "
+            f"(partitioned by source, then run); DuckDB: "
+            f"read_parquet('{visible(str(target))}/**/*.parquet', hive_partitioning=true)"
+        ),
+        soft_wrap=True,
+    )
+    return EXIT_OK
+
+
+def _partition(value: str) -> str:
+    """A partition folder name: letters, digits, '-', '_' and '.' only."""
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in value)[:80].strip(".")
+    return cleaned or "_"
 
 
 def cmd_derive(args: argparse.Namespace) -> int:
