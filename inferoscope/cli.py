@@ -456,7 +456,10 @@ def cmd_tui(args: argparse.Namespace) -> int:
     if args.token is not None and args.token < 0:
         return _fail("--token must be >= 0")
     run_dir = args.run_dir if args.run_dir is not None else str(EXAMPLE_RUN)
-    problem = _unopenable(run_dir, "run bundle")
+    from .runset import run_set
+
+    is_set = args.compare is None and run_set(run_dir) is not None  # a folder of runs: their list first
+    problem = None if is_set else _unopenable(run_dir, "run bundle")
     if problem is None and args.compare is not None:
         problem = _unopenable(args.compare, "run B (--compare)")
     problem = problem or _no_terminal()

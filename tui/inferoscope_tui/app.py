@@ -740,8 +740,23 @@ def _start_resource_tracker() -> None:
 
 
 def run_app(run_dir: Path | str, token: int | None = None, compare: Path | str | None = None) -> int:
-    """Run the app in this terminal; the exit code is 1 when the bundle cannot be opened."""
+    """Run the app in this terminal; the exit code is 1 when the bundle cannot be opened.
+
+    A run-set folder opens the list of its runs first; quitting a run comes back to the list."""
     os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
+    from inferoscope.runset import run_set
+
+    runs = run_set(run_dir) if compare is None else None
+    if runs:
+        from .run_set import RunSetApp
+
+        cursor = 0
+        while True:
+            chosen = RunSetApp(run_dir, runs, cursor).run()
+            if chosen is None:
+                return 0
+            cursor = runs.index(chosen)
+            InferoscopeApp(chosen, token=token).run()
     app = InferoscopeApp(run_dir, token=token, compare=compare)
     app.run()
     return app.return_code or 0
