@@ -237,6 +237,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             number(row["top1_agreement"]),
         )
     out.print(table)
+    if any(row["flips_with_margin"] for row in data["per_layer"]):
+        _print_flip_margins(out, data["per_layer"], number)
     if data["worst_tokens"]:
         reader = RunReader(args.run_a)
         worst = Table(title="least agreeing tokens", box=_table_box(out), title_justify="left")
@@ -450,6 +452,33 @@ def _unopenable(run_dir: str, role: str) -> str | None:
     except BundleOpenError as exc:
         return f"cannot open {role}: {visible(str(exc), 300)}"
     return None
+
+
+def _print_flip_margins(out: Console, rows: list[dict[str, Any]], number: Callable[..., str]) -> None:
+    """Where the sets differ: how near the flipped expert was to the top-k boundary, beside the
+    typical gap at that boundary (flips far below the usual gap are near-ties)."""
+    from rich.table import Table
+
+    table = Table(title="where the top-k sets differ", box=_table_box(out), title_justify="left")
+    for header in ("layer", "flips", "median margin", "median boundary gap", "flips < gap p10"):
+        table.add_column(header, justify="right")
+    for row in rows:
+        table.add_row(
+            str(row["layer_index"]),
+            str(row["flips_with_margin"]),
+            number(row["median_flip_margin"]),
+            number(row["median_boundary_gap"]),
+            number(row["flips_below_boundary_gap_p10"], 2),
+        )
+    out.print(table)
+    out.print(
+        Text(
+            "margin: the lowest selected key minus the key of the closest expert only the other run "
+            "chose, in the keys of the run with scores (A where it has them); boundary gap: the k-th "
+            "minus the (k+1)-th key on every token",
+            style="dim",
+        )
+    )
 
 
 def cmd_tui(args: argparse.Namespace) -> int:

@@ -53,6 +53,23 @@ class RunComparison:
     same_set: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     #: [T, L]: given the same set, 1 where the order is the same too (NaN where the sets differ)
     same_order: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    #: [T, L]: where the sets differ and a run has scores, how far the closest expert the other
+    #: run chose was from being chosen here: this run's lowest selected key minus that expert's
+    #: key, in selection keys (scores, plus the bias where the router adds one); NaN elsewhere
+    flip_margin: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    #: [T, L]: the same run's gap at its top-k boundary (k-th minus (k+1)-th key) on every scored
+    #: token: the control that says whether flips happen at near-ties
+    boundary_gap: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    gap_medians: dict[int, float | None] = field(default_factory=dict, repr=False, compare=False)
+
+    def usual_gap(self, column: int) -> float | None:
+        """The median boundary gap of one layer column (cached: the app asks at every step)."""
+        cache = self.gap_medians
+        if column not in cache:
+            gaps = self.boundary_gap[:, column] if self.boundary_gap.size else np.zeros(0)
+            gaps = gaps[~np.isnan(gaps)]
+            cache[column] = float(np.median(gaps)) if gaps.size else None
+        return cache[column]
 
     @property
     def aligned(self) -> int:
@@ -80,6 +97,9 @@ class RunComparison:
             same = self.same_set[:, column] if self.same_set.size else np.full(j.shape, np.nan)
             order = self.same_order[:, column] if self.same_order.size else np.full(j.shape, np.nan)
             ordered = ~np.isnan(order)
+            margin = self.flip_margin[:, column] if self.flip_margin.size else np.full(j.shape, np.nan)
+            gap = self.boundary_gap[:, column] if self.boundary_gap.size else np.full(j.shape, np.nan)
+            flips, gaps = margin[~np.isnan(margin)], gap[~np.isnan(gap)]
             scored = ok & ~np.isnan(d)  # runs without scores (an engine's top-k) have no JSD
             rows.append(
                 {
@@ -93,6 +113,12 @@ class RunComparison:
                     else None,
                     "identical_topk_set": float(np.nanmean(same[ok])) if ok.any() else None,
                     "same_order_given_set": float(order[ordered].mean()) if ordered.any() else None,
+                    "flips_with_margin": int(flips.size),
+                    "median_flip_margin": float(np.median(flips)) if flips.size else None,
+                    "median_boundary_gap": float(np.median(gaps)) if gaps.size else None,
+                    "flips_below_boundary_gap_p10": (
+                        float((flips < np.quantile(gaps, 0.1)).mean()) if flips.size and gaps.size else None
+                    ),
                 }
             )
         return rows
@@ -151,7 +177,8 @@ def _layers_of(event: dict[str, Any]) -> dict[int, dict[str, Any]]:
     return out
 
 
-_Pair: TypeAlias = tuple[Any, list[Any] | None]  # (scores or probabilities, selected experts)
+#: (scores or probabilities, selected experts, selection keys or None)
+_Pair: TypeAlias = tuple[Any, list[Any] | None, Any]
 
 
 def _read(reader: RunReader, t: int) -> tuple[Any, dict[int, _Pair]]:
@@ -165,19 +192,21 @@ def _read(reader: RunReader, t: int) -> tuple[Any, dict[int, _Pair]]:
         if not token.readable:
             raise EventReadError(token.problem or f"event {t} cannot be read")
         return token.token_id, {
-            layer.layer_index: (_distribution(layer), list(layer.selected))
+            layer.layer_index: (_distribution(layer), list(layer.selected), layer.selection_keys())
             for layer in token.layers
             if layer.layer_index is not None
         }
     try:
         event = _DECODER.decode(reader.raw_line(t))
-        return event.token_id, {la.layer_index: (la.router_probs, la.topk_indices) for la in event.layers}
+        return event.token_id, {
+            la.layer_index: (la.router_probs, la.topk_indices, la.router_probs) for la in event.layers
+        }
     except DECODE_FAILURES:
         loose = reader.event(t)  # raises EventReadError when the line is not JSON at all
-        layers = {
-            index: (_as_list(layer.get("router_probs")), _as_list(layer.get("topk_indices")))
-            for index, layer in _layers_of(loose).items()
-        }
+        layers = {}
+        for index, layer in _layers_of(loose).items():
+            probs = _as_list(layer.get("router_probs"))
+            layers[index] = (probs, _as_list(layer.get("topk_indices")), probs)
         return loose.get("token_id"), layers
 
 
@@ -234,6 +263,7 @@ def compare_runs(run_a: Path | str | RunReader, run_b: Path | str | RunReader) -
     shape = (count, len(layers))
     jaccard, jsd, agree = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
     same_set, same_order = np.full(shape, np.nan), np.full(shape, np.nan)
+    flip_margin, boundary_gap = np.full(shape, np.nan), np.full(shape, np.nan)
 
     def sets(column: int, t: int, x: list[Any], y: list[Any]) -> None:
         """Set agreement, and order agreement where the sets agree (a reordered top-k is not a
@@ -244,6 +274,16 @@ def compare_runs(run_a: Path | str | RunReader, run_b: Path | str | RunReader) -
         same_set[t, column] = float(equal)
         if equal:
             same_order[t, column] = float(xs == ys)
+
+    def margins(column: int, t: int, x: _Pair, y: _Pair) -> None:
+        """The flip margin and the boundary gap in run A's keys where it has them, else run B's."""
+        own, other = (x, y) if x[2] is not None else (y, x)
+        if own[2] is None or own[1] is None or other[1] is None:
+            return
+        gap, margin = _margin(own[2], own[1], other[1])
+        boundary_gap[t, column] = gap
+        if margin is not None:
+            flip_margin[t, column] = margin
 
     differs: list[int] = []
     mismatched: set[int] = set()
@@ -266,6 +306,7 @@ def compare_runs(run_a: Path | str | RunReader, run_b: Path | str | RunReader) -
                     sx, sy = set(x[1]), set(y[1])
                     jaccard[t, column] = len(sx & sy) / len(sx | sy) if sx | sy else 1.0
                     sets(column, t, x[1], y[1])
+                    margins(column, t, x, y)
                     if x[1] and y[1]:  # top-1: the first expert each recorded (no scores to rank)
                         agree[t, column] = float(x[1][0] == y[1][0])
                 continue
@@ -280,6 +321,7 @@ def compare_runs(run_a: Path | str | RunReader, run_b: Path | str | RunReader) -
             sx, sy = {i for i in x[1] if isinstance(i, int)}, {i for i in y[1] if isinstance(i, int)}
             jaccard[t, column] = len(sx & sy) / len(sx | sy) if sx | sy else 1.0
             sets(column, t, x[1], y[1])
+            margins(column, t, x, y)
             columns.append(column)
             xs.append(px)
             ys.append(py)
@@ -319,4 +361,29 @@ def compare_runs(run_a: Path | str | RunReader, run_b: Path | str | RunReader) -
         notes,
         same_set=same_set,
         same_order=same_order,
+        flip_margin=flip_margin,
+        boundary_gap=boundary_gap,
     )
+
+
+def _margin(keys: Any, own: list[Any], other: list[Any]) -> tuple[float, float | None]:
+    """(boundary gap, flip margin or None) of one token and layer; NaN gap where the keys or the
+    ids cannot be used (ids out of range, not integers, non-finite keys)."""
+    try:
+        values = np.asarray(keys, dtype=np.float64)
+    except (TypeError, ValueError):
+        return float("nan"), None
+    ids = [i for i in own if isinstance(i, int) and not isinstance(i, bool)]
+    chosen = [i for i in other if isinstance(i, int) and not isinstance(i, bool)]
+    size = values.size
+    if values.ndim != 1 or not ids or not all(0 <= i < size for i in ids + chosen):
+        return float("nan"), None
+    if not np.isfinite(values).all():
+        return float("nan"), None
+    k = len(set(ids))
+    ranked = np.sort(values)[::-1]
+    gap = float(ranked[k - 1] - ranked[k]) if k < size else float("nan")
+    missing = set(chosen) - set(ids)
+    if not missing:
+        return gap, None
+    return gap, float(values[ids].min() - max(values[i] for i in missing))

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inferoscope import write_run_bundle
+from inferoscope import RunReader, write_run_bundle
 from inferoscope.compare import compare_runs, jensen_shannon_bits
 from inferoscope.extraction import MoELayerCaptureInput, build_token_complete_event
 
@@ -169,6 +169,17 @@ def test_a_reordered_top_k_is_told_apart_from_a_changed_one(tmp_path: Path) -> N
     rows = {row["layer_index"]: row for row in result.layer_summary()}
     assert rows[1]["identical_topk_set"] == 1.0 and rows[1]["same_order_given_set"] == 7 / 8
     assert rows[2]["identical_topk_set"] == 7 / 8
+    # the flip's margin, in A's scores (B has none): how far B's expert was from A's top-k
+    layer = RunReader(a).token_event(5).layer(2)
+    assert layer is not None and layer.scores is not None
+    flipped = int(selected[5, 2, 1])
+    expected = float(layer.scores[list(layer.selected)].min()) - float(layer.scores[flipped])
+    assert result.flip_margin[5, 2] == pytest.approx(expected) and expected > 0
+    assert np.isnan(result.flip_margin).sum() == result.flip_margin.size - 1  # only where sets differ
+    ranked = np.sort(layer.scores)[::-1]
+    assert result.boundary_gap[5, 2] == pytest.approx(ranked[1] - ranked[2])  # k = 2
+    assert rows[2]["flips_with_margin"] == 1 and rows[2]["median_flip_margin"] == pytest.approx(expected)
+    assert rows[1]["flips_with_margin"] == 0 and rows[1]["median_boundary_gap"] is not None
 
 
 def test_the_app_marks_a_reordered_top_k_apart() -> None:

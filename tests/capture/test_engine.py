@@ -92,6 +92,14 @@ def test_planted_disagreements_are_each_found(engine_case: dict[str, Any], tmp_p
     assert result.same_set[2, column[1]] == 1.0 and result.same_order[2, column[1]] == 0.0
     assert result.same_set[4, column[3]] == 0.0
     assert np.nansum(1 - result.same_set) == 1 and np.nansum(1 - result.same_order) == 1
+    # the margin at the planted flip, in the replay's own selection keys (the engine has no scores)
+    layer = RunReader(again).token_event(4).layer(3)
+    assert layer is not None
+    keys = layer.selection_keys()
+    assert keys is not None
+    expected = float(keys[list(layer.selected)].min()) - float(keys[rows[4, 3, 0]])
+    assert result.flip_margin[4, column[3]] == pytest.approx(expected) and expected >= 0
+    assert (~np.isnan(result.flip_margin)).sum() == 1
 
 
 def test_a_shifted_layer_axis_is_reported_as_such(engine_case: dict[str, Any], tmp_path: Path) -> None:

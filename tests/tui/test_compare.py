@@ -64,6 +64,21 @@ async def test_disagreements_are_marked_on_both_grids_where_the_top_k_sets_diffe
             await pilot.press("l")
         assert "A vs B" in detail(app) and "top-k Jaccard" in detail(app) and "top-1 A" in detail(app)
         assert "here" in plain(app, "#agreement")
+        # where the sets differ, the detail gives the margin at the flipped expert
+        comparison = app.comparison
+        shown = 0
+        for token in range(12):
+            await pilot.press("home")
+            for _step in range(token):
+                await pilot.press("l")
+            column = comparison.layers.index(app.cursor_layer) if app.cursor_layer in comparison.layers else 0
+            margin = comparison.flip_margin[token, column]
+            if margin == margin:  # not NaN: the sets differ here
+                assert f"flip margin {margin:.2e}" in detail(app)
+                shown += 1
+            else:
+                assert "flip margin" not in detail(app)
+        assert shown > 0
 
 
 async def test_a_shorter_run_b_and_another_expert_count_are_reported_not_crashed_on(tmp_path: Path) -> None:

@@ -80,6 +80,12 @@ def layer_agreement(
     ]
     if layer_a is not None and layer_b is not None and layer_a.selected and layer_b.selected:
         lines.append(f"top-1 A {_top1(layer_a)} / B {_top1(layer_b)}")
+    margins = comparison.flip_margin
+    if margins.size and not np.isnan(margins[position, column]):
+        usual = comparison.usual_gap(column)
+        lines.append(f"flip margin {margins[position, column]:.2e}")  # two short lines: 80 columns
+        if usual is not None:
+            lines.append(f"boundary gap p50 {usual:.2e}")
     return lines
 
 
@@ -150,6 +156,6 @@ def compare_detail(
     lines = layer_agreement(comparison, slot.position, layer_index, layer, layer_b) or [
         "layer not comparable"
     ]
-    for label, line in zip(("A vs B", ""), lines, strict=False):
-        labelled(text, label, Text(line, style="magenta"))
+    for number, line in enumerate(lines):
+        labelled(text, "A vs B" if number == 0 else "", Text(line, style="magenta"))
     return text
