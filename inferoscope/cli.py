@@ -742,7 +742,13 @@ def cmd_import_engine(args: argparse.Namespace) -> int:
     run_id = args.run_id or Path(args.file).stem
     try:
         path, checked = import_engine(
-            args.format, args.file, args.tokenizer, out=args.out, run_id=run_id, prompt_ids=prompt_ids
+            args.format,
+            args.file,
+            args.tokenizer,
+            out=args.out,
+            run_id=run_id,
+            prompt_ids=prompt_ids,
+            choice=args.choice,
         )
     except (EngineImportError, FileExistsError, RunIdError) as exc:
         return _fail(visible(str(exc), 600))
@@ -765,12 +771,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from .capture.engine import replay
     from .capture.loading import load_local
 
+    if args.chunk < 0:
+        return _fail("--chunk must be >= 0 (0: one pass)")
     if _unopenable(args.engine_run, "engine run") is not None:
         return _fail(_unopenable(args.engine_run, "engine run") or "")
     try:
         model, tokenizer = load_local(args.model, device=args.device, dtype=args.dtype)
         run_id = args.run_id or f"{Path(args.engine_run).name}-replay"
-        path = replay(args.engine_run, model, tokenizer, out=args.out, run_id=run_id)
+        path = replay(args.engine_run, model, tokenizer, out=args.out, run_id=run_id, chunk=args.chunk)
     except (CaptureError, FileExistsError, RunIdError) as exc:
         return _fail(visible(str(exc), 500))
     out.print(Text(f"replayed -> {visible(str(path))}"), soft_wrap=True)
@@ -943,6 +951,9 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument(
         "--prompt-ids", default=None, metavar="FILE", help="JSON list of the prompt's token ids"
     )
+    engine.add_argument(
+        "--choice", type=int, default=0, metavar="N", help="vLLM HTTP response: which choice (default 0)"
+    )
     engine.add_argument("--out", required=True, type=Path, metavar="DIR", help="bundle root")
     engine.add_argument("--run-id", default=None, metavar="ID", help="run_id (default: the file's name)")
     engine.set_defaults(handler=cmd_import_engine)
@@ -956,6 +967,13 @@ def build_parser() -> argparse.ArgumentParser:
     replay_cmd.add_argument("--out", required=True, type=Path, metavar="DIR", help="bundle root")
     replay_cmd.add_argument(
         "--run-id", default=None, metavar="ID", help="run_id (default: ENGINE_RUN-replay)"
+    )
+    replay_cmd.add_argument(
+        "--chunk",
+        type=int,
+        default=2048,
+        metavar="N",
+        help="positions per forward pass; longer traces continue through the KV cache (0: one pass)",
     )
     replay_cmd.add_argument(
         "--device",

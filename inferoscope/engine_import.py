@@ -3,25 +3,35 @@
 Both engines return one row per *position* whose token was fed forward: rows for positions
 ``start .. P+G-2`` of the prompt (P tokens) and the generation (G tokens), each
 ``[layers, k]`` expert ids; the last generated token is never fed forward and has no row. The
-layer axis is every decoder layer (dense layers read 0) in SGLang and recent vLLM, the MoE layers
-only in vLLM 0.21. Accepted inputs:
+layer axis is every decoder layer (dense layers read 0). Accepted inputs, one per generation of
+the engines' formats:
 
-- **SGLang**: the ``/generate`` response JSON (``meta_info.routed_experts``: base64 of
-  little-endian int32, or ``meta_info.routed_experts_dtype``), with the prompt's token ids as
-  ``input_ids`` beside it (``{"input_ids": [...], "response": {...}}``) or given separately.
-- **vLLM**: a JSON or NPZ holding ``prompt_token_ids``, ``token_ids`` (the completion's) and
-  ``routed_experts`` (a nested list, or the HTTP API's base64 of ``.npy`` bytes), optionally
-  ``prompt_routed_experts`` (vLLM 0.21 splits prompt and completion rows) and
-  ``routed_experts_start`` (the prompt rows skipped). The few lines that save it from Python::
+- **SGLang** ``/generate`` response JSON: ``meta_info.routed_experts`` is base64 of the raw
+  little-endian bytes (``tobytes``, no header), int32 unless ``meta_info.routed_experts_dtype``
+  says ``uint16`` or ``uint8``; the prompt's ids as ``input_ids`` beside the response
+  (``{"input_ids": [...], "response": {...}}``) or given separately; ``routed_experts_start_len``
+  beside it when the request skipped prompt rows. The ``{"values", "valid_mask"}`` object variant
+  is refused by name.
+- **vLLM offline** (``LLM.generate``): ``CompletionOutput.routed_experts``, an int32 ndarray,
+  saved by the user as JSON or NPZ with ``prompt_token_ids`` and ``token_ids``::
 
       out = llm.generate(prompts, params)[0]
       json.dump({"prompt_token_ids": out.prompt_token_ids,
                  "token_ids": list(out.outputs[0].token_ids),
                  "routed_experts": out.outputs[0].routed_experts.tolist()}, open("run.json", "w"))
 
+- **vLLM HTTP** (OpenAI-compatible, non-streaming, ``return_token_ids: true``): the response
+  JSON as returned: top-level ``prompt_token_ids``, ``choices[N].token_ids`` and
+  ``choices[N].routed_experts``, either nested lists (with top-level ``prompt_routed_experts``
+  holding the prompt rows apart, vLLM 0.21) or base64 of ``.npy`` bytes (uint8 for up to 256
+  experts, uint16 above, int32). ``routed_experts_prompt_start`` (the request's sampling
+  parameter) beside it when prompt rows were skipped.
+
 Everything the file says is checked against the model's config and reported, never guessed:
 the row count against P+G-1, which layers the axis holds (and a layer axis that looks shifted
-against the model's dense layers), k, expert ids out of range (padding), repeated ids in a row.
+against the model's dense layers), k, expert ids out of range (padding, a -1 sentinel), repeated
+ids in a row, and rows all zero in every MoE layer (slots the engine never wrote: vLLM zero-fills
+its buffer, so a MoE kernel that bypassed the capture returns zeros).
 """
 
 from __future__ import annotations
@@ -81,6 +91,11 @@ def read_sglang(path: Path, prompt_ids: list[int] | None, layers_axis: int, top_
         raise EngineImportError(f"{path}: not an SGLang /generate response (no meta_info)")
     meta = response["meta_info"]
     encoded = meta.get("routed_experts")
+    if isinstance(encoded, dict):
+        raise EngineImportError(
+            f"{path}: meta_info.routed_experts is an object (values and valid_mask), a variant this "
+            "importer does not read; the base64 string SGLang's /generate returns is needed"
+        )
     if not isinstance(encoded, str):
         raise EngineImportError(
             f"{path}: meta_info has no routed_experts (start the server with --enable-return-routed-experts "
@@ -106,7 +121,7 @@ def read_sglang(path: Path, prompt_ids: list[int] | None, layers_axis: int, top_
     )
 
 
-def read_vllm(path: Path, prompt_ids: list[int] | None) -> EngineTrace:
+def read_vllm(path: Path, prompt_ids: list[int] | None, choice: int = 0) -> EngineTrace:
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as data:
             obj: dict[str, Any] = {key: data[key] for key in data.files}
@@ -117,17 +132,38 @@ def read_vllm(path: Path, prompt_ids: list[int] | None) -> EngineTrace:
             raise EngineImportError(f"{path}: not a JSON object")
     if "meta_info" in obj or "response" in obj:
         raise EngineImportError(f"{path}: this looks like an SGLang response; use --format sglang")
-    prompt = prompt_ids if prompt_ids is not None else obj.get("prompt_token_ids")
-    output = obj.get("token_ids")
-    if not _int_list(prompt) or not _int_list(output):
-        raise EngineImportError(f"{path}: prompt_token_ids and token_ids (lists of ids) are needed")
-    experts = _array(obj.get("routed_experts"), path)
-    prompt_rows = obj.get("prompt_routed_experts")
     notes: list[str] = []
+    prompt = prompt_ids if prompt_ids is not None else obj.get("prompt_token_ids")
+    source: dict[str, Any] = obj
+    if isinstance(obj.get("choices"), list):  # the OpenAI-compatible HTTP response
+        choices = obj["choices"]
+        if not 0 <= choice < len(choices) or not isinstance(choices[choice], dict):
+            raise EngineImportError(f"{path}: the response has {len(choices)} choice(s); no choice {choice}")
+        source = choices[choice]
+        if len(choices) > 1:
+            notes.append(f"choice {choice} of {len(choices)} imported")
+        if source.get("routed_experts") is None:
+            raise EngineImportError(
+                f"{path}: choice {choice} has no routed_experts (vLLM returns them only on non-streaming "
+                "responses, with --enable-return-routed-experts, for a request that ran a forward pass)"
+            )
+    output = source.get("token_ids")
+    if not _int_list(prompt) or not _int_list(output):
+        raise EngineImportError(
+            f"{path}: prompt_token_ids and token_ids (lists of ids) are needed "
+            "(the HTTP API returns them with return_token_ids: true)"
+        )
+    experts = _array(source.get("routed_experts"), path)
+    prompt_rows = obj.get("prompt_routed_experts")
     if prompt_rows is not None:  # vLLM 0.21: prompt and completion rows apart
         experts = np.concatenate([_array(prompt_rows, path), experts])
         notes.append("prompt_routed_experts and routed_experts joined (vLLM 0.21 layout)")
-    start = int(obj.get("routed_experts_start", 0))
+    start_value = obj.get("routed_experts_prompt_start", obj.get("routed_experts_start", 0))
+    if isinstance(start_value, np.ndarray):
+        start_value = start_value.tolist()
+    if not isinstance(start_value, int) or isinstance(start_value, bool) or start_value < 0:
+        raise EngineImportError(f"{path}: routed_experts_prompt_start must be a count of prompt rows >= 0")
+    start = start_value
     return EngineTrace("vllm", [*prompt, *output], len(prompt), start, experts, notes)
 
 
@@ -202,22 +238,31 @@ def check_trace(trace: EngineTrace, model: ModelLayers) -> Checked:
             )
         selected = trace.experts[:, model.moe_layers]
     elif axis == len(model.moe_layers):
-        findings.append(f"the layer axis holds the {axis} MoE layers only (vLLM 0.21 layout)")
+        findings.append(f"the layer axis holds the {axis} MoE layers only (as some builds write it)")
         selected = trace.experts
     else:
         raise EngineImportError(
             f"the file's layer axis has {axis} entries; the model has {model.decoder_layers} decoder layers, "
             f"{len(model.moe_layers)} of them MoE"
         )
+    unwritten = np.asarray(~selected.any(axis=(1, 2)) if k > 1 else np.zeros(rows, dtype=bool))
+    if unwritten.any():
+        where = np.flatnonzero(unwritten)
+        problems.append(
+            f"{int(unwritten.sum())} rows (first at position {trace.start + int(where[0])}) are all zeros in "
+            "every MoE layer: slots the engine never wrote (vLLM zero-fills its buffer; a MoE kernel that "
+            "bypassed the capture returns all zeros, and so do prompt rows on a decode replica)"
+        )
     out_of_range = (selected < 0) | (selected >= model.experts)
     if out_of_range.any():
         values = sorted({int(v) for v in selected[out_of_range]})[:5]
+        sentinel = " (-1: a missing-route sentinel)" if -1 in values else ""
         problems.append(
-            f"{int(out_of_range.sum())} expert ids outside [0, {model.experts}) (padding values {values}) "
-            f"in {int(out_of_range.any(axis=(1, 2)).sum())} rows"
+            f"{int(out_of_range.sum())} expert ids outside [0, {model.experts}) (padding values {values}"
+            f"{sentinel}) in {int(out_of_range.any(axis=(1, 2)).sum())} rows"
         )
     ordered = np.sort(selected, axis=-1)
-    repeats = (np.diff(ordered, axis=-1) == 0).any(axis=-1)
+    repeats = (np.diff(ordered, axis=-1) == 0).any(axis=-1) & ~unwritten[:, None]
     if repeats.any():
         problems.append(
             f"{int(repeats.sum())} (row, layer) pairs repeat an expert id (a padded or dropped row)"

@@ -3,6 +3,7 @@ bundle, and replay its exact token ids through the transformers model to compare
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ def import_engine(
     out: Path | str,
     run_id: str,
     prompt_ids: list[int] | None = None,
+    choice: int = 0,
 ) -> tuple[Path, Checked]:
     """Write the engine run as a v0.2 bundle (``run_kind: engine``); EngineImportError, naming
     every problem, where the file disagrees with the model (nothing is written then)."""
@@ -58,7 +60,7 @@ def import_engine(
     if engine == "sglang":
         trace = read_sglang(file, prompt_ids, layers.decoder_layers, layers.top_k)
     elif engine == "vllm":
-        trace = read_vllm(file, prompt_ids)
+        trace = read_vllm(file, prompt_ids, choice)
     else:
         raise EngineImportError(f"unknown engine format {engine!r}: vllm or sglang")
     tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
@@ -136,12 +138,26 @@ def import_engine(
     ), checked
 
 
-def replay(engine_run: Path | str, model: Any, tokenizer: Any, *, out: Path | str, run_id: str) -> Path:
-    """Teacher-force the engine run's exact token ids through ``model`` and record its routing at
-    the same positions, as a v0.2 bundle whose token t is the engine run's token t."""
-    import torch
+#: positions per forward pass of a replay; a longer sequence continues through the KV cache
+REPLAY_CHUNK = 2048
 
-    from .route import Document, _route_batch, _write_document
+
+def replay(
+    engine_run: Path | str,
+    model: Any,
+    tokenizer: Any,
+    *,
+    out: Path | str,
+    run_id: str,
+    chunk: int = REPLAY_CHUNK,
+) -> Path:
+    """Teacher-force the engine run's exact token ids through ``model`` and record its routing at
+    the same positions, as a v0.2 bundle whose token t is the engine run's token t.
+
+    A sequence longer than ``chunk`` positions is fed ``chunk`` at a time through the model's KV
+    cache (chunked prefill, as the engines themselves prefill) and written as it goes, so what
+    the replay holds is one chunk's routing, never the whole trace's; ``chunk=0``: one pass."""
+    from .route import Document, write_chunks
 
     reader = RunReader(engine_run)
     config = (reader.manifest or {}).get("capture_config") or {}
@@ -152,21 +168,14 @@ def replay(engine_run: Path | str, model: Any, tokenizer: Any, *, out: Path | st
         )
     rows = len(reader)
     feed = ids[: start + rows]
-    device = next(model.parameters()).device
-    input_ids = torch.tensor([feed], dtype=torch.long, device=device)
-    mask = torch.ones_like(input_ids)
     sites = find_routers(model)
-    logits, weights, selected = _route_batch(model, sites, input_ids, mask)
-    span = slice(start, start + rows)
-    path, _rules = _write_document(
+    return write_chunks(
         model,
         tokenizer,
         sites,
         Document(0, "", "replay"),
-        feed[span],
-        logits[0, span],
-        None if weights is None else weights[0, span],
-        selected[0, span],
+        _replay_chunks(model, sites, feed, start, chunk),
+        total=rows,
         out=Path(out),
         run_id=run_id,
         model_id=str(getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__),
@@ -174,4 +183,39 @@ def replay(engine_run: Path | str, model: Any, tokenizer: Any, *, out: Path | st
         store_dtype="float32",
         first_position=start,
     )
-    return path
+
+
+def _replay_chunks(model: Any, sites: list[Any], feed: list[int], start: int, chunk: int) -> Iterator[Any]:
+    """(ids, logits, weights, selected) of the recorded positions (``start`` on), a chunk at a time."""
+    import torch
+    from transformers import DynamicCache
+
+    from .route import _route_batch
+
+    device = next(model.parameters()).device
+    if chunk <= 0 or len(feed) <= chunk:
+        input_ids = torch.tensor([feed], dtype=torch.long, device=device)
+        logits, weights, selected = _route_batch(model, sites, input_ids, torch.ones_like(input_ids))
+        span = slice(start, len(feed))
+        yield feed[span], logits[0, span], None if weights is None else weights[0, span], selected[0, span]
+        return
+    cache = DynamicCache(config=model.config)
+    for first in range(0, len(feed), chunk):
+        piece = feed[first : first + chunk]
+        input_ids = torch.tensor([piece], dtype=torch.long, device=device)
+        try:
+            logits, weights, selected = _route_batch(model, sites, input_ids, None, cache=cache)
+        except (TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            raise CaptureError(
+                f"this model cannot continue a sequence through its cache ({type(exc).__name__}: {exc}); "
+                "replay in one pass with --chunk 0"
+            ) from exc
+        keep = max(0, start - first)  # positions before the first row are fed, not recorded
+        if keep >= len(piece):
+            continue
+        yield (
+            piece[keep:],
+            logits[0, keep:],
+            None if weights is None else weights[0, keep:],
+            selected[0, keep:],
+        )

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..bundle.reader import RunReader
-from ..bundle.writer_v02 import write_run_bundle_v02
+from ..bundle.writer_v02 import RunWriter
 from ..extraction.builders import build_layer_grid_layout, build_manifest
 from ..routing import DEFAULT_TOLERANCE
 from ..run_ids import run_dir_for
@@ -171,10 +171,11 @@ def _batches(documents: Iterable[Document], size: int) -> Iterator[list[Document
 
 
 def _route_batch(
-    model: Any, sites: list[RouterSite], input_ids: Any, mask: Any
+    model: Any, sites: list[RouterSite], input_ids: Any, mask: Any, cache: Any = None
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """One forward pass; per router site its logits, weights and selection as ``[B, S, L, ·]``
-    arrays (one device-to-host copy)."""
+    arrays (one device-to-host copy). With ``cache`` (a transformers Cache holding the earlier
+    positions of one sequence) the pass continues that sequence: chunked prefill."""
     import torch
 
     outputs: dict[int, Any] = {}
@@ -186,7 +187,10 @@ def _route_batch(
     ]
     try:
         with torch.no_grad():
-            model(input_ids=input_ids, attention_mask=mask, use_cache=False)
+            if cache is None:
+                model(input_ids=input_ids, attention_mask=mask, use_cache=False)
+            else:
+                model(input_ids=input_ids, use_cache=True, **_cache_argument(model, cache))
     finally:
         for handle in handles:
             handle.remove()
@@ -213,6 +217,18 @@ def _route_batch(
     weights = host[..., experts : experts + k] if has_weights else None
     selected = host[..., host.shape[-1] - k :].astype(np.int64)
     return logits, weights, selected
+
+
+def _cache_argument(model: Any, cache: Any) -> dict[str, Any]:
+    """The model's name for the KV cache argument (``cache`` in recent transformers, before it
+    ``past_key_values``)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        parameters = {}  # type: ignore[assignment]
+    return {"cache": cache} if "cache" in parameters else {"past_key_values": cache}
 
 
 def _write_document(
@@ -313,23 +329,112 @@ def _write_with(
     tol: float,
     first_position: int = 0,
 ) -> Path:
+    return _stream_document(
+        model,
+        tokenizer,
+        sites,
+        document,
+        iter([(ids, logits, weights, selected)]),
+        rules,
+        capture,
+        total=len(ids),
+        out=out,
+        run_id=run_id,
+        model_id=model_id,
+        tokenizer_id=tokenizer_id,
+        store_dtype=store_dtype,
+        dtype=dtype,
+        tol=tol,
+        first_position=first_position,
+    )
+
+
+def write_chunks(
+    model: Any,
+    tokenizer: Any,
+    sites: list[RouterSite],
+    document: Document,
+    chunks: Iterator[Chunk],
+    *,
+    total: int,
+    out: Path,
+    run_id: str,
+    model_id: str,
+    tokenizer_id: str,
+    store_dtype: str,
+    first_position: int = 0,
+) -> Path:
+    """One long document's bundle from its chunks in order: the rules are found on the first
+    chunk (and its probes) and proven on every row at close."""
+    import itertools
+
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    tol = max(MODEL_TOLERANCE.get(dtype, 1e-5), DEFAULT_TOLERANCE[store_dtype])
+    capture: Any = _Sites(sites)
+    first = next(chunks)
+    _ids, logits, weights, selected = first
+    none = np.zeros((0, *logits.shape[1:]), dtype=logits.dtype)
+    no_picks = np.zeros((0, *selected.shape[1:]), dtype=selected.dtype)
+    no_weights = None if weights is None else np.zeros((0, *weights.shape[1:]), dtype=weights.dtype)
+    rules = _layer_rules(model, capture, logits, selected, weights, none, no_picks, no_weights, tol)
+    return _stream_document(
+        model,
+        tokenizer,
+        sites,
+        document,
+        itertools.chain([first], chunks),
+        rules,
+        capture,
+        total=total,
+        out=out,
+        run_id=run_id,
+        model_id=model_id,
+        tokenizer_id=tokenizer_id,
+        store_dtype=store_dtype,
+        dtype=dtype,
+        tol=tol,
+        first_position=first_position,
+    )
+
+
+#: one chunk of a document: (token ids, logits, weights or None, selected), rows in order
+Chunk = tuple[list[int], np.ndarray, np.ndarray | None, np.ndarray]
+
+
+def _stream_document(
+    model: Any,
+    tokenizer: Any,
+    sites: list[RouterSite],
+    document: Document,
+    chunks: Iterator[Chunk],
+    rules: dict[int, Any],
+    capture: Any,
+    *,
+    total: int,
+    out: Path,
+    run_id: str,
+    model_id: str,
+    tokenizer_id: str,
+    store_dtype: str,
+    dtype: str,
+    tol: float,
+    first_position: int = 0,
+) -> Path:
+    """The document's bundle, written chunk by chunk through one RunWriter (memory: one chunk).
+
+    The manifest (groups, rules) is declared from the first chunk; the validator proves every
+    rule on every row at close, so a later chunk the rules do not reproduce is refused whole."""
+    ids, logits, weights, selected = next(chunks)
     none = np.zeros((0, *logits.shape[1:]), dtype=logits.dtype)
     no_picks = np.zeros((0, *selected.shape[1:]), dtype=selected.dtype)
     no_weights = None if weights is None else np.zeros((0, *weights.shape[1:]), dtype=weights.dtype)
     layers = [site.layer_index for site in sites]
+    site_names = [site.site for site in sites]
+    shared = _shared_experts(model)
     groups, routing, _prompt, biases = _groups(
-        layers,
-        [site.site for site in sites],
-        rules,
-        logits,
-        selected,
-        weights,
-        none,
-        no_picks,
-        no_weights,
-        _shared_experts(model),
+        layers, site_names, rules, logits, selected, weights, none, no_picks, no_weights, shared,
         with_prompt=False,
-    )
+    )  # fmt: skip
     router_class = type(sites[0].module).__name__
     manifest = build_manifest(
         run_id=run_id,
@@ -343,7 +448,7 @@ def _write_with(
             "teacher_forced": {
                 "document_index": document.index,
                 "source": document.source,
-                "tokens": len(ids),
+                "tokens": total,
             },
         },
     )
@@ -354,8 +459,39 @@ def _write_with(
         run_kind="teacher_forced",
         routing={"float_dtype": store_dtype, "tolerance": tol, "groups": groups},
     )
+    experts_of: dict[int, int] = {}
+    for slot, layer in enumerate(layers):
+        experts_of[layer] = max(experts_of.get(layer, 0), rules[slot][1].shape[-1])
+    layout = build_layer_grid_layout(
+        run_id=run_id, layout_id="default-grid", layer_expert_counts=sorted(experts_of.items())
+    )
+    writer = RunWriter(out, manifest)
+    try:
+        done = 0
+        while True:
+            writer.add_tokens(_token_lines(tokenizer, document, run_id, ids, done, first_position), routing)
+            done += len(ids)
+            try:
+                ids, logits, weights, selected = next(chunks)
+            except StopIteration:
+                break
+            _declared, routing, _prompt, _biases = _groups(
+                layers, site_names, rules, logits, selected, weights, none, no_picks, no_weights, shared,
+                with_prompt=False,
+            )  # fmt: skip
+        return writer.close(layout, bias=biases or None)
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _token_lines(
+    tokenizer: Any, document: Document, run_id: str, ids: list[int], done: int, first_position: int
+) -> list[dict[str, Any]]:
+    """The metadata lines of one chunk's tokens (``done`` tokens of the document came before)."""
     events = []
-    for t, token_id in enumerate(ids):
+    for offset, token_id in enumerate(ids):
+        t = done + offset
         event: dict[str, Any] = {
             "event_type": "token_complete",
             "schema_version": "raw/v0.2.0",
@@ -369,10 +505,4 @@ def _write_with(
         if document.source is not None:
             event["source"] = document.source
         events.append(event)
-    experts_of: dict[int, int] = {}
-    for slot, layer in enumerate(layers):
-        experts_of[layer] = max(experts_of.get(layer, 0), rules[slot][1].shape[-1])
-    layout = build_layer_grid_layout(
-        run_id=run_id, layout_id="default-grid", layer_expert_counts=sorted(experts_of.items())
-    )
-    return write_run_bundle_v02(out, manifest, events, layout, routing, bias=biases or None)
+    return events

@@ -161,3 +161,140 @@ def test_the_cli_refuses_the_other_format_and_foreign_token_ids(
     )
     assert bad.returncode == 2 and "outside the tokenizer" in bad.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_chunked_replay_equals_one_pass(engine_case: dict[str, Any], tmp_path: Path) -> None:
+    """A long trace is replayed a chunk at a time through the KV cache (what it holds is one
+    chunk): same experts, same order, scores within float tolerance of the one-pass replay."""
+    source = sglang_file(tmp_path / "sglang.json", engine_case, engine_case["rows"])
+    run, _ = import_engine("sglang", source, engine_case["folder"], out=tmp_path, run_id="engine")
+    model, tokenizer = engine_case["model"], engine_case["tokenizer"]
+    whole = replay(run, model, tokenizer, out=tmp_path, run_id="whole", chunk=0)
+    chunked = replay(run, model, tokenizer, out=tmp_path, run_id="chunked", chunk=4)
+    a, b = RunReader(whole), RunReader(chunked)
+    assert b.validate().ok and len(a) == len(b) == len(engine_case["full"]) - 1
+    for t in range(len(a)):
+        ta, tb = a.token_event(t), b.token_event(t)
+        assert ta.token_id == tb.token_id and ta.context_length == tb.context_length
+        for la, lb in zip(ta.layers, tb.layers, strict=True):
+            assert list(la.selected) == list(lb.selected)
+            assert la.scores is not None and lb.scores is not None
+            np.testing.assert_allclose(la.scores, lb.scores, atol=1e-5)
+
+
+def _npy_b64(array: np.ndarray) -> str:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _generations(case: dict[str, Any], rows: np.ndarray) -> dict[str, tuple[str, str, Any]]:
+    """One file per engine generation, each exactly as that generation's source writes it:
+    (engine, file name, content: JSON-able object or arrays for an NPZ)."""
+    prompt, output = case["prompt"], case["full"][len(case["prompt"]) :]
+    p = len(prompt)
+    return {
+        # vLLM offline, first format: CompletionOutput.routed_experts, int32 ndarray, every decoder layer
+        "vllm-offline-int32": (
+            "vllm",
+            "run.npz",
+            {"prompt_token_ids": np.array(prompt), "token_ids": np.array(output), "routed_experts": rows},
+        ),
+        # vLLM 0.21 HTTP: prompt rows apart from the choice's rows, nested lists
+        "vllm-0.21-split": (
+            "vllm",
+            "chat.json",
+            {
+                "prompt_token_ids": prompt,
+                "prompt_routed_experts": rows[:p].tolist(),  # one row per prompt position
+                "choices": [{"index": 0, "token_ids": output, "routed_experts": rows[p:].tolist()}],
+            },
+        ),
+        # vLLM HTTP (scheduler slot buffer): base64 .npy, uint8 for <= 256 experts
+        "vllm-http-npy-uint8": (
+            "vllm",
+            "chat.json",
+            {
+                "prompt_token_ids": prompt,
+                "choices": [
+                    {"index": 0, "token_ids": output, "routed_experts": _npy_b64(rows.astype(np.uint8))}
+                ],
+            },
+        ),
+        # SGLang with a narrowed dtype declared beside the ids
+        "sglang-uint16": (
+            "sglang",
+            "sglang.json",
+            {
+                "input_ids": prompt,
+                "response": {
+                    "output_ids": output,
+                    "meta_info": {
+                        "routed_experts": base64.b64encode(rows.astype("<u2").tobytes()).decode("ascii"),
+                        "routed_experts_dtype": "uint16",
+                    },
+                },
+            },
+        ),
+    }
+
+
+def _write(path: Path, content: Any) -> Path:
+    if path.suffix == ".npz":
+        np.savez(path, **content)
+    else:
+        path.write_text(json.dumps(content))
+    return path
+
+
+@pytest.mark.parametrize(
+    "generation", ["vllm-offline-int32", "vllm-0.21-split", "vllm-http-npy-uint8", "sglang-uint16"]
+)
+def test_every_engine_generation_imports_to_the_same_selection(
+    engine_case: dict[str, Any], tmp_path: Path, generation: str
+) -> None:
+    engine, name, content = _generations(engine_case, engine_case["rows"])[generation]
+    source = _write(tmp_path / name, content)
+    run, checked = import_engine(engine, source, engine_case["folder"], out=tmp_path, run_id="engine")
+    assert np.array_equal(checked.selected, engine_case["rows"][:, [1, 3]])  # the MoE layers, as sent
+    reader = RunReader(run)
+    assert reader.validate().ok and len(reader) == len(engine_case["full"]) - 1
+    assert [list(la.selected) for la in reader.token_event(2).layers] == engine_case["rows"][
+        2, [1, 3]
+    ].tolist()
+
+
+def test_known_engine_bugs_are_named(engine_case: dict[str, Any], tmp_path: Path) -> None:
+    rows = engine_case["rows"]
+    # a MoE kernel that bypassed the capture: vLLM returns its zero-filled buffer
+    zeros = np.zeros_like(rows)
+    engine, name, content = _generations(engine_case, zeros)["vllm-http-npy-uint8"]
+    with pytest.raises(EngineImportError, match="all zeros in every MoE layer: slots the engine never wrote"):
+        import_engine(
+            engine, _write(tmp_path / name, content), engine_case["folder"], out=tmp_path, run_id="z"
+        )
+    # a consumer's missing-route sentinel
+    sentinel = rows.copy()
+    sentinel[3, 1, 1] = -1
+    engine, name, content = _generations(engine_case, sentinel)["vllm-offline-int32"]
+    with pytest.raises(EngineImportError, match=r"padding values \[-1\] \(-1: a missing-route sentinel\)"):
+        import_engine(
+            engine, _write(tmp_path / name, content), engine_case["folder"], out=tmp_path, run_id="s"
+        )
+    # a streamed response carries no routed experts
+    engine, name, content = _generations(engine_case, rows)["vllm-0.21-split"]
+    content["choices"][0]["routed_experts"] = None
+    with pytest.raises(EngineImportError, match="only on non-streaming responses"):
+        import_engine(
+            engine, _write(tmp_path / name, content), engine_case["folder"], out=tmp_path, run_id="n"
+        )
+    # SGLang's values/valid_mask variant is refused by name, not misread
+    engine, name, content = _generations(engine_case, rows)["sglang-uint16"]
+    content["response"]["meta_info"]["routed_experts"] = {"values": "", "valid_mask": ""}
+    with pytest.raises(EngineImportError, match="values and valid_mask"):
+        import_engine(
+            engine, _write(tmp_path / name, content), engine_case["folder"], out=tmp_path, run_id="d"
+        )
+    assert not any((tmp_path / run_id).exists() for run_id in "zsnd")
