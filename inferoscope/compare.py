@@ -16,6 +16,7 @@ from typing import Any, TypeAlias
 import msgspec
 import numpy as np
 
+from .bundle.blocks import RoutingBlock, aligned, routing_blocks
 from .bundle.reader import EventReadError, RunReader
 from .events import LayerEvent
 from .jsonfmt import DECODE_FAILURES
@@ -239,110 +240,165 @@ def _first_layers(reader: RunReader, count: int, tries: int = 64) -> dict[int, d
             return _layers_of(reader.event(t))
         except EventReadError:
             continue
+        except IndexError:  # past the last event
+            return {}
     return {}
+
+
+class _Arrays:
+    """The per token and layer results of a stretch of tokens (NaN: not compared)."""
+
+    NAMES = ("jaccard", "jsd", "agree", "same_set", "same_order", "flip_margin", "boundary_gap")
+
+    def __init__(self, rows: int, columns: int) -> None:
+        for name in self.NAMES:
+            setattr(self, name, np.full((rows, columns), np.nan))
+
+    jaccard: np.ndarray
+    jsd: np.ndarray
+    agree: np.ndarray
+    same_set: np.ndarray
+    same_order: np.ndarray
+    flip_margin: np.ndarray
+    boundary_gap: np.ndarray
+
+    @classmethod
+    def joined(cls, parts: list[_Arrays], columns: int) -> _Arrays:
+        out = cls(0, columns)
+        if parts:
+            for name in cls.NAMES:
+                setattr(out, name, np.concatenate([getattr(part, name) for part in parts]))
+        return out
+
+
+@dataclass(slots=True)
+class _Found:
+    """What a comparison notices beyond the numbers, gathered in token order."""
+
+    differs: list[int] = field(default_factory=list)
+    mismatched: set[int] = field(default_factory=set)
+    unreadable: list[tuple[int, str]] = field(default_factory=list)
+
+
+def _compare_token(
+    arr: _Arrays, r: int, t: int, pairs: tuple[Any, Any], layers: list[int], found: _Found
+) -> None:
+    """Row ``r`` of ``arr`` from token ``t`` of both runs, read event by event (any shape)."""
+    (id_a, la), (id_b, lb) = pairs
+    if id_a != id_b:
+        found.differs.append(t)
+
+    def sets(column: int, x: list[Any], y: list[Any]) -> None:
+        """Set agreement, and order agreement where the sets agree (a reordered top-k is not a
+        changed top-k)."""
+        xs = [i for i in x if isinstance(i, int) and not isinstance(i, bool)]
+        ys = [i for i in y if isinstance(i, int) and not isinstance(i, bool)]
+        equal = set(xs) == set(ys)
+        arr.same_set[r, column] = float(equal)
+        if equal:
+            arr.same_order[r, column] = float(xs == ys)
+
+    def margins(column: int, x: _Pair, y: _Pair) -> None:
+        """The flip margin and the boundary gap in run A's keys where it has them, else run B's."""
+        own, other = (x, y) if x[2] is not None else (y, x)
+        if own[2] is None or own[1] is None or other[1] is None:
+            return
+        gap, margin = _margin(own[2], own[1], other[1])
+        arr.boundary_gap[r, column] = gap
+        if margin is not None:
+            arr.flip_margin[r, column] = margin
+
+    columns, xs, ys = [], [], []
+    for column, layer in enumerate(layers):
+        x, y = la.get(layer), lb.get(layer)
+        if x is None or y is None:
+            continue
+        if x[0] is NO_SCORES or y[0] is NO_SCORES:  # v0.2 top-k only: the selections alone
+            if x[1] is not None and y[1] is not None:
+                sx, sy = set(x[1]), set(y[1])
+                arr.jaccard[r, column] = len(sx & sy) / len(sx | sy) if sx | sy else 1.0
+                sets(column, x[1], y[1])
+                margins(column, x, y)
+                if x[1] and y[1]:  # top-1: the first expert each recorded (no scores to rank)
+                    arr.agree[r, column] = float(x[1][0] == y[1][0])
+            continue
+        try:
+            px, py = np.asarray(x[0], dtype=np.float64), np.asarray(y[0], dtype=np.float64)
+        except (TypeError, ValueError):
+            found.mismatched.add(layer)
+            continue
+        if px.shape != py.shape or px.ndim != 1 or px.size == 0 or x[1] is None or y[1] is None:
+            found.mismatched.add(layer)
+            continue
+        sx, sy = {i for i in x[1] if isinstance(i, int)}, {i for i in y[1] if isinstance(i, int)}
+        arr.jaccard[r, column] = len(sx & sy) / len(sx | sy) if sx | sy else 1.0
+        sets(column, x[1], y[1])
+        margins(column, x, y)
+        columns.append(column)
+        xs.append(px)
+        ys.append(py)
+    if columns and len({p.size for p in xs}) == 1:  # every layer at once
+        px, py = np.stack(xs), np.stack(ys)
+        arr.jsd[r, columns] = jensen_shannon_rows(px, py)
+        arr.agree[r, columns] = (np.argmax(px, axis=1) == np.argmax(py, axis=1)).astype(np.float64)
+    else:
+        for column, px, py in zip(columns, xs, ys, strict=True):
+            arr.jsd[r, column] = jensen_shannon_bits(px, py)
+            arr.agree[r, column] = float(int(np.argmax(px)) == int(np.argmax(py)))
+
+
+def _token_by_token(
+    a: RunReader, b: RunReader, t: int, arr: _Arrays, r: int, layers: list[int], found: _Found
+) -> None:
+    try:
+        pairs = (_read(a, t), _read(b, t))
+    except EventReadError as exc:
+        found.unreadable.append((t, str(exc)))
+        return
+    _compare_token(arr, r, t, pairs, layers, found)
 
 
 def compare_runs(run_a: Path | str | RunReader, run_b: Path | str | RunReader) -> RunComparison:
     """Compare two bundles event by event (BundleOpenError if either cannot be opened).
 
     Readers already open (with their offset index built) are used as they are, so a caller that
-    has both runs open does not scan either file again.
+    has both runs open does not scan either file again. Two v0.1.0 runs are read a block of
+    events at a time by worker processes and compared a block at a time (the same numbers).
     """
     a = run_a if isinstance(run_a, RunReader) else RunReader(run_a)
     b = run_b if isinstance(run_b, RunReader) else RunReader(run_b)
-    na, nb = len(a), len(b)
+    by_blocks = all(r.profile == "v0.1" and r.raw_problem is None and not r.index_ready for r in (a, b))
+    unknown = 1 << 62  # read by blocks: the lengths are known at the end (event 0 first)
+    first_a = _first_layers(a, unknown if by_blocks else len(a))
+    first_b = _first_layers(b, unknown if by_blocks else len(b))
+    layers = sorted(set(first_a) | set(first_b))
+    found = _Found()
+    if by_blocks:
+        arr, na, nb = _compare_blocks(a, b, layers, found)
+    else:
+        na, nb = len(a), len(b)
+        arr = _Arrays(min(na, nb), len(layers))
+        for t in range(min(na, nb)):
+            _token_by_token(a, b, t, arr, t, layers, found)
     count = min(na, nb)
     notes = []
     if na != nb:
         notes.append(f"different lengths: {na} vs {nb} tokens; the first {count} are compared")
-    first_a, first_b = _first_layers(a, na), _first_layers(b, nb)
-    layers = sorted(set(first_a) | set(first_b))
     only_a, only_b = sorted(set(first_a) - set(first_b)), sorted(set(first_b) - set(first_a))
     if only_a or only_b:
         notes.append(f"layers only in A: {only_a}; only in B: {only_b}")
-    shape = (count, len(layers))
-    jaccard, jsd, agree = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
-    same_set, same_order = np.full(shape, np.nan), np.full(shape, np.nan)
-    flip_margin, boundary_gap = np.full(shape, np.nan), np.full(shape, np.nan)
-
-    def sets(column: int, t: int, x: list[Any], y: list[Any]) -> None:
-        """Set agreement, and order agreement where the sets agree (a reordered top-k is not a
-        changed top-k)."""
-        xs = [i for i in x if isinstance(i, int) and not isinstance(i, bool)]
-        ys = [i for i in y if isinstance(i, int) and not isinstance(i, bool)]
-        equal = set(xs) == set(ys)
-        same_set[t, column] = float(equal)
-        if equal:
-            same_order[t, column] = float(xs == ys)
-
-    def margins(column: int, t: int, x: _Pair, y: _Pair) -> None:
-        """The flip margin and the boundary gap in run A's keys where it has them, else run B's."""
-        own, other = (x, y) if x[2] is not None else (y, x)
-        if own[2] is None or own[1] is None or other[1] is None:
-            return
-        gap, margin = _margin(own[2], own[1], other[1])
-        boundary_gap[t, column] = gap
-        if margin is not None:
-            flip_margin[t, column] = margin
-
-    differs: list[int] = []
-    mismatched: set[int] = set()
-    unreadable: list[tuple[int, str]] = []
-    for t in range(count):
-        try:
-            (id_a, la), (id_b, lb) = _read(a, t), _read(b, t)
-        except EventReadError as exc:
-            unreadable.append((t, str(exc)))
-            continue
-        if id_a != id_b:
-            differs.append(t)
-        columns, xs, ys = [], [], []
-        for column, layer in enumerate(layers):
-            x, y = la.get(layer), lb.get(layer)
-            if x is None or y is None:
-                continue
-            if x[0] is NO_SCORES or y[0] is NO_SCORES:  # v0.2 top-k only: the selections alone
-                if x[1] is not None and y[1] is not None:
-                    sx, sy = set(x[1]), set(y[1])
-                    jaccard[t, column] = len(sx & sy) / len(sx | sy) if sx | sy else 1.0
-                    sets(column, t, x[1], y[1])
-                    margins(column, t, x, y)
-                    if x[1] and y[1]:  # top-1: the first expert each recorded (no scores to rank)
-                        agree[t, column] = float(x[1][0] == y[1][0])
-                continue
-            try:
-                px, py = np.asarray(x[0], dtype=np.float64), np.asarray(y[0], dtype=np.float64)
-            except (TypeError, ValueError):
-                mismatched.add(layer)
-                continue
-            if px.shape != py.shape or px.ndim != 1 or px.size == 0 or x[1] is None or y[1] is None:
-                mismatched.add(layer)
-                continue
-            sx, sy = {i for i in x[1] if isinstance(i, int)}, {i for i in y[1] if isinstance(i, int)}
-            jaccard[t, column] = len(sx & sy) / len(sx | sy) if sx | sy else 1.0
-            sets(column, t, x[1], y[1])
-            margins(column, t, x, y)
-            columns.append(column)
-            xs.append(px)
-            ys.append(py)
-        if columns and len({p.size for p in xs}) == 1:  # every layer at once
-            px, py = np.stack(xs), np.stack(ys)
-            jsd[t, columns] = jensen_shannon_rows(px, py)
-            agree[t, columns] = (np.argmax(px, axis=1) == np.argmax(py, axis=1)).astype(np.float64)
-        else:
-            for column, px, py in zip(columns, xs, ys, strict=True):
-                jsd[t, column] = jensen_shannon_bits(px, py)
-                agree[t, column] = float(int(np.argmax(px)) == int(np.argmax(py)))
-    if unreadable:
-        first, reason = unreadable[0]
+    if found.unreadable:
+        first, reason = min(found.unreadable)
         notes.append(
-            f"{len(unreadable)} token(s) not compared (an event cannot be read), "
+            f"{len(found.unreadable)} token(s) not compared (an event cannot be read), "
             f"first token {first}: {reason}"
         )
-    if mismatched:
+    if found.mismatched:
         notes.append(
-            f"layers with different expert counts or ill-typed values (not compared): {sorted(mismatched)}"
+            "layers with different expert counts or ill-typed values (not compared): "
+            f"{sorted(found.mismatched)}"
         )
+    differs = sorted(found.differs)
     if differs:
         notes.append(
             f"generated token ids differ at {len(differs)} position(s), first at token {differs[0]}; "
@@ -354,16 +410,70 @@ def compare_runs(run_a: Path | str | RunReader, run_b: Path | str | RunReader) -
         na,
         nb,
         layers,
-        jaccard,
-        jsd,
-        agree,
+        arr.jaccard,
+        arr.jsd,
+        arr.agree,
         differs,
         notes,
-        same_set=same_set,
-        same_order=same_order,
-        flip_margin=flip_margin,
-        boundary_gap=boundary_gap,
+        same_set=arr.same_set,
+        same_order=arr.same_order,
+        flip_margin=arr.flip_margin,
+        boundary_gap=arr.boundary_gap,
     )
+
+
+def _compare_blocks(a: RunReader, b: RunReader, layers: list[int], found: _Found) -> tuple[_Arrays, int, int]:
+    """Two v0.1.0 runs, a block of events at a time: the events of the blocks' common shape
+    vectorised, every other event read and compared on its own exactly as token by token."""
+    lengths = [0, 0]
+    parts = []
+    for wa, wb in aligned(routing_blocks(a.raw_path), routing_blocks(b.raw_path), lengths):
+        arr = _Arrays(wa.count, len(layers))
+        done = _vectorised(wa, wb, arr, layers, found)
+        for r in np.flatnonzero(~done):
+            _token_by_token(a, b, wa.start + int(r), arr, int(r), layers, found)
+        parts.append(arr)
+    return _Arrays.joined(parts, len(layers)), lengths[0], lengths[1]
+
+
+def _vectorised(
+    wa: RoutingBlock, wb: RoutingBlock, arr: _Arrays, layers: list[int], found: _Found
+) -> np.ndarray:
+    """Fill the rows both windows hold in their common shape; returns which rows were filled."""
+    done = wa.regular & wb.regular
+    common = [layer for layer in wa.layers if layer in wb.layers]
+    same_shape = wa.probs.shape[2] == wb.probs.shape[2] and wa.topk.shape[2] == wb.topk.shape[2]
+    if not done.any() or not common or not same_shape:
+        return np.zeros(wa.count, dtype=bool)
+    rows = np.flatnonzero(done)
+    ia = [wa.layers.index(layer) for layer in common]
+    ib = [wb.layers.index(layer) for layer in common]
+    cols = np.array([layers.index(layer) for layer in common])
+    px, py = wa.probs[rows][:, ia], wb.probs[rows][:, ib]
+    tx, ty = wa.topk[rows][:, ia], wb.topk[rows][:, ib]
+    experts, k = px.shape[-1], tx.shape[-1]
+    for r in rows:
+        if wa.token_ids[r] != wb.token_ids[r]:
+            found.differs.append(wa.start + int(r))
+    mx, my = np.zeros(px.shape, dtype=bool), np.zeros(py.shape, dtype=bool)
+    np.put_along_axis(mx, tx, True, axis=-1)
+    np.put_along_axis(my, ty, True, axis=-1)
+    inter, union = (mx & my).sum(axis=-1), (mx | my).sum(axis=-1)
+    same = (mx == my).all(axis=-1)
+    where = np.ix_(rows, cols)
+    arr.jaccard[where] = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    arr.same_set[where] = same.astype(np.float64)
+    arr.same_order[where] = np.where(same, (tx == ty).all(axis=-1).astype(np.float64), np.nan)
+    arr.jsd[where] = jensen_shannon_rows(px.reshape(-1, experts), py.reshape(-1, experts)).reshape(same.shape)
+    arr.agree[where] = (np.argmax(px, axis=-1) == np.argmax(py, axis=-1)).astype(np.float64)
+    ranked = np.sort(px, axis=-1)[..., ::-1]  # run A's keys (its probabilities), as token by token
+    arr.boundary_gap[where] = ranked[..., k - 1] - ranked[..., k] if k < experts else np.nan
+    missing = my & ~mx
+    own_min = np.where(mx, px, np.inf).min(axis=-1)
+    other_max = np.where(missing, px, -np.inf).max(axis=-1)
+    arr.flip_margin[where] = np.where(missing.any(axis=-1), own_min - other_max, np.nan)
+    filled: np.ndarray = done
+    return filled
 
 
 def _margin(keys: Any, own: list[Any], other: list[Any]) -> tuple[float, float | None]:

@@ -14,7 +14,7 @@ from inferoscope import RunReader, write_run_bundle
 from inferoscope.compare import compare_runs, jensen_shannon_bits
 from inferoscope.extraction import MoELayerCaptureInput, build_token_complete_event
 
-from .conftest import VALID, make_bundle_parts
+from .conftest import VALID, make_bundle_parts, write_raw_bundle
 
 B = VALID / "b_olmoe_64tok_16x64_top8"
 
@@ -98,8 +98,6 @@ def test_compare_cli_prints_a_summary_and_json(tmp_path: Path) -> None:
 
 
 def _broken_b(tmp_path: Path, how: str) -> tuple[Path, Path]:
-    from .conftest import write_raw_bundle
-
     manifest, events, layout = make_bundle_parts(tokens=4)
     a = write_raw_bundle(tmp_path / "a", manifest, events, layout)
     lines = [json.dumps(e, sort_keys=True) for e in events]
@@ -189,3 +187,42 @@ def test_the_app_marks_a_reordered_top_k_apart() -> None:
     assert compare_mark([3, 5], [3, 6]) == "~"
     assert compare_mark([3, 5], [6, 5]) == "≠"
     assert compare_mark([3, 5], [3, 5]) == " "
+
+
+def test_reading_by_blocks_gives_exactly_the_token_by_token_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two v0.1.0 runs are compared a block of events at a time (worker processes decode the
+    blocks); the numbers and notes equal the event-by-event comparison, odd events included."""
+    import copy
+
+    from inferoscope.bundle import blocks
+
+    monkeypatch.setattr(blocks, "BLOCK_BYTES", 2048)  # many blocks, so several workers and windows
+    manifest, events, layout = make_bundle_parts(tokens=60, layers=3, experts=8, run_id="run-a")
+    a = write_raw_bundle(tmp_path / "a", manifest, events, layout)
+    other = copy.deepcopy(events)
+    rng = np.random.default_rng(4)
+    for t, event in enumerate(other):
+        event["run_id"] = "run-b"
+        if t % 5 == 0:  # the same experts in another order
+            event["layers"][1]["topk_indices"] = event["layers"][1]["topk_indices"][::-1]
+        if t % 7 == 0:  # another expert chosen
+            chosen = event["layers"][2]["topk_indices"]
+            chosen[1] = int(rng.choice([e for e in range(8) if e not in chosen]))
+    other[9]["token_id"] += 1
+    other[30]["layers"][0]["router_probs"] = other[30]["layers"][0]["router_probs"][:4]  # another shape
+    lines = [json.dumps(e, sort_keys=True) for e in other]
+    lines[17] = "{not json"
+    b = write_raw_bundle(tmp_path / "b", {**manifest, "run_id": "run-b"}, other[:55], layout, lines[:55])
+    fast = compare_runs(a, b)
+    slow_a, slow_b = RunReader(a), RunReader(b)
+    slow_a.build_index()
+    slow_b.build_index()  # an index already built: the event-by-event path
+    slow = compare_runs(slow_a, slow_b)
+    assert fast.to_dict() == slow.to_dict()
+    for name in ("jaccard", "jsd", "top1_agree", "same_set", "same_order", "flip_margin", "boundary_gap"):
+        assert np.array_equal(getattr(fast, name), getattr(slow, name), equal_nan=True), name
+    assert fast.tokens_b == 55 and fast.token_id_differs == [9]
+    assert any("token 17" in note for note in fast.notes) and any("[0]" in note for note in fast.notes)
+    assert np.nansum(1 - fast.same_set) == len(range(0, 55, 7))

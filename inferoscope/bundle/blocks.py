@@ -1,0 +1,230 @@
+"""A v0.1.0 raw trace's routing read a block of events at a time, in file order, in flat memory.
+
+The file is cut at line boundaries into blocks of about ``BLOCK_BYTES``; forked workers decode
+alternate blocks (a typed decode of the routing fields only: token id, layer index, router
+probabilities, top-k indices) into arrays, and this process receives them in file order. A
+worker is at most one block ahead (the pipe holds it back), so memory is a few blocks whatever
+the length of the run. Where workers cannot be forked (another thread is running, not Linux),
+the blocks are decoded here, one after the other: the same arrays, only slower.
+
+An event that is not the block's common shape (unreadable, another layer set or expert count,
+out-of-range or repeated values) is marked ``regular = False``; callers read those few through
+``RunReader`` exactly as before, so odd bundles are treated as they always were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import multiprocessing
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from ..jsonfmt import DECODE_FAILURES
+from .lines import iter_lines, split_points
+
+BLOCK_BYTES = 8 * 1024 * 1024
+
+
+class _Layer(msgspec.Struct, gc=False):
+    layer_index: int
+    router_probs: list[float]
+    topk_indices: list[int]
+
+
+class _Event(msgspec.Struct, gc=False):
+    token_id: int | None = None
+    layers: list[_Layer] = []
+
+
+_DECODER = msgspec.json.Decoder(_Event)
+
+
+@dataclass(slots=True)
+class RoutingBlock:
+    """Events ``start .. start + count - 1``; the arrays hold every event, meaningful where
+    ``regular`` (the block's common layers and shapes, finite values, top-k ids in range)."""
+
+    start: int
+    count: int
+    token_ids: list[Any]  # per event; None where the typed decode failed
+    layers: tuple[int, ...]  # the layer indices of the columns, in the events' order
+    regular: np.ndarray  # [count] bool
+    probs: np.ndarray  # [count, L, E] float64
+    topk: np.ndarray  # [count, L, k] int64
+
+    def window(self, first: int, stop: int) -> RoutingBlock:
+        """Events ``first .. stop - 1`` (absolute positions) of this block."""
+        a, b = first - self.start, stop - self.start
+        return RoutingBlock(
+            first, b - a, self.token_ids[a:b], self.layers, self.regular[a:b], self.probs[a:b], self.topk[a:b]
+        )
+
+
+def decode_range(path: Path, start: int, end: int | None, position: int = 0) -> RoutingBlock:
+    """The events in bytes ``[start, end)`` of ``path``, the first at event ``position``."""
+    token_ids: list[Any] = []
+    regular: list[bool] = []
+    floats: list[float] = []
+    ints: list[int] = []
+    shape: tuple[tuple[int, ...], int, int] | None = None
+    for line in iter_lines(path, start_offset=start, end_offset=end):
+        event = _decode(line.data)
+        token_ids.append(None if event is None else event.token_id)
+        layers = [] if event is None else event.layers
+        key = _shape(layers)
+        if key is not None and shape is None:
+            shape = key
+        if key is None or key != shape:
+            regular.append(False)
+            continue
+        regular.append(True)
+        for layer in layers:
+            floats += layer.router_probs
+            ints += layer.topk_indices
+    count = len(token_ids)
+    columns, experts, k = shape if shape is not None else ((), 0, 0)
+    mask = np.array(regular, dtype=bool)
+    probs = np.zeros((count, len(columns), experts), dtype=np.float64)
+    topk = np.zeros((count, len(columns), k), dtype=np.int64)
+    if mask.any():
+        probs[mask] = np.array(floats, dtype=np.float64).reshape(-1, len(columns), experts)
+        try:
+            topk[mask] = np.array(ints, dtype=np.int64).reshape(-1, len(columns), k)
+        except OverflowError:  # an id past int64: every row of the block goes the careful way
+            mask[:] = False
+        sound = np.isfinite(probs).all(axis=(1, 2)) & ((topk >= 0) & (topk < experts)).all(axis=(1, 2))
+        ordered = np.sort(topk, axis=-1)
+        sound &= ~(np.diff(ordered, axis=-1) == 0).any(axis=(1, 2))  # repeated ids: the careful way
+        mask &= sound
+    return RoutingBlock(position, count, token_ids, columns, mask, probs, topk)
+
+
+def _decode(data: bytes | memoryview | None) -> _Event | None:
+    if data is None:
+        return None
+    try:
+        return _DECODER.decode(data)
+    except DECODE_FAILURES:
+        return None
+
+
+def _shape(layers: list[_Layer]) -> tuple[tuple[int, ...], int, int] | None:
+    """(layer indices, experts, k) when every layer has the same lengths and the indices differ."""
+    if not layers:
+        return None
+    experts, k = len(layers[0].router_probs), len(layers[0].topk_indices)
+    if experts == 0 or k == 0:
+        return None
+    for layer in layers:
+        if len(layer.router_probs) != experts or len(layer.topk_indices) != k:
+            return None
+    indices = tuple(layer.layer_index for layer in layers)
+    if len(set(indices)) != len(indices):
+        return None
+    return indices, experts, k
+
+
+def routing_blocks(
+    path: Path, *, workers: int | None = None, block_bytes: int | None = None
+) -> Iterator[RoutingBlock]:
+    """Every event of the raw trace ``path``, a block at a time, in file order."""
+    size = path.stat().st_size
+    block_bytes = block_bytes or BLOCK_BYTES
+    cuts = split_points(path, max(1, -(-size // block_bytes))) if size else [0, 0]
+    ranges = [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
+    if workers is None:
+        workers = _usable_cores()
+    can_fork = threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
+    if workers <= 1 or len(ranges) <= 1 or not can_fork:
+        position = 0
+        for a, b in ranges:
+            block = decode_range(path, a, b, position)
+            position += block.count
+            yield block
+        return
+    yield from _forked_blocks(path, ranges, min(workers, len(ranges)))
+
+
+def _forked_blocks(path: Path, ranges: list[tuple[int, int]], workers: int) -> Iterator[RoutingBlock]:
+    ctx = multiprocessing.get_context("fork")
+    pipes, processes = [], []
+    for number in range(workers):
+        receiver, sender = ctx.Pipe(duplex=False)
+        process = ctx.Process(target=_worker, args=(sender, path, ranges[number::workers]), daemon=True)
+        process.start()
+        sender.close()
+        pipes.append(receiver)
+        processes.append(process)
+    position = 0
+    try:
+        for number, (a, b) in enumerate(ranges):
+            pipe = pipes[number % workers]
+            try:
+                outcome = pipe.recv()
+            except EOFError:
+                outcome = None
+            if not isinstance(outcome, RoutingBlock):  # a lost worker: decode its block here
+                outcome = decode_range(path, a, b)
+            outcome.start = position
+            position += outcome.count
+            yield outcome
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+            process.join()
+        for pipe in pipes:
+            pipe.close()
+
+
+def _worker(conn: Any, path: Path, ranges: list[tuple[int, int]]) -> None:
+    try:
+        for a, b in ranges:
+            conn.send(decode_range(path, a, b))
+    except (BrokenPipeError, EOFError):
+        pass  # the reader stopped early
+    except BaseException as exc:  # report, never hang the parent
+        with contextlib.suppress(OSError):
+            conn.send(exc)
+    finally:
+        conn.close()
+        os._exit(0)
+
+
+def _usable_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def aligned(
+    a: Iterator[RoutingBlock], b: Iterator[RoutingBlock], lengths: list[int]
+) -> Iterator[tuple[RoutingBlock, RoutingBlock]]:
+    """Pairs of windows covering the same events of two block streams while both have events;
+    at the end ``lengths`` holds the number of events of each stream (both read to their end)."""
+    left, right = next(a, None), next(b, None)
+    ends = [0, 0]
+    while left is not None and right is not None:
+        ends = [max(ends[0], left.start + left.count), max(ends[1], right.start + right.count)]
+        start = max(left.start, right.start)
+        stop = min(left.start + left.count, right.start + right.count)
+        if stop > start:
+            yield left.window(start, stop), right.window(start, stop)
+        if left.start + left.count <= stop:
+            left = next(a, None)
+        if right.start + right.count <= stop:
+            right = next(b, None)
+    for number, (block, rest) in enumerate(((left, a), (right, b))):
+        if block is not None:
+            ends[number] = max(ends[number], block.start + block.count)
+        ends[number] += sum(more.count for more in rest) if block is not None else 0
+    lengths[:] = ends
