@@ -20,10 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .bundle.reader import EventReadError, RunReader
 from .textsafe import without_surrogates
 
 ROWS_PER_GROUP = 65_536
+#: read a v0.1.0 raw trace a block at a time in worker processes (False: event by event, the
+#: reference the block path is tested against)
+READ_BY_BLOCKS = True
 INT64 = (-(2**63), 2**63 - 1)
 INT32 = (-(2**31), 2**31 - 1)
 
@@ -64,7 +69,8 @@ def export_parquet(run_dir: Path | str, out: Path | str, *, overwrite: bool = Fa
     if target.resolve().parent.is_relative_to(reader.run_dir.resolve()):
         raise FileExistsError(f"{target} is inside the bundle {reader.run_dir}: write the export elsewhere")
     target.parent.mkdir(parents=True, exist_ok=True)
-    count = len(reader)
+    by_blocks = READ_BY_BLOCKS and reader.profile == "v0.1" and reader.raw_problem is None
+    count = 1 << 62 if by_blocks else len(reader)  # read by blocks: no index, no count first
     run_id = reader.manifest.get("run_id") if isinstance(reader.manifest, dict) else None
     run_id = without_surrogates(run_id) if isinstance(run_id, str) else ""
     result = ExportResult()
@@ -111,18 +117,92 @@ def export_parquet(run_dir: Path | str, out: Path | str, *, overwrite: bool = Fa
 
     try:
         with pq.ParquetWriter(partial, schema, compression="zstd") as writer:
-            rows: list[_Row] = []
-            for position in range(count):
-                _add_event(rows, reader, position, run_id, result)
-                if len(rows) >= ROWS_PER_GROUP:
-                    write(rows, last=False)
-                    rows = []
-            write(rows, last=True)
+            if by_blocks:
+                _write_by_blocks(writer, reader, run_id, schema, experts, result)
+            else:
+                rows: list[_Row] = []
+                for position in range(count):
+                    _add_event(rows, reader, position, run_id, result)
+                    if len(rows) >= ROWS_PER_GROUP:
+                        write(rows, last=False)
+                        rows = []
+                write(rows, last=True)
         os.replace(partial, target)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
     return result
+
+
+class _Pending:
+    """Rows waiting for their row group, in event order: Arrow tables (events read by blocks)
+    and row tuples (events read one by one); cut at the first event that reaches the group size."""
+
+    def __init__(self, writer: Any, schema: Any, experts: int | None, result: ExportResult) -> None:
+        self.writer, self.schema, self.experts, self.result = writer, schema, experts, result
+        self.pieces: list[Any] = []
+        self.rows = 0  # candidate rows (before any is skipped), as the group size counts them
+
+    def add_table(self, table: Any, rows: int) -> None:
+        self.pieces.append(table)
+        self.rows += rows
+
+    def add_rows(self, rows: list[_Row]) -> None:
+        if rows:
+            self.pieces.append(rows)
+            self.rows += len(rows)
+
+    def flush(self, last: bool = False) -> None:
+        import pyarrow as pa
+
+        if not self.pieces and not (last and self.result.rows == 0):
+            return
+        tables = []
+        for piece in self.pieces:
+            if isinstance(piece, list):
+                tables.append(_table(piece, self.schema, self.experts, self.result))
+            else:
+                self.result.rows += piece.num_rows
+                tables.append(piece)
+        table = pa.concat_tables(tables).combine_chunks() if tables else _arrow(self.schema, [])
+        self.writer.write_table(table)
+        self.pieces, self.rows = [], 0
+
+
+def _write_by_blocks(
+    writer: Any, reader: RunReader, run_id: str, schema: Any, experts: int | None, result: ExportResult
+) -> None:
+    """The whole raw trace, a block of events at a time (workers decode, this process writes);
+    row groups and skips exactly as event by event."""
+    from .bundle.blocks import ordered_blocks
+    from .export_blocks import arrow_table, decode_export_range
+
+    pending = _Pending(writer, schema, experts, result)
+    for block in ordered_blocks(reader.raw_path, decode_export_range):
+        fits = experts is None or block.experts == experts
+        regular = block.regular if fits else np.zeros(block.count, dtype=bool)
+        layers = block.ints.shape[1] if block.ints.ndim == 3 else 0
+        done = 0  # regular events of the block already taken
+        r = 0
+        while r < block.count:
+            if not regular[r]:
+                rows: list[_Row] = []
+                _add_event(rows, reader, block.start + r, run_id, result)
+                pending.add_rows(rows)
+                r += 1
+            else:
+                run = r
+                while run < block.count and regular[run]:
+                    run += 1
+                need = -(-(ROWS_PER_GROUP - pending.rows) // layers)  # events until the group is full
+                take = min(run - r, max(need, 1))
+                pending.add_table(
+                    arrow_table(block, slice(done, done + take), run_id, schema, experts), take * layers
+                )
+                done, r = done + take, r + take
+            if pending.rows >= ROWS_PER_GROUP:
+                pending.flush()
+    pending.flush(last=True)
 
 
 #: one row before it is written: where it comes from, the event's columns, the layer object
@@ -265,6 +345,8 @@ def _shared_expert_count(reader: RunReader, count: int) -> int | None:
             layers = reader.event(position).get("layers")
         except EventReadError:
             continue
+        except IndexError:  # past the last event
+            return None
         if not isinstance(layers, list):
             continue
         sizes = {

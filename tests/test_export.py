@@ -9,6 +9,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from inferoscope import RunReader
 from inferoscope.export import export_parquet
@@ -95,3 +96,39 @@ def test_force_exports_what_is_readable_and_says_what_was_skipped(tmp_path: Path
     table = pq.read_table(tmp_path / "x.parquet").to_pydict()
     assert table["token_id_text"][2] == "7" * 4000 and table["token_id"][2] is None
     assert sorted(set(table["token_index"])) == [0, 1, 2, 3]
+
+
+def test_reading_by_blocks_writes_the_same_file_as_event_by_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Worker processes decode blocks of the raw trace; odd events (unreadable, another shape, a
+    value past its column) go the careful way: the Parquet file is byte for byte the same."""
+    import hashlib
+    import json
+
+    import inferoscope.export as export_module
+    from inferoscope.bundle import blocks
+
+    from .conftest import make_bundle_parts, write_raw_bundle
+
+    monkeypatch.setattr(blocks, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(export_module, "ROWS_PER_GROUP", 50)  # several row groups, cut mid-block
+    manifest, events, layout = make_bundle_parts(tokens=80, layers=3, experts=8)
+    lines = [json.dumps(e, sort_keys=True) for e in events]
+    lines[5] = "{not json"
+    events[11]["layers"][1]["router_probs"] = events[11]["layers"][1]["router_probs"][:5]
+    events[23]["token_id"] = 2**70  # past int64: null token_id, its digits kept
+    events[31]["layers"][2]["topk_indices"][0] = 2**40  # past the int32 column: that row skipped
+    for t in (11, 23, 31):
+        lines[t] = json.dumps(events[t], sort_keys=True)
+    run = write_raw_bundle(tmp_path / "run", manifest, events, layout, lines)
+    digests, results = [], []
+    for by_blocks in (True, False):
+        monkeypatch.setattr(export_module, "READ_BY_BLOCKS", by_blocks)
+        out = tmp_path / f"{by_blocks}.parquet"
+        result = export_parquet(run, out)
+        results.append((result.rows, result.skipped_events, result.skipped_layers, dict(result.reasons)))
+        digests.append(hashlib.sha256(out.read_bytes()).hexdigest())
+    assert digests[0] == digests[1] and results[0] == results[1]
+    assert results[0][1] == 1 and results[0][2] >= 2  # the unreadable event; the odd layers
+    assert pq.ParquetFile(tmp_path / "True.parquet").metadata.num_row_groups > 3

@@ -19,10 +19,10 @@ import itertools
 import multiprocessing
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 import numpy as np
@@ -136,6 +136,28 @@ def routing_blocks(
     path: Path, *, workers: int | None = None, block_bytes: int | None = None
 ) -> Iterator[RoutingBlock]:
     """Every event of the raw trace ``path``, a block at a time, in file order."""
+    return ordered_blocks(path, decode_range, workers=workers, block_bytes=block_bytes)
+
+
+class Block(Protocol):
+    """What ``ordered_blocks`` needs of a decoded block: its first event and its event count."""
+
+    start: int
+    count: int
+
+
+B = TypeVar("B", bound=Block)
+
+
+def ordered_blocks(
+    path: Path,
+    decode: Callable[[Path, int, int | None, int], B],
+    *,
+    workers: int | None = None,
+    block_bytes: int | None = None,
+) -> Iterator[B]:
+    """``decode(path, start_byte, end_byte, first_event)`` of every block of ``path``, in file
+    order; forked workers decode alternate blocks (each at most one block ahead)."""
     size = path.stat().st_size
     block_bytes = block_bytes or BLOCK_BYTES
     cuts = split_points(path, max(1, -(-size // block_bytes))) if size else [0, 0]
@@ -146,19 +168,23 @@ def routing_blocks(
     if workers <= 1 or len(ranges) <= 1 or not can_fork:
         position = 0
         for a, b in ranges:
-            block = decode_range(path, a, b, position)
+            block = decode(path, a, b, position)
             position += block.count
             yield block
         return
-    yield from _forked_blocks(path, ranges, min(workers, len(ranges)))
+    yield from _forked_blocks(path, decode, ranges, min(workers, len(ranges)))
 
 
-def _forked_blocks(path: Path, ranges: list[tuple[int, int]], workers: int) -> Iterator[RoutingBlock]:
+def _forked_blocks(
+    path: Path, decode: Callable[[Path, int, int | None, int], B], ranges: list[tuple[int, int]], workers: int
+) -> Iterator[B]:
     ctx = multiprocessing.get_context("fork")
     pipes, processes = [], []
     for number in range(workers):
         receiver, sender = ctx.Pipe(duplex=False)
-        process = ctx.Process(target=_worker, args=(sender, path, ranges[number::workers]), daemon=True)
+        process = ctx.Process(
+            target=_worker, args=(sender, path, decode, ranges[number::workers]), daemon=True
+        )
         process.start()
         sender.close()
         pipes.append(receiver)
@@ -171,8 +197,8 @@ def _forked_blocks(path: Path, ranges: list[tuple[int, int]], workers: int) -> I
                 outcome = pipe.recv()
             except EOFError:
                 outcome = None
-            if not isinstance(outcome, RoutingBlock):  # a lost worker: decode its block here
-                outcome = decode_range(path, a, b)
+            if isinstance(outcome, BaseException) or outcome is None:  # a lost worker: its block here
+                outcome = decode(path, a, b, position)
             outcome.start = position
             position += outcome.count
             yield outcome
@@ -185,10 +211,10 @@ def _forked_blocks(path: Path, ranges: list[tuple[int, int]], workers: int) -> I
             pipe.close()
 
 
-def _worker(conn: Any, path: Path, ranges: list[tuple[int, int]]) -> None:
+def _worker(conn: Any, path: Path, decode: Callable[..., Any], ranges: list[tuple[int, int]]) -> None:
     try:
         for a, b in ranges:
-            conn.send(decode_range(path, a, b))
+            conn.send(decode(path, a, b, 0))
     except (BrokenPipeError, EOFError):
         pass  # the reader stopped early
     except BaseException as exc:  # report, never hang the parent
