@@ -4,7 +4,7 @@ the same run.
 
 The trace: the shipped micro model (4 MoE layers x 16 experts, top-2), an SGLang ``/generate``
 response of N positions written as SGLang writes it (base64 int32 ``[rows, layers, k]``), token ids
-and expert rows seeded. Replay feeds the trace 2,048 positions at a time through the model's KV
+and expert rows seeded. Replay feeds the trace 512 positions at a time through the model's KV
 cache and writes as it goes; the KV cache itself is the model's and grows with the length
 (4 layers x 2 x 64 floats per position: 2 KiB), and is printed beside the numbers.
 

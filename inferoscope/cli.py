@@ -971,7 +971,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay_cmd.add_argument(
         "--chunk",
         type=int,
-        default=2048,
+        default=512,
         metavar="N",
         help="positions per forward pass; longer traces continue through the KV cache (0: one pass)",
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bundle.reader import RunReader
-from ..bundle.writer_v02 import default_array_paths, write_run_bundle_v02
+from ..bundle.writer_v02 import RunWriter, default_array_paths
 from ..engine_import import Checked, EngineImportError, ModelLayers, check_trace, read_sglang, read_vllm
 from ..extraction.builders import build_layer_grid_layout, build_manifest
 from ..versions import V02_ARTIFACT_VERSIONS
@@ -74,19 +74,6 @@ def import_engine(
     if checked.problems:
         raise EngineImportError("; ".join(checked.problems))
     rows = checked.selected.shape[0]
-    positions = range(trace.start, trace.start + rows)
-    events = [
-        {
-            "event_type": "token_complete",
-            "schema_version": "raw/v0.2.0",
-            "run_id": run_id,
-            "token_index": t,
-            "token_id": trace.token_ids[p],
-            "token_text": tokenizer.decode([trace.token_ids[p]]),
-            "context_length": p + 1,
-        }
-        for t, p in enumerate(positions)
-    ]
     paths = {"selected": default_array_paths("moe")["selected"]}
     manifest = build_manifest(
         run_id=run_id,
@@ -133,13 +120,35 @@ def import_engine(
         layout_id="default-grid",
         layer_expert_counts=[(i, layers.experts) for i in layers.moe_layers],
     )
-    return write_run_bundle_v02(
-        out, manifest, events, layout, {"moe": {"selected": checked.selected}}
-    ), checked
+    writer = RunWriter(out, manifest)  # streamed: the token lines are made a block at a time
+    try:
+        for first in range(0, rows, IMPORT_BLOCK):
+            block = range(first, min(rows, first + IMPORT_BLOCK))
+            events = [
+                {
+                    "event_type": "token_complete",
+                    "schema_version": "raw/v0.2.0",
+                    "run_id": run_id,
+                    "token_index": t,
+                    "token_id": trace.token_ids[trace.start + t],
+                    "token_text": tokenizer.decode([trace.token_ids[trace.start + t]]),
+                    "context_length": trace.start + t + 1,
+                }
+                for t in block
+            ]
+            writer.add_tokens(events, {"moe": {"selected": checked.selected[first : block.stop]}})
+        return writer.close(layout), checked
+    except BaseException:
+        writer.abort()
+        raise
+
+
+#: token lines made and written at a time by import-engine
+IMPORT_BLOCK = 4096
 
 
 #: positions per forward pass of a replay; a longer sequence continues through the KV cache
-REPLAY_CHUNK = 2048
+REPLAY_CHUNK = 512
 
 
 def replay(
