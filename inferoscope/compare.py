@@ -8,7 +8,9 @@ guessed around. Symmetric in its two runs, and zero divergence on identical runs
 
 from __future__ import annotations
 
+import itertools
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -232,7 +234,10 @@ def _first_layers(reader: RunReader, count: int, tries: int = 64) -> dict[int, d
     """The layers of the first readable event (an unreadable event 0 does not stop a compare)."""
     for t in range(min(count, tries)):
         if reader.profile == "v0.2":
-            token = reader.token_event(t)
+            try:
+                token = reader.token_event(t)
+            except IndexError:  # past the last event
+                return {}
             if token.readable:
                 return {la.layer_index: {} for la in token.layers if la.layer_index is not None}
             continue
@@ -367,14 +372,20 @@ def compare_runs(run_a: Path | str | RunReader, run_b: Path | str | RunReader) -
     """
     a = run_a if isinstance(run_a, RunReader) else RunReader(run_a)
     b = run_b if isinstance(run_b, RunReader) else RunReader(run_b)
-    by_blocks = all(r.profile == "v0.1" and r.raw_problem is None and not r.index_ready for r in (a, b))
+    fast = READ_BY_BLOCKS
+    by_blocks = fast and all(
+        r.profile == "v0.1" and r.raw_problem is None and not r.index_ready for r in (a, b)
+    )
+    by_arrays = fast and _v02_ready(a) and _v02_ready(b)
     unknown = 1 << 62  # read by blocks: the lengths are known at the end (event 0 first)
-    first_a = _first_layers(a, unknown if by_blocks else len(a))
-    first_b = _first_layers(b, unknown if by_blocks else len(b))
+    first_a = _first_layers(a, unknown if by_blocks or by_arrays else len(a))
+    first_b = _first_layers(b, unknown if by_blocks or by_arrays else len(b))
     layers = sorted(set(first_a) | set(first_b))
     found = _Found()
     if by_blocks:
         arr, na, nb = _compare_blocks(a, b, layers, found)
+    elif by_arrays:
+        arr, na, nb = _compare_v02(a, b, layers, found)
     else:
         na, nb = len(a), len(b)
         arr = _Arrays(min(na, nb), len(layers))
@@ -436,6 +447,230 @@ def _compare_blocks(a: RunReader, b: RunReader, layers: list[int], found: _Found
     return _Arrays.joined(parts, len(layers)), lengths[0], lengths[1]
 
 
+#: compare a block of tokens at a time (False: token by token, the reference the block paths are
+#: tested against)
+READ_BY_BLOCKS = True
+#: tokens of two v0.2 runs compared at a time from their array files
+V02_BLOCK = 4096
+
+
+class _Meta(msgspec.Struct, gc=False):
+    token_id: Any = None
+
+
+_META = msgspec.json.Decoder(_Meta)
+
+
+def _v02_ready(reader: RunReader) -> bool:
+    """A v0.2 run whose arrays can be read a block at a time (every declared file usable, each
+    layer routed at one site); anything else is compared token by token."""
+    if reader.profile != "v0.2" or reader.routing is None or reader.raw_problem is not None:
+        return False
+    sidecar = reader.sidecar()
+    seen: set[int] = set()
+    for group in reader.routing.groups:
+        if any(relpath not in sidecar.files for relpath in group.arrays.values()):
+            return False
+        if seen & set(group.layers) or group.top_k < 1:
+            return False
+        seen |= set(group.layers)
+    return True
+
+
+@dataclass(slots=True)
+class _V02Layer:
+    """One layer of a window of tokens: selections, scores (None: top-k only), bias."""
+
+    selected: np.ndarray  # [n, k] int64
+    scores: np.ndarray | None  # [n, E] float64
+    bias: np.ndarray | None  # [E] float64
+    score_function: str
+    experts: int
+
+
+def _v02_window(reader: RunReader, start: int, stop: int) -> tuple[dict[int, _V02Layer], int]:
+    """The layers of tokens ``start .. stop - 1`` and how many of those rows every array holds."""
+    assert reader.routing is not None
+    sidecar = reader.sidecar()
+    out: dict[int, _V02Layer] = {}
+    rows = stop - start
+    for group in reader.routing.groups:
+        selected = sidecar.rows(group, "selected", start, stop)
+        scores = sidecar.rows(group, "scores", start, stop) if "scores" in group.arrays else None
+        bias = sidecar.whole(group, "bias") if group.selection.bias else None
+        if selected is None:
+            return {}, 0
+        rows = min(rows, selected.shape[0], rows if scores is None else scores.shape[0])
+        for slot, layer in enumerate(group.layers):
+            keyed = bias is not None and slot < len(bias) and bias[slot].shape == (group.num_experts,)
+            out[layer] = _V02Layer(
+                selected[:, slot].astype(np.int64),
+                None if scores is None else scores[:, slot].astype(np.float64),
+                bias[slot].astype(np.float64) if keyed and bias is not None else None,
+                group.score_function,
+                group.num_experts,
+            )
+    return out, rows
+
+
+def _v02_ids(reader: RunReader, chunk_bytes: int = 4 << 20) -> Iterator[tuple[bool, Any]]:
+    """(readable, token_id) of every token line, in order, as ``token_event`` reads them: the
+    lines of each chunk decoded in one call, line by line only in a chunk where one fails."""
+    with reader.raw_path.open("rb") as handle:
+        rest = b""
+        while True:
+            data = handle.read(chunk_bytes)
+            buffer = rest + data
+            cut = buffer.rfind(b"\n") + 1 if data else len(buffer)
+            if not buffer:
+                return
+            block, rest = buffer[:cut], buffer[cut:]
+            try:
+                decoded = _META.decode_lines(block)
+            except DECODE_FAILURES:
+                yield from _v02_ids_one_by_one(block)
+            else:
+                for meta in decoded:
+                    value = meta.token_id
+                    yield True, value if isinstance(value, int) and not isinstance(value, bool) else None
+            if not data:
+                return
+
+
+def _v02_ids_one_by_one(block: bytes) -> Iterator[tuple[bool, Any]]:
+    for line in block.split(b"\n"):
+        if not line.strip(b" \t\r"):
+            continue
+        if line.startswith(b"\xef\xbb\xbf"):
+            yield False, None
+            continue
+        try:
+            value = _META.decode(line).token_id
+        except DECODE_FAILURES:
+            yield False, None
+            continue
+        yield True, value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _distributions(layer: _V02Layer) -> tuple[np.ndarray | None, np.ndarray]:
+    """(each row's distribution by the score function's definition or None for the whole layer
+    when it has no scores, rows whose distribution exists); as ``LayerEvent.distribution``."""
+    scores = layer.scores
+    if scores is None:
+        return None, np.ones(layer.selected.shape[0], dtype=bool)
+    finite = np.isfinite(scores).all(axis=-1) & (scores.shape[-1] > 0)
+    if layer.score_function == "logits":
+        z = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        return z / z.sum(axis=-1, keepdims=True), finite
+    if layer.score_function in ("sigmoid", "sqrt_softplus"):
+        total = scores.sum(axis=-1, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share = scores / total
+        return share, finite & (total[:, 0] > 0)
+    if layer.score_function == "softmax":
+        return scores, finite
+    return None, np.zeros(scores.shape[0], dtype=bool)
+
+
+def _compare_v02(a: RunReader, b: RunReader, layers: list[int], found: _Found) -> tuple[_Arrays, int, int]:
+    """Two v0.2 runs from their array files, a block of tokens at a time, vectorised per layer;
+    every token the arrays cannot answer for alike is compared on its own, as token by token."""
+    ids_a, ids_b = _v02_ids(a), _v02_ids(b)
+    parts: list[_Arrays] = []
+    start = 0
+    lengths = [0, 0]
+    while True:
+        meta_a = list(itertools.islice(ids_a, V02_BLOCK))
+        meta_b = list(itertools.islice(ids_b, V02_BLOCK))
+        lengths[0] += len(meta_a)
+        lengths[1] += len(meta_b)
+        n = min(len(meta_a), len(meta_b))
+        if n == 0:
+            break
+        stop = start + n
+        meta = list(zip(meta_a[:n], meta_b[:n], strict=True))
+        arr = _Arrays(n, len(layers))
+        _v02_block(a, b, start, stop, meta, arr, layers, found)
+        parts.append(arr)
+        start = stop
+        if n < V02_BLOCK:
+            break
+    lengths[0] += sum(1 for _ in ids_a)
+    lengths[1] += sum(1 for _ in ids_b)
+    return _Arrays.joined(parts, len(layers)), lengths[0], lengths[1]
+
+
+def _v02_block(
+    a: RunReader,
+    b: RunReader,
+    start: int,
+    stop: int,
+    meta: list[tuple[tuple[bool, Any], tuple[bool, Any]]],
+    arr: _Arrays,
+    layers: list[int],
+    found: _Found,
+) -> None:
+    """Tokens ``start .. stop - 1`` into ``arr`` (its row 0 is token ``start``)."""
+    readable = np.array([x[0] and y[0] for x, y in meta], dtype=bool)
+    (la, rows_a), (lb, rows_b) = _v02_window(a, start, stop), _v02_window(b, start, stop)
+    ok = readable.copy()
+    ok[min(rows_a, rows_b) :] = False
+    common = [layer for layer in layers if layer in la and layer in lb]
+    plans = []
+    for layer in common:
+        x, y = la[layer], lb[layer]
+        dx, fx = _distributions(x)
+        dy, fy = _distributions(y)
+        scored = dx is not None and dy is not None
+        n = stop - start
+        valid = (
+            (
+                ((x.selected >= 0) & (x.selected < x.experts)).all(axis=-1)
+                & ((y.selected >= 0) & (y.selected < y.experts)).all(axis=-1)
+                & ~(np.diff(np.sort(x.selected[:n], axis=-1), axis=-1) == 0).any(axis=-1)
+                & ~(np.diff(np.sort(y.selected[:n], axis=-1), axis=-1) == 0).any(axis=-1)
+            )
+            if x.selected.shape[0] >= n and y.selected.shape[0] >= n
+            else np.zeros(n, dtype=bool)
+        )
+        if x.experts != y.experts or x.selected.shape[-1] != y.selected.shape[-1]:  # token by token
+            valid[:] = False
+        if x.scores is not None and y.scores is not None:  # both distributions, or not comparable
+            scored = dx is not None and dy is not None
+            valid &= fx & fy if scored else False
+        elif x.scores is not None or y.scores is not None:  # one side's keys: finite ones only
+            own = x if x.scores is not None else y
+            assert own.scores is not None
+            valid &= np.isfinite(own.scores).all(axis=-1)
+        ok &= valid
+        plans.append((layer, x, y, dx, dy, scored))
+    sizes = {x.experts for _layer, x, _y, _dx, _dy, scored in plans if scored}
+    if len(sizes) > 1:  # layers of several sizes: token by token compares each on its own
+        ok[:] = False
+    rows = np.flatnonzero(ok)
+    for layer, x, y, dx, dy, scored in plans:
+        if not rows.size:
+            break
+        where = (rows, layers.index(layer))
+        keys_a = None if x.scores is None else x.scores[rows] + (0.0 if x.bias is None else x.bias)
+        keys_b = None if y.scores is None else y.scores[rows] + (0.0 if y.bias is None else y.bias)
+        own_is_a = keys_a is not None
+        _fill(
+            arr,
+            where,
+            x.selected[rows],
+            y.selected[rows],
+            (dx[rows], dy[rows]) if scored and dx is not None and dy is not None else None,
+            keys_a if own_is_a else keys_b,
+            own_is_a,
+        )
+    for r in rows:
+        if meta[r][0][1] != meta[r][1][1]:
+            found.differs.append(start + int(r))
+    for r in np.flatnonzero(~ok):
+        _token_by_token(a, b, start + int(r), arr, int(r), layers, found)
+
+
 def _vectorised(
     wa: RoutingBlock, wb: RoutingBlock, arr: _Arrays, layers: list[int], found: _Found
 ) -> np.ndarray:
@@ -450,30 +685,57 @@ def _vectorised(
     ib = [wb.layers.index(layer) for layer in common]
     cols = np.array([layers.index(layer) for layer in common])
     px, py = wa.probs[rows][:, ia], wb.probs[rows][:, ib]
-    tx, ty = wa.topk[rows][:, ia], wb.topk[rows][:, ib]
-    experts, k = px.shape[-1], tx.shape[-1]
     for r in rows:
         if wa.token_ids[r] != wb.token_ids[r]:
             found.differs.append(wa.start + int(r))
-    mx, my = np.zeros(px.shape, dtype=bool), np.zeros(py.shape, dtype=bool)
+    _fill(arr, np.ix_(rows, cols), wa.topk[rows][:, ia], wb.topk[rows][:, ib], (px, py), px, True)
+    filled: np.ndarray = done
+    return filled
+
+
+def _fill(
+    arr: _Arrays,
+    where: Any,
+    tx: np.ndarray,
+    ty: np.ndarray,
+    dists: tuple[np.ndarray, np.ndarray] | None,
+    keys: np.ndarray | None,
+    own_is_a: bool,
+) -> None:
+    """The numbers of many (token, layer) cells at once, exactly as ``_compare_token`` makes
+    them one by one. ``tx``/``ty``: ``[..., k]`` selections (ids in range, none repeated, k >= 1);
+    ``dists``: both distributions ``[..., E]`` (None: a run without scores, the selections
+    alone); ``keys``: the selection keys of the run whose keys the margins use (A's if
+    ``own_is_a``), None if neither has them."""
+    experts = keys.shape[-1] if keys is not None else (dists[0].shape[-1] if dists is not None else None)
+    size = experts if experts is not None else int(max(tx.max(), ty.max())) + 1
+    mx = np.zeros((*tx.shape[:-1], size), dtype=bool)
+    my = np.zeros((*ty.shape[:-1], size), dtype=bool)
     np.put_along_axis(mx, tx, True, axis=-1)
     np.put_along_axis(my, ty, True, axis=-1)
     inter, union = (mx & my).sum(axis=-1), (mx | my).sum(axis=-1)
     same = (mx == my).all(axis=-1)
-    where = np.ix_(rows, cols)
     arr.jaccard[where] = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
     arr.same_set[where] = same.astype(np.float64)
     arr.same_order[where] = np.where(same, (tx == ty).all(axis=-1).astype(np.float64), np.nan)
-    arr.jsd[where] = jensen_shannon_rows(px.reshape(-1, experts), py.reshape(-1, experts)).reshape(same.shape)
-    arr.agree[where] = (np.argmax(px, axis=-1) == np.argmax(py, axis=-1)).astype(np.float64)
-    ranked = np.sort(px, axis=-1)[..., ::-1]  # run A's keys (its probabilities), as token by token
-    arr.boundary_gap[where] = ranked[..., k - 1] - ranked[..., k] if k < experts else np.nan
-    missing = my & ~mx
-    own_min = np.where(mx, px, np.inf).min(axis=-1)
-    other_max = np.where(missing, px, -np.inf).max(axis=-1)
+    if dists is not None:
+        px, py = dists
+        arr.jsd[where] = jensen_shannon_rows(
+            px.reshape(-1, px.shape[-1]), py.reshape(-1, py.shape[-1])
+        ).reshape(same.shape)
+        arr.agree[where] = (np.argmax(px, axis=-1) == np.argmax(py, axis=-1)).astype(np.float64)
+    else:  # no scores to rank: the first expert each recorded
+        arr.agree[where] = (tx[..., 0] == ty[..., 0]).astype(np.float64)
+    if keys is None:
+        return
+    own, other = (mx, my) if own_is_a else (my, mx)
+    k = (tx if own_is_a else ty).shape[-1]
+    ranked = np.sort(keys, axis=-1)[..., ::-1]
+    arr.boundary_gap[where] = ranked[..., k - 1] - ranked[..., k] if k < keys.shape[-1] else np.nan
+    missing = other & ~own
+    own_min = np.where(own, keys, np.inf).min(axis=-1)
+    other_max = np.where(missing, keys, -np.inf).max(axis=-1)
     arr.flip_margin[where] = np.where(missing.any(axis=-1), own_min - other_max, np.nan)
-    filled: np.ndarray = done
-    return filled
 
 
 def _margin(keys: Any, own: list[Any], other: list[Any]) -> tuple[float, float | None]:

@@ -226,3 +226,52 @@ def test_reading_by_blocks_gives_exactly_the_token_by_token_numbers(
     assert fast.tokens_b == 55 and fast.token_id_differs == [9]
     assert any("token 17" in note for note in fast.notes) and any("[0]" in note for note in fast.notes)
     assert np.nansum(1 - fast.same_set) == len(range(0, 55, 7))
+
+
+def test_v02_runs_compared_from_their_arrays_give_the_token_by_token_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two v0.2 runs are compared a block of tokens at a time from their array files; odd
+    tokens (an unreadable line, non-finite scores, an id out of range, a repeated id) go token
+    by token; every number and note equals the token-by-token comparison."""
+    import shutil
+
+    import inferoscope.compare as compare_module
+    from inferoscope.arrays.npy import write_array
+    from inferoscope.synthetic import write_synthetic_v02
+
+    monkeypatch.setattr(compare_module, "V02_BLOCK", 7)
+    pairs = []
+    for router in ("softmax", "deepseek"):
+        a = write_synthetic_v02(
+            tmp_path / router, "a", 40, layers=3, experts=16, top_k=4, router=router, seed=1
+        )
+        b = tmp_path / router / "b"
+        shutil.copytree(write_synthetic_v02(tmp_path / "src" / router, "b", 40, layers=3, experts=16, top_k=4,
+                                            router=router, seed=1), b)  # fmt: skip
+        selected = np.load(b / "arrays/moe.selected.npy")
+        scores = np.load(b / "arrays/moe.scores.npy")
+        selected[3, 1] = selected[3, 1][::-1]
+        selected[5, 2, 0] = next(e for e in range(16) if e not in selected[5, 2])
+        selected[8, 0, 1] = 99  # out of range
+        selected[9, 1, 1] = selected[9, 1, 0]  # repeated
+        scores[11, 2, 3] = np.nan
+        for name, values, dtype in (("selected", selected, "int16"), ("scores", scores, "float32")):
+            (b / f"arrays/moe.{name}.npy").unlink()
+            write_array(b / f"arrays/moe.{name}.npy", values, dtype)
+        lines = (b / "raw_trace.ndjson").read_text().splitlines()
+        lines[13] = "{not json"
+        lines[14] = lines[14].replace('"token_id":', '"token_id": 1, "x":', 1)
+        (b / "raw_trace.ndjson").write_text("\n".join(lines) + "\n")
+        pairs += [(a, b), (b, a), (a, a)]
+    for a, b in pairs:
+        fast = compare_runs(a, b)
+        monkeypatch.setattr(compare_module, "READ_BY_BLOCKS", False)
+        slow = compare_runs(a, b)
+        monkeypatch.setattr(compare_module, "READ_BY_BLOCKS", True)
+        assert repr(fast.to_dict()) == repr(slow.to_dict())
+        for name in ("jaccard", "jsd", "top1_agree", "same_set", "same_order", "flip_margin", "boundary_gap"):
+            assert np.array_equal(getattr(fast, name), getattr(slow, name), equal_nan=True), name
+    result = compare_runs(*pairs[0])
+    assert result.same_set[3, 1] == 1.0 and result.same_order[3, 1] == 0.0 and result.same_set[5, 2] == 0.0
+    assert any("token 13" in note for note in result.notes)
