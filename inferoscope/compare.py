@@ -451,7 +451,7 @@ def _compare_blocks(a: RunReader, b: RunReader, layers: list[int], found: _Found
 #: tested against)
 READ_BY_BLOCKS = True
 #: tokens of two v0.2 runs compared at a time from their array files
-V02_BLOCK = 4096
+V02_BLOCK = 256  # x 16 layers x 64 experts: the temporaries stay in cache
 
 
 class _Meta(msgspec.Struct, gc=False):
@@ -478,39 +478,76 @@ def _v02_ready(reader: RunReader) -> bool:
 
 
 @dataclass(slots=True)
-class _V02Layer:
-    """One layer of a window of tokens: selections, scores (None: top-k only), bias."""
+class _V02Unit:
+    """Layers of one group over a window of tokens: selections ``[n, C, k]``, scores
+    ``[n, C, E]`` (None: top-k only) and bias ``[C, E]`` of its ``C`` layers."""
 
-    selected: np.ndarray  # [n, k] int64
-    scores: np.ndarray | None  # [n, E] float64
-    bias: np.ndarray | None  # [E] float64
+    layers: tuple[int, ...]
+    selected: np.ndarray
+    scores: np.ndarray | None
+    bias: np.ndarray | None
     score_function: str
     experts: int
+    sound: bool = True  # False: a malformed bias; its tokens go token by token
+
+    def part(self, slot: int) -> _V02Unit:
+        bias_ok = self.bias is not None and slot < len(self.bias)
+        return _V02Unit(
+            (self.layers[slot],),
+            self.selected[:, slot : slot + 1],
+            None if self.scores is None else self.scores[:, slot : slot + 1],
+            self.bias[slot : slot + 1] if bias_ok and self.bias is not None else None,
+            self.score_function,
+            self.experts,
+            self.sound,
+        )
 
 
-def _v02_window(reader: RunReader, start: int, stop: int) -> tuple[dict[int, _V02Layer], int]:
-    """The layers of tokens ``start .. stop - 1`` and how many of those rows every array holds."""
+def _v02_window(reader: RunReader, start: int, stop: int) -> tuple[list[_V02Unit], int]:
+    """The groups of tokens ``start .. stop - 1`` and how many of those rows every array holds."""
     assert reader.routing is not None
     sidecar = reader.sidecar()
-    out: dict[int, _V02Layer] = {}
+    out: list[_V02Unit] = []
     rows = stop - start
     for group in reader.routing.groups:
         selected = sidecar.rows(group, "selected", start, stop)
         scores = sidecar.rows(group, "scores", start, stop) if "scores" in group.arrays else None
         bias = sidecar.whole(group, "bias") if group.selection.bias else None
         if selected is None:
-            return {}, 0
+            return [], 0
         rows = min(rows, selected.shape[0], rows if scores is None else scores.shape[0])
-        for slot, layer in enumerate(group.layers):
-            keyed = bias is not None and slot < len(bias) and bias[slot].shape == (group.num_experts,)
-            out[layer] = _V02Layer(
-                selected[:, slot].astype(np.int64),
-                None if scores is None else scores[:, slot].astype(np.float64),
-                bias[slot].astype(np.float64) if keyed and bias is not None else None,
+        shape = (len(group.layers), group.num_experts)
+        out.append(
+            _V02Unit(
+                group.layers,
+                selected.astype(np.int64),
+                None if scores is None else scores.astype(np.float64),
+                None if bias is None else bias.astype(np.float64),
                 group.score_function,
                 group.num_experts,
+                bias is None or bias.shape == shape,
             )
+        )
     return out, rows
+
+
+def _v02_pairs(units_a: list[_V02Unit], units_b: list[_V02Unit]) -> list[tuple[_V02Unit, _V02Unit]]:
+    """Units of A and B to compare at once: whole groups where both runs group the same layers
+    alike (the usual case), else layer by layer."""
+    pairs = []
+    by_layers = {unit.layers: unit for unit in units_b}
+    for unit in units_a:
+        other = by_layers.get(unit.layers)
+        if other is not None and other.experts == unit.experts:
+            pairs.append((unit, other))
+            continue
+        parts_b = {
+            part.layers[0]: part for o in units_b for part in (o.part(i) for i in range(len(o.layers)))
+        }
+        for slot, layer in enumerate(unit.layers):
+            if layer in parts_b:
+                pairs.append((unit.part(slot), parts_b[layer]))
+    return pairs
 
 
 def _v02_ids(reader: RunReader, chunk_bytes: int = 4 << 20) -> Iterator[tuple[bool, Any]]:
@@ -552,24 +589,33 @@ def _v02_ids_one_by_one(block: bytes) -> Iterator[tuple[bool, Any]]:
         yield True, value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _distributions(layer: _V02Layer) -> tuple[np.ndarray | None, np.ndarray]:
-    """(each row's distribution by the score function's definition or None for the whole layer
-    when it has no scores, rows whose distribution exists); as ``LayerEvent.distribution``."""
-    scores = layer.scores
+def _distributions(unit: _V02Unit) -> tuple[np.ndarray | None, np.ndarray]:
+    """(the distribution of every cell by the score function's definition, as
+    ``LayerEvent.distribution``, or None without scores; which cells ``[n, C]`` have one)."""
+    scores = unit.scores
     if scores is None:
-        return None, np.ones(layer.selected.shape[0], dtype=bool)
+        return None, np.ones(unit.selected.shape[:2], dtype=bool)
     finite = np.isfinite(scores).all(axis=-1) & (scores.shape[-1] > 0)
-    if layer.score_function == "logits":
+    if unit.score_function == "logits":
         z = np.exp(scores - scores.max(axis=-1, keepdims=True))
         return z / z.sum(axis=-1, keepdims=True), finite
-    if layer.score_function in ("sigmoid", "sqrt_softplus"):
+    if unit.score_function in ("sigmoid", "sqrt_softplus"):
         total = scores.sum(axis=-1, keepdims=True)
         with np.errstate(divide="ignore", invalid="ignore"):
             share = scores / total
-        return share, finite & (total[:, 0] > 0)
-    if layer.score_function == "softmax":
+        return share, finite & (total[..., 0] > 0)
+    if unit.score_function == "softmax":
         return scores, finite
-    return None, np.zeros(scores.shape[0], dtype=bool)
+    return None, np.zeros(scores.shape[:2], dtype=bool)
+
+
+def _sound_ids(unit: _V02Unit, n: int) -> np.ndarray:
+    """``[n]``: every layer's selection in range and without a repeated id."""
+    picks = unit.selected[:n]
+    in_range = ((picks >= 0) & (picks < unit.experts)).all(axis=(1, 2))
+    repeated = (np.diff(np.sort(picks, axis=-1), axis=-1) == 0).any(axis=(1, 2))
+    result: np.ndarray = in_range & ~repeated
+    return result
 
 
 def _compare_v02(a: RunReader, b: RunReader, layers: list[int], found: _Found) -> tuple[_Arrays, int, int]:
@@ -612,52 +658,43 @@ def _v02_block(
 ) -> None:
     """Tokens ``start .. stop - 1`` into ``arr`` (its row 0 is token ``start``)."""
     readable = np.array([x[0] and y[0] for x, y in meta], dtype=bool)
-    (la, rows_a), (lb, rows_b) = _v02_window(a, start, stop), _v02_window(b, start, stop)
+    (ua, rows_a), (ub, rows_b) = _v02_window(a, start, stop), _v02_window(b, start, stop)
+    n = stop - start
     ok = readable.copy()
     ok[min(rows_a, rows_b) :] = False
-    common = [layer for layer in layers if layer in la and layer in lb]
     plans = []
-    for layer in common:
-        x, y = la[layer], lb[layer]
+    for x, y in _v02_pairs(ua, ub):
+        if x.selected.shape[0] < n or y.selected.shape[0] < n:
+            ok[:] = False
+            break
+        valid = _sound_ids(x, n) & _sound_ids(y, n) & x.sound & y.sound
+        if x.selected.shape[-1] != y.selected.shape[-1] or x.experts != y.experts:  # token by token
+            valid[:] = False
         dx, fx = _distributions(x)
         dy, fy = _distributions(y)
-        scored = dx is not None and dy is not None
-        n = stop - start
-        valid = (
-            (
-                ((x.selected >= 0) & (x.selected < x.experts)).all(axis=-1)
-                & ((y.selected >= 0) & (y.selected < y.experts)).all(axis=-1)
-                & ~(np.diff(np.sort(x.selected[:n], axis=-1), axis=-1) == 0).any(axis=-1)
-                & ~(np.diff(np.sort(y.selected[:n], axis=-1), axis=-1) == 0).any(axis=-1)
-            )
-            if x.selected.shape[0] >= n and y.selected.shape[0] >= n
-            else np.zeros(n, dtype=bool)
-        )
-        if x.experts != y.experts or x.selected.shape[-1] != y.selected.shape[-1]:  # token by token
-            valid[:] = False
+        scored = False
         if x.scores is not None and y.scores is not None:  # both distributions, or not comparable
             scored = dx is not None and dy is not None
-            valid &= fx & fy if scored else False
+            valid &= (fx & fy).all(axis=1) if scored else False
         elif x.scores is not None or y.scores is not None:  # one side's keys: finite ones only
-            own = x if x.scores is not None else y
-            assert own.scores is not None
-            valid &= np.isfinite(own.scores).all(axis=-1)
+            own = x.scores if x.scores is not None else y.scores
+            assert own is not None
+            valid &= np.isfinite(own).all(axis=(1, 2))
         ok &= valid
-        plans.append((layer, x, y, dx, dy, scored))
-    sizes = {x.experts for _layer, x, _y, _dx, _dy, scored in plans if scored}
-    if len(sizes) > 1:  # layers of several sizes: token by token compares each on its own
-        ok[:] = False
+        plans.append((x, y, dx, dy, scored))
+    if len({x.experts for x, _y, _dx, _dy, scored in plans if scored}) > 1:
+        ok[:] = False  # layers of several sizes: token by token compares each on its own
     rows = np.flatnonzero(ok)
-    for layer, x, y, dx, dy, scored in plans:
+    for x, y, dx, dy, scored in plans:
         if not rows.size:
             break
-        where = (rows, layers.index(layer))
+        cols = np.array([layers.index(layer) for layer in x.layers])
         keys_a = None if x.scores is None else x.scores[rows] + (0.0 if x.bias is None else x.bias)
         keys_b = None if y.scores is None else y.scores[rows] + (0.0 if y.bias is None else y.bias)
         own_is_a = keys_a is not None
         _fill(
             arr,
-            where,
+            np.ix_(rows, cols),
             x.selected[rows],
             y.selected[rows],
             (dx[rows], dy[rows]) if scored and dx is not None and dy is not None else None,
