@@ -188,3 +188,23 @@ def test_a_16_colour_terminal_gets_the_16_colour_palette_sent_as_is(tmp_path: Pa
         assert not any(c in (38, 48) for c in codes)  # no 256-colour or RGB sequences at all
     finally:
         session.close()
+
+
+@pytest.mark.parametrize("term", ["xterm", "xterm-256color"])
+def test_no_color_text_is_never_drawn_in_the_colour_of_its_background(term: str) -> None:
+    """NO_COLOR on a 16-colour terminal: every text cell keeps a foreground apart from its
+    background (once, the token strip and the detail pane came out black on black)."""
+    import re
+
+    session = Tmux(term)
+    try:
+        session.start(f"env NO_COLOR=1 {INFEROSCOPE} tui {VALID / 'b_olmoe_64tok_16x64_top8'}")
+        session.wait_for("clean")
+        screen = session.run("capture-pane", "-e", "-p", "-t", "app")
+    finally:
+        session.close()
+    black_on_black = re.compile(r"\x1b\[(?:[0-9;]*;)?40m(?:\x1b\[[0-9;]*m)*\x1b\[30m[^\x1b\s]")
+    for line in screen.splitlines():
+        assert not black_on_black.search(line), repr(line)
+        for fg, bg in re.findall(r"\x1b\[(3[0-7]|9[0-7])m\x1b\[(4[0-7]|10[0-7])m(?=[A-Za-z0-9])", line):
+            assert int(fg) % 10 != int(bg) % 10 or (int(fg) >= 90) != (int(bg) >= 100), repr(line)

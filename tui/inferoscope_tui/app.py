@@ -122,8 +122,10 @@ class InferoscopeApp(App[None]):
         """A real terminal's depth decides, unless forced; a headless run keeps the full palette."""
         if self.palette == PALETTE_DETECT:
             self.palette = PALETTE if self.is_headless else palette_for(self.console.color_system)
-        if self.palette is PALETTE_16 and not self.is_headless:
+        if self.palette is PALETTE_16 and not self.is_headless and not self.no_color:
             # send the named colours as they are: converted to RGB and back, they land on other ones
+            # (not under NO_COLOR: its grey shades must go through the conversion, or text and
+            # background both land on black)
             self.ansi_color = True
 
     def compose(self) -> ComposeResult:
