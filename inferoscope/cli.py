@@ -642,6 +642,8 @@ def cmd_route(args: argparse.Namespace) -> int:
         total_docs = check_corpus(spec)  # every line checked before anything is routed or written
     except (CorpusError, OSError) as exc:
         return _fail(visible(str(exc), 400))
+    if total_docs == 0:
+        return _fail(f"{visible(str(spec.path), 200)} holds no documents")
     missing = _capture_dependencies()
     if missing:
         return _capture_imports_missing(missing)
@@ -657,14 +659,18 @@ def cmd_route(args: argparse.Namespace) -> int:
         TextColumn("{task.fields[rate]}"),
         TimeRemainingColumn(),
     )
+    from .capture.route import check_out_folder
+
+    started, tokens = time.perf_counter(), [0, 0]  # tokens, documents written by this run
     try:
+        check_out_folder(args.out, args.prefix)  # before the model loads: a wrong folder fails fast
         model, tokenizer = load_local(args.model, device=args.device, dtype=args.dtype)
         with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
             task = progress.add_task("route", total=total_docs, rate="")
-            started, tokens = time.perf_counter(), [0]
 
             def on_tokens(count: int) -> None:
                 tokens[0] += count
+                tokens[1] += 1
                 rate = tokens[0] / max(time.perf_counter() - started, 1e-9)
                 progress.update(task, advance=1, rate=f"{rate:.0f} tok/s")
 
@@ -682,11 +688,17 @@ def cmd_route(args: argparse.Namespace) -> int:
     except (CaptureError, CorpusError, FileExistsError, RunIdError) as exc:
         _error_line(f"inferoscope: {visible(str(exc), 500)}")
         return EXIT_UNREADABLE
+    except KeyboardInterrupt:
+        _error_line(
+            f"inferoscope: interrupted after {tokens[1]} document(s) ({tokens[0]} tokens) of this run; "
+            "every bundle written is complete: run the same command again to continue"
+        )
+        return 130
     rate = result.tokens / max(result.seconds, 1e-9)
     out.print(
         Text.assemble(
             ("routed ", "bold"),
-            (f"{result.tokens} tokens of {len(result.written)} documents", "bold green"),
+            (f"{result.tokens} tokens of {_count(len(result.written), 'document')}", "bold green"),
             f" in {result.seconds:.1f} s ({rate:.0f} tok/s) -> ",
             (visible(str(args.out)), "cyan"),
         )
@@ -695,10 +707,13 @@ def cmd_route(args: argparse.Namespace) -> int:
         out.print(Text(f"{len(result.skipped)} document(s) already routed there: kept, not routed again"))
     if result.empty:
         out.print(Text(f"{len(result.empty)} empty document(s) skipped: {result.empty[:10]}"))
-    out.print(
-        Text(f"check them: inferoscope validate {shlex.quote(visible(str(args.out)))}/*"), soft_wrap=True
-    )
+    out.print(Text(f"check them: inferoscope validate {shlex.quote(visible(str(args.out)))}"), soft_wrap=True)
     return EXIT_OK
+
+
+def _count(number: int, noun: str) -> str:
+    """``1 document``, ``2 documents``."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def cmd_specialise(args: argparse.Namespace) -> int:

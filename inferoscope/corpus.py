@@ -79,18 +79,35 @@ def _jsonl(spec: CorpusSpec) -> Iterator[tuple[int, str, str | None]]:
             try:
                 obj = parse_json_bytes(raw.rstrip(b"\r\n"))
             except JSONParseError as exc:
-                raise CorpusError(f"{where}: not JSON ({exc})") from None
+                raise CorpusError(f"{where}: {exc}") from None
             if not isinstance(obj, dict):
-                raise CorpusError(f"{where}: not a JSON object")
+                raise CorpusError(f"{where}: not a JSON object ({_kind(obj)})")
             text = obj.get(spec.field)
             if not isinstance(text, str):
-                found = "missing" if spec.field not in obj else f"a {type(text).__name__}, not text"
-                raise CorpusError(f"{where}: field {visible(spec.field, 40)!r} is {found}")
+                raise CorpusError(f"{where}: {_field_problem(obj, spec.field, 'field')}")
             source = None
             if spec.source_field is not None:
                 value = obj.get(spec.source_field)
                 if not isinstance(value, str):
-                    raise CorpusError(f"{where}: source field {visible(spec.source_field, 40)!r} is not text")
+                    raise CorpusError(f"{where}: {_field_problem(obj, spec.source_field, 'source field')}")
                 source = value
             yield index, text, source
             index += 1
+
+
+def _kind(value: object) -> str:
+    """A JSON value's kind in words (``an integer``, ``a list``, ``null``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true or false"
+    return {int: "an integer", float: "a number", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _field_problem(obj: dict[str, object], name: str, what: str) -> str:
+    label = f"{what} {visible(name, 40)!r}"
+    if name not in obj:
+        return f"has no {label}"
+    return f"{label} is {_kind(obj[name])}, not text"

@@ -55,6 +55,8 @@ def import_engine(
     every problem, where the file disagrees with the model (nothing is written then)."""
     from transformers import AutoTokenizer
 
+    if not Path(model_path).is_dir():
+        raise EngineImportError(f"--tokenizer {model_path}: no such checkpoint directory")
     layers = model_layers(model_path)
     file = Path(path)
     if engine == "sglang":
@@ -177,6 +179,13 @@ def replay(
         )
     rows = len(reader)
     feed = ids[: start + rows]
+    vocabulary = _vocabulary(model)
+    if vocabulary is not None and feed and not 0 <= min(feed) <= max(feed) < vocabulary:
+        past = [t for t in feed if not 0 <= t < vocabulary]
+        raise CaptureError(
+            f"{len(past)} of the engine run's token ids do not fit this model's vocabulary of {vocabulary} "
+            f"(first {past[0]}): the engine served another model?"
+        )
     sites = find_routers(model)
     return write_chunks(
         model,
@@ -192,6 +201,14 @@ def replay(
         store_dtype="float32",
         first_position=start,
     )
+
+
+def _vocabulary(model: Any) -> int | None:
+    """The number of rows of the model's input embedding (what a token id must be below)."""
+    try:
+        return int(model.get_input_embeddings().num_embeddings)
+    except (AttributeError, TypeError, ValueError):
+        return None
 
 
 def _replay_chunks(model: Any, sites: list[Any], feed: list[int], start: int, chunk: int) -> Iterator[Any]:

@@ -29,7 +29,9 @@ def load_local(path: Path | str, *, device: str = "auto", dtype: str = "auto") -
         raise CaptureError(f"not a model checkpoint directory (no config.json): {folder}")
     import torch
     from transformers import AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # we draw our own
     torch_dtype: Any = "auto" if dtype == "auto" else getattr(torch, dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)

@@ -10,6 +10,8 @@ the documents already written and continues. A folder of such bundles is a run s
 
 from __future__ import annotations
 
+import hashlib
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -67,6 +69,52 @@ class _Sites:
         return [site.layer_index for site in self.sites]
 
 
+def check_out_folder(out: Path | str, prefix: str = "doc") -> None:
+    """``out`` must be new, empty, or a folder this routing wrote before (its runs and the
+    hidden staging folders of interrupted writes): CaptureError saying what is there otherwise."""
+    folder = Path(out)
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise CaptureError(f"--out {folder} is a file; route writes a folder of runs")
+    if (folder / "manifest.json").exists():
+        raise CaptureError(
+            f"--out {folder} is a run bundle; route writes a folder of runs: give another folder"
+        )
+    pattern = re.compile(rf"^\.?{re.escape(prefix)}-\d{{6,}}(\.staging-.*)?$")
+    strangers = sorted(entry.name for entry in folder.iterdir() if not pattern.match(entry.name))
+    if strangers:
+        entries = "1 entry" if len(strangers) == 1 else f"{len(strangers)} entries"
+        raise CaptureError(
+            f"--out {folder} holds {entries} that are not runs of a route (first: {strangers[0]!r}); "
+            "give an empty folder or the folder of an earlier route"
+        )
+
+
+def text_fingerprint(text: str) -> str:
+    """What a resumed route compares: the SHA-256 of the document's text (UTF-8)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _same_document(target: Path, document: Document, settings: dict[str, Any]) -> str | None:
+    """None when the bundle at ``target`` was routed from this document with these settings;
+    else what differs (a rerun must continue the same corpus, never keep another one's runs)."""
+    reader = RunReader(target)
+    manifest = reader.manifest or {}
+    routed = (manifest.get("capture_config") or {}).get("teacher_forced") or {}
+    if not isinstance(routed, dict) or "text_sha256" not in routed:
+        return "it was routed without a text fingerprint (an earlier version), so it cannot be matched"
+    differs = []
+    if routed.get("text_sha256") != text_fingerprint(document.text):
+        differs.append("its text")
+    if routed.get("source") != document.source:
+        differs.append(f"its source ({routed.get('source')!r}, now {document.source!r})")
+    for key, value in settings.items():
+        if routed.get(key) != value:
+            differs.append(f"{key} ({routed.get(key)!r}, now {value!r})")
+    return None if not differs else "it differs in " + ", ".join(differs)
+
+
 def document_run_id(prefix: str, index: int) -> str:
     return f"{prefix}-{index:06d}"
 
@@ -91,12 +139,19 @@ def route_corpus(
 
     if batch < 1:
         raise CaptureError("--batch must be at least 1")
+    check_out_folder(out, prefix)
     sites = find_routers(model)
     result = RouteResult()
     name = model_id or str(
         getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
     )
     tokenizer_name = tokenizer_id or getattr(tokenizer, "name_or_path", "") or name
+    settings = {
+        "model_id": name,
+        "model_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "store_dtype": store_dtype,
+        "max_tokens_per_doc": max_tokens_per_doc,
+    }
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     device = next(model.parameters()).device
     start = time.perf_counter()
@@ -112,6 +167,12 @@ def route_corpus(
                     if not RunReader(target).validate().ok:
                         raise CaptureError(
                             f"{target} exists but is not a valid bundle; remove it to route again"
+                        )
+                    differs = _same_document(target, document, settings)
+                    if differs is not None:
+                        raise CaptureError(
+                            f"{target} is not document {document.index} of this corpus routed this way: "
+                            f"{differs}; route into another folder, or remove it"
                         )
                     result.skipped.append(target)
                     continue
@@ -148,6 +209,7 @@ def route_corpus(
                     tokenizer_id=tokenizer_name,
                     store_dtype=store_dtype,
                     rules=rules,
+                    settings=settings,
                 )
                 result.written.append(path)
                 result.tokens += n
@@ -248,6 +310,7 @@ def _write_document(
     store_dtype: str,
     rules: dict[int, Any] | None = None,
     first_position: int = 0,
+    settings: dict[str, Any] | None = None,
 ) -> tuple[Path, dict[int, Any]]:
     """The document's bundle, and the rules it was written with. ``rules`` found on an earlier
     document are tried first: the validator proves them on every row of this one before it is
@@ -281,6 +344,7 @@ def _write_document(
                 dtype=dtype,
                 tol=tol,
                 first_position=first_position,
+                settings=settings,
             ), rules
         except RunBundleError as exc:
             if not {"selection_mismatch", "weight_mismatch"} & set(exc.counts):
@@ -305,6 +369,7 @@ def _write_document(
         dtype=dtype,
         tol=tol,
         first_position=first_position,
+        settings=settings,
     ), rules
 
 
@@ -328,6 +393,7 @@ def _write_with(
     dtype: str,
     tol: float,
     first_position: int = 0,
+    settings: dict[str, Any] | None = None,
 ) -> Path:
     return _stream_document(
         model,
@@ -346,6 +412,7 @@ def _write_with(
         dtype=dtype,
         tol=tol,
         first_position=first_position,
+        settings=settings,
     )
 
 
@@ -419,6 +486,7 @@ def _stream_document(
     dtype: str,
     tol: float,
     first_position: int = 0,
+    settings: dict[str, Any] | None = None,
 ) -> Path:
     """The document's bundle, written chunk by chunk through one RunWriter (memory: one chunk).
 
@@ -449,6 +517,8 @@ def _stream_document(
                 "document_index": document.index,
                 "source": document.source,
                 "tokens": total,
+                "text_sha256": text_fingerprint(document.text),
+                **(settings or {}),
             },
         },
     )

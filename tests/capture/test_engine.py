@@ -298,3 +298,21 @@ def test_known_engine_bugs_are_named(engine_case: dict[str, Any], tmp_path: Path
             engine, _write(tmp_path / name, content), engine_case["folder"], out=tmp_path, run_id="d"
         )
     assert not any((tmp_path / run_id).exists() for run_id in "zsnd")
+
+
+def test_a_replay_through_a_model_with_a_smaller_vocabulary_is_refused(
+    engine_case: dict[str, Any], tmp_path: Path
+) -> None:
+    import copy
+
+    source = sglang_file(tmp_path / "sglang.json", engine_case, engine_case["rows"])
+    run, _ = import_engine("sglang", source, engine_case["folder"], out=tmp_path, run_id="engine")
+    smaller = copy.deepcopy(engine_case["model"])
+    smaller.resize_token_embeddings(min(engine_case["full"]) + 1)
+    from inferoscope.capture import CaptureError
+
+    with pytest.raises(CaptureError, match="do not fit this model's vocabulary"):
+        replay(run, smaller, engine_case["tokenizer"], out=tmp_path, run_id="replay")
+    assert not (tmp_path / "replay").exists()
+    with pytest.raises(EngineImportError, match="no such checkpoint directory"):
+        import_engine("sglang", source, tmp_path / "missing", out=tmp_path, run_id="other")

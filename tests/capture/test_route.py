@@ -4,6 +4,7 @@ padding is never recorded, an interrupted run resumes, bad input is one line and
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from inferoscope import RunReader
-from inferoscope.capture import Document, route_corpus
+from inferoscope.capture import CaptureError, Document, route_corpus
 
 from .tiny_models import save_tiny
 
@@ -85,6 +86,41 @@ def test_an_interrupted_run_leaves_whole_bundles_and_a_rerun_continues(
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"doc-{i:06d}" for i in range(5)]
 
 
+def test_a_rerun_keeps_only_runs_of_the_same_document_routed_the_same_way(
+    loaded: tuple[Any, Any, Path], tmp_path: Path
+) -> None:
+    """A resumed route matches each kept run by its text's fingerprint and the settings; another
+    corpus (or other settings) in the same folder is refused, never silently kept."""
+    model, tokenizer, _ = loaded
+    route_corpus(model, tokenizer, docs()[:2], out=tmp_path, batch=2)
+    reversed_docs = [Document(i, text, source) for i, (text, source) in enumerate(reversed(TEXTS))]
+    with pytest.raises(CaptureError, match=r"doc-000000 is not document 0 of this corpus.*its text"):
+        route_corpus(model, tokenizer, reversed_docs, out=tmp_path, batch=2)
+    with pytest.raises(CaptureError, match=r"max_tokens_per_doc \(None, now 3\)"):
+        route_corpus(model, tokenizer, docs(), out=tmp_path, batch=2, max_tokens_per_doc=3)
+    again = route_corpus(model, tokenizer, docs(), out=tmp_path, batch=2)  # the same corpus: continues
+    assert len(again.skipped) == 2 and len(again.written) == 3
+
+
+@pytest.mark.parametrize("what", ["stranger", "bundle", "file"])
+def test_out_must_be_new_empty_or_an_earlier_route(
+    loaded: tuple[Any, Any, Path], tmp_path: Path, what: str
+) -> None:
+    model, tokenizer, _ = loaded
+    out = tmp_path / "out"
+    if what == "file":
+        out.write_text("x")
+    else:
+        out.mkdir()
+        (out / ("readme.txt" if what == "stranger" else "manifest.json")).write_text("{}")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    message = {"stranger": "not runs of a route (first: 'readme.txt')", "bundle": "is a run bundle",
+               "file": "is a file"}[what]  # fmt: skip
+    with pytest.raises(CaptureError, match=re.escape(message)):
+        route_corpus(model, tokenizer, docs(), out=out)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+
+
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "INFEROSCOPE_DEBUG"}
     env["HF_HUB_OFFLINE"] = "1"
@@ -117,9 +153,12 @@ def test_cli_routes_a_jsonl_corpus_with_sources(loaded: tuple[Any, Any, Path], t
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ('{"text": "ok"}\n{"body": "x"}\n', "line 2: field 'text' is missing"),
-        ('{"text": "ok"}\nnot json\n', "line 2: not JSON"),
-        ('{"text": 7}\n', "line 1: field 'text' is a int, not text"),
+        ('{"text": "ok"}\n{"body": "x"}\n', "line 2: has no field 'text'"),
+        ('{"text": "ok"}\nnot json\n', "line 2: invalid JSON"),
+        ('{"text": 7}\n', "line 1: field 'text' is an integer, not text"),
+        ('{"text": "ok", "domain": null}\n', "line 1: source field 'domain' is null, not text"),
+        ('{"text": "ok"}\n', "line 1: has no source field 'domain'"),
+        ("\n\n", "holds no documents"),
     ],
 )
 def test_a_bad_corpus_line_is_one_line_and_nothing_is_written(
@@ -128,7 +167,8 @@ def test_a_bad_corpus_line_is_one_line_and_nothing_is_written(
     _model, _tokenizer, folder = loaded
     corpus = tmp_path / "bad.jsonl"
     corpus.write_text(content)
-    result = cli("--model", str(folder), "--jsonl", str(corpus), "--out", str(tmp_path / "o"))
+    extra = ["--source-field", "domain"] if "domain" in message else []
+    result = cli("--model", str(folder), "--jsonl", str(corpus), "--out", str(tmp_path / "o"), *extra)
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1 and message in result.stderr
     assert not (tmp_path / "o").exists()
 
@@ -143,3 +183,33 @@ def test_a_text_file_is_split_at_blank_lines(loaded: tuple[Any, Any, Path], tmp_
     assert result.returncode == 0, result.stderr
     runs = sorted((tmp_path / "o").iterdir())
     assert len(runs) == 2 and RunReader(runs[1]).token_event(0).source == "notes"
+
+
+def test_ctrl_c_says_what_was_kept_and_how_to_continue(loaded: tuple[Any, Any, Path], tmp_path: Path) -> None:
+    import signal
+    import time
+
+    _model, _tokenizer, folder = loaded
+    corpus = tmp_path / "many.txt"
+    corpus.write_text("\n\n".join(f"document number {i} " * 20 for i in range(3000)) + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "INFEROSCOPE_DEBUG"}
+    env["HF_HUB_OFFLINE"] = "1"
+    out = tmp_path / "o"
+    command = [sys.executable, "-m", "inferoscope", "route", "--model", str(folder), "--text", str(corpus)]
+    process = subprocess.Popen(
+        [*command, "--out", str(out), "--device", "cpu", "--batch", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out.exists() and any(out.glob("doc-*"))):
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted after" in stderr and "run the same command again to continue" in stderr
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
+    runs = sorted(out.glob("doc-*"))
+    assert runs and all(RunReader(run).validate().ok for run in runs)
