@@ -7,6 +7,14 @@ number under a null model: the sources are shuffled across *documents* (not toke
 that is merely correlated within a document is not mistaken for specialisation; the null's 99th
 percentile and a permutation p-value, ``(1 + #null >= observed) / (1 + permutations)``.
 
+A study makes many tests (every layer, source and expert), so what is *marked* is controlled for
+that, with the same permutations (Westfall-Young max-T): each lift is standardised by its own
+null's mean and spread, and its adjusted p-value is the share of permutations whose *largest*
+standardised lift over the whole study reaches it (the layers' mutual information likewise,
+over the layers). A number beats the null when its adjusted p-value is at most ``ALPHA`` (0.01):
+the chance that the study marks anything by chance alone is at most 1%. The per-test p-values
+are given beside them, unadjusted.
+
 Everything is computed from one ``[layers, experts]`` count matrix per document, so a corpus of
 any size costs its documents, not its tokens; each permutation is one matrix product.
 """
@@ -23,7 +31,9 @@ import numpy as np
 
 from .bundle.reader import RunReader
 
-DEFAULT_PERMUTATIONS = 200
+DEFAULT_PERMUTATIONS = 1000
+#: the false discovery rate at which a lean (or a layer's mutual information) is marked
+ALPHA = 0.01
 
 
 class SpecialiseError(ValueError):
@@ -46,11 +56,18 @@ class LayerSpecialisation:
     lift: np.ndarray  # [sources, experts]
     lift_null_p99: np.ndarray  # [sources, experts]
     lift_p_value: np.ndarray  # [sources, experts]
+    mi_p_adjusted: float = 1.0  # max-T over the study's layers
+    lift_p_adjusted: np.ndarray = field(default_factory=lambda: np.ones((0, 0)))  # over every lift test
+
+    @property
+    def beats_null(self) -> bool:
+        return self.mi_p_adjusted <= ALPHA
 
     def leaning(
-        self, sources: list[str], alpha: float = 0.01, top: int = 5
+        self, sources: list[str], alpha: float = ALPHA, top: int = 5
     ) -> dict[str, list[dict[str, Any]]]:
-        """Per source, the experts that lean to it most (lift > 1), each marked beating the null."""
+        """Per source, the experts that lean to it most (lift > 1), each marked where it beats the
+        null after the study's multiple-testing control (adjusted p-value <= ``alpha``)."""
         out: dict[str, list[dict[str, Any]]] = {}
         for s, name in enumerate(sources):
             order = np.argsort(-self.lift[s], kind="stable")[:top]
@@ -60,7 +77,8 @@ class LayerSpecialisation:
                     "lift": float(self.lift[s, e]),
                     "null_p99": float(self.lift_null_p99[s, e]),
                     "p_value": float(self.lift_p_value[s, e]),
-                    "beats_null": bool(self.lift_p_value[s, e] <= alpha),
+                    "p_adjusted": float(self.lift_p_adjusted[s, e]),
+                    "beats_null": bool(self.lift_p_adjusted[s, e] <= alpha),
                 }
                 for e in order
                 if self.lift[s, e] > 1.0
@@ -75,6 +93,7 @@ class Specialisation:
     tokens: dict[str, int]
     permutations: int
     layers: list[LayerSpecialisation] = field(default_factory=list)
+    seed: int = 0
 
     def to_dict(self, top: int = 5) -> dict[str, Any]:
         return {
@@ -82,13 +101,18 @@ class Specialisation:
             "documents": self.documents,
             "tokens_by_source": self.tokens,
             "permutations": self.permutations,
+            "seed": self.seed,
             "null": "sources shuffled across documents",
+            "marked": f"adjusted p-value <= {ALPHA}: max-T over every test of the study (the lifts; "
+            "the layers' mutual information), so the chance of marking anything by chance is <= 1%",
             "layers": [
                 {
                     "layer_index": layer.layer_index,
                     "mutual_information_bits": layer.mutual_information,
                     "mi_null_p99": layer.mi_null_p99,
                     "mi_p_value": layer.mi_p_value,
+                    "mi_p_adjusted": layer.mi_p_adjusted,
+                    "beats_null": layer.beats_null,
                     "leaning": layer.leaning(self.sources, top=top),
                 }
                 for layer in self.layers
@@ -166,7 +190,11 @@ def specialise(
     for p in range(permutations):
         mi_null[p], lift_null[p] = _statistics(counts, rng.permutation(source_of), len(sources))
     result = Specialisation(
-        sources, len(docs), {s: sum(d.tokens for d in docs if d.source == s) for s in sources}, permutations
+        sources,
+        len(docs),
+        {s: sum(d.tokens for d in docs if d.source == s) for s in sources},
+        permutations,
+        seed=seed,
     )
     for li, layer in enumerate(layer_indices):
         mi, lift = observed[0][li], observed[1][li]
@@ -181,7 +209,33 @@ def specialise(
                 lift_p_value=(1 + (lift_null[:, li] >= lift[None] - 1e-12).sum(axis=0)) / (1 + permutations),
             )
         )
+    lift_adjusted = max_t_adjusted(observed[1], lift_null)  # [layers, sources, experts]
+    mi_adjusted = max_t_adjusted(observed[0], mi_null)  # [layers]
+    for number, studied in enumerate(result.layers):
+        studied.lift_p_adjusted = lift_adjusted[number]
+        studied.mi_p_adjusted = float(mi_adjusted[number])
     return result
+
+
+def max_t_adjusted(observed: np.ndarray, null: np.ndarray) -> np.ndarray:
+    """Westfall-Young max-T adjusted p-values (one-sided, upper) of every test at once.
+
+    ``null[p]`` holds every test's statistic under permutation ``p``. Each test is standardised by
+    its null's mean and standard deviation (a test whose null never varies counts only where it
+    is exceeded exactly as in the null); the adjusted p-value of a test is
+    ``(1 + #permutations whose largest standardised statistic >= its own) / (1 + permutations)``.
+    """
+    mean, spread = null.mean(axis=0), null.std(axis=0)
+    flat = spread > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(
+            flat, (observed - mean) / np.where(flat, spread, 1.0), np.where(observed > mean, np.inf, 0.0)
+        )
+        z_null = np.where(flat, (null - mean) / np.where(flat, spread, 1.0), 0.0)
+    largest = z_null.reshape(null.shape[0], -1).max(axis=1)  # [permutations]
+    exceed = (largest[:, None] >= z.reshape(1, -1) - 1e-12).sum(axis=0)
+    adjusted: np.ndarray = ((1 + exceed) / (1 + null.shape[0])).reshape(observed.shape)
+    return adjusted
 
 
 def _statistics(counts: np.ndarray, source_of: np.ndarray, sources: int) -> tuple[np.ndarray, np.ndarray]:
@@ -203,13 +257,15 @@ def describe(result: Specialisation, top: int = 3) -> list[str]:
     lines = [
         f"{result.documents} documents; tokens by source: "
         + ", ".join(f"{s} {n}" for s, n in result.tokens.items())
-        + f"; null: sources shuffled across documents, {result.permutations} permutations"
+        + f"; null: sources shuffled across documents, {result.permutations} permutations "
+        f"(seed {result.seed}); marked: adjusted p <= {ALPHA} (max-T over all the study's tests)"
     ]
     for layer in result.layers:
-        verdict = "beats the null" if layer.mi_p_value <= 0.01 else "within the null"
+        verdict = "beats the null" if layer.beats_null else "within the null"
         lines.append(
             f"layer {layer.layer_index}: MI {layer.mutual_information:.4f} bits (null p99 "
-            f"{layer.mi_null_p99:.4f}, p {layer.mi_p_value:.3f}: {verdict})"
+            f"{layer.mi_null_p99:.4f}, p {layer.mi_p_value:.3f}, adjusted p {layer.mi_p_adjusted:.3f}: "
+            f"{verdict})"
         )
         for source, experts in layer.leaning(result.sources, top=top).items():
             shown = ", ".join(

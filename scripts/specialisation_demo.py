@@ -92,7 +92,7 @@ def main() -> None:
     )
     parser.add_argument("--per-source", type=int, default=60)
     parser.add_argument("--out", type=Path, default=ROOT / ".bench" / "specialise")
-    parser.add_argument("--permutations", type=int, default=500)
+    parser.add_argument("--permutations", type=int, default=1000)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     corpus = args.out / "corpus.jsonl"

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -76,14 +77,41 @@ def run_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_a_planted_preference_beats_the_null_and_nothing_else_does(run_set: Path) -> None:
-    result = specialise([run_set], permutations=200, seed=1)
+    result = specialise([run_set], permutations=1000, seed=1)
     assert result.sources == ["code", "license", "prose"] and result.documents == 24
     layer0, layer1 = result.layers
     assert layer0.mi_p_value <= 0.01 and layer0.mutual_information > layer0.mi_null_p99
     assert layer1.mi_p_value > 0.01  # no preference planted: it does not beat the null (alpha 0.01)
+    assert layer0.beats_null and not layer1.beats_null  # after the study's multiple-testing control
+    assert code_q_is_controlled(layer0, result.sources)
     code = layer0.leaning(result.sources)["code"]
     assert code[0]["expert"] == 5 and code[0]["beats_null"] and code[0]["lift"] > code[0]["null_p99"]
     assert not any(x["beats_null"] for x in layer1.leaning(result.sources)["prose"])
+
+
+def code_q_is_controlled(layer: Any, sources: list[str]) -> bool:
+    """Every lean is marked exactly when its adjusted p-value is <= 0.01, and adjusting never
+    makes a test stronger than its own p-value."""
+    leans = [x for experts in layer.leaning(sources, top=8).values() for x in experts]
+    return all(
+        x["p_adjusted"] >= x["p_value"] - 1e-12 and (x["p_adjusted"] <= 0.01) == x["beats_null"]
+        for x in leans
+    )
+
+
+def test_max_t_marks_a_strong_effect_among_many_null_tests_and_only_it() -> None:
+    """1,000 tests, one real effect: max-T marks it and no other (the family-wise error is
+    controlled), where an unadjusted p <= 0.01 would mark about ten by chance."""
+    from inferoscope.specialise import max_t_adjusted
+
+    rng = np.random.default_rng(3)
+    null = rng.standard_normal((2000, 1000))
+    observed = rng.standard_normal(1000)
+    observed[17] = 8.0
+    adjusted = max_t_adjusted(observed, null)
+    raw = (1 + (null >= observed).sum(axis=0)) / 2001
+    assert adjusted[17] <= 0.01 and (adjusted <= 0.01).sum() == 1
+    assert (raw <= 0.01).sum() > 3
 
 
 def test_the_cli_prints_and_gives_json(run_set: Path) -> None:

@@ -1,5 +1,5 @@
 """The run-set overview: every run listed with its source and validation state; enter opens one;
-s shows which experts lean to which source, with leans that beat the null marked."""
+p shows which experts lean to which source, with leans that beat the null marked."""
 
 from __future__ import annotations
 
@@ -45,12 +45,12 @@ async def test_runs_are_listed_checked_and_enter_opens_the_one_under_the_cursor(
         assert cells(app, 1)[3] == "prose" and cells(app, 1)[-1] == "clean"
         assert cells(app, 4)[-1] == "1 issue(s)"  # the broken run is named, the rest still listed
         title: Any = app.query_one("#runset-title", Static).content
-        assert "12 runs · checked 12 · clean 11" in title.plain
+        assert "12 runs · 12 checked · 11 clean" in title.plain
         await pilot.press("down", "down", "enter")
     assert app.return_value == runs[2]
 
 
-async def test_s_shows_the_planted_lean_marked_and_chance_dimmed(tmp_path: Path) -> None:
+async def test_p_shows_the_planted_lean_marked_and_chance_dimmed(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     for i in range(12):
         source = ("code", "prose")[i % 2]
@@ -60,7 +60,7 @@ async def test_s_shows_the_planted_lean_marked_and_chance_dimmed(tmp_path: Path)
     app = RunSetApp(tmp_path / "set", runs)
     async with app.run_test(size=(100, 40)) as pilot:
         await settle(pilot)
-        await pilot.press("s")
+        await pilot.press("p")
         await settle(pilot)
         assert isinstance(app.screen, SpecialisationScreen)
         body: Any = app.screen.query_one("#special-body", Static).content
@@ -76,7 +76,7 @@ async def test_s_shows_the_planted_lean_marked_and_chance_dimmed(tmp_path: Path)
         assert not isinstance(app.screen, SpecialisationScreen)
 
 
-async def test_s_on_a_set_with_one_source_says_why(tmp_path: Path) -> None:
+async def test_p_on_a_set_with_one_source_says_why(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     for i in range(3):
         write_doc(tmp_path / "set", i, "code", 10, None, rng)
@@ -85,7 +85,7 @@ async def test_s_on_a_set_with_one_source_says_why(tmp_path: Path) -> None:
     app = RunSetApp(tmp_path / "set", runs)
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
-        await pilot.press("s")
+        await pilot.press("p")
         await settle(pilot)
         body: Any = app.screen.query_one("#special-body", Static).content
         assert "cannot compare by source" in body.plain and "only one source" in body.plain

@@ -18,13 +18,19 @@ from inferoscope.specialise import Specialisation
 from .screens.specialisation import SpecialisationScreen
 
 
+class RunTable(DataTable[Any]):
+    """The table of runs; its enter (select the row) is shown in the footer as Open."""
+
+    BINDINGS = [Binding("enter", "select_cursor", "Open", id="runset.open_row")]
+
+
 class RunSetApp(App[Path | None]):
     """Lists the runs (validated in a worker, row by row); returns the one chosen, or None."""
 
     TITLE = "inferoscope"
     BINDINGS = [
         Binding("enter", "open", "Open", id="runset.open"),
-        Binding("s", "specialisation", "Specialisation", id="runset.specialisation"),
+        Binding("p", "specialisation", "Specialisation", id="runset.specialisation"),
         Binding("q,escape", "quit_list", "Quit", id="runset.quit"),
     ]
 
@@ -46,7 +52,7 @@ class RunSetApp(App[Path | None]):
 
     def compose(self) -> ComposeResult:
         yield Static(id="runset-title")
-        yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        yield RunTable(id="runs", cursor_type="row", zebra_stripes=True)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -65,9 +71,8 @@ class RunSetApp(App[Path | None]):
     def _title(self) -> None:
         checked = sum(row is not None for row in self.rows)
         clean = sum(1 for row in self.rows if row is not None and row.ok)
-        text = Text(f" run set {visible(str(self.folder), 60)} · {len(self.runs)} runs", style="bold")
-        text.append(f" · checked {checked} · clean {clean}", style="dim")
-        text.append(" · enter opens a run · s: specialisation", style="dim")
+        text = Text(f" run set {visible(str(self.folder), 40)} · {len(self.runs)} runs", style="bold")
+        text.append(f" · {checked} checked · {clean} clean", style="dim")
         self.query_one("#runset-title", Static).update(text)
 
     def _check_all(self) -> None:

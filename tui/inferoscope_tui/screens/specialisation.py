@@ -11,15 +11,14 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from inferoscope import visible
-from inferoscope.specialise import Specialisation
-
-ALPHA = 0.01
+from inferoscope.specialise import ALPHA, Specialisation
 
 
 def specialisation_text(result: Specialisation, top: int = 4) -> Text:
     """The whole study as one text: a header, then per layer MI and each source's leaning experts.
 
-    A lean that beats the null (p <= 0.01) is bold and marked ``*``; one within the null is dim,
+    A lean that beats the null (adjusted p <= 0.01, max-T over the whole study) is bold and marked
+    ``*``; one within the null is dim,
     so a reader never takes chance for a preference."""
     text = Text()
     text.append(f"{result.documents} documents · tokens by source: ", style="bold")
@@ -27,15 +26,15 @@ def specialisation_text(result: Specialisation, top: int = 4) -> Text:
     text.append(
         f"\nnull: sources shuffled across documents, {result.permutations} permutations · "
         "lift = share of the expert's selections from the source / the source's share of tokens · "
-        "* beats the null (p <= 0.01), dim: within it\n",
+        "* beats the null (adjusted p <= 0.01, max-T over the study), dim: within it\n",
         style="dim",
     )
     for layer in result.layers:
-        beats = layer.mi_p_value <= ALPHA
+        beats = layer.beats_null
         text.append(f"\nlayer {layer.layer_index}", style="bold")
         text.append(
             f"  MI {layer.mutual_information:.4f} bits (null p99 {layer.mi_null_p99:.4f}, "
-            f"p {layer.mi_p_value:.3f})",
+            f"p {layer.mi_p_value:.3f}, adjusted {layer.mi_p_adjusted:.3f})",
             style="" if beats else "dim",
         )
         text.append(" beats the null\n" if beats else " within the null\n", style="bold" if beats else "dim")
@@ -58,7 +57,7 @@ def specialisation_text(result: Specialisation, top: int = 4) -> Text:
 class SpecialisationScreen(ModalScreen[None]):
     """Shows a computed study (or the one line saying why it cannot be made); escape goes back."""
 
-    BINDINGS = [Binding("escape,q,s", "close", "Back", id="specialisation.close")]
+    BINDINGS = [Binding("escape,q,p", "close", "Back", id="specialisation.close")]
     DEFAULT_CSS = """
     SpecialisationScreen { background: $background; }
     #special-title { height: 1; }
