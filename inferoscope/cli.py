@@ -207,8 +207,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out.print(
         Text(
             f"tokens {result.tokens_a} vs {result.tokens_b}, {result.aligned} aligned; "
-            f"top-k Jaccard {number(data['mean_topk_jaccard'])}, JSD {number(data['mean_jsd_bits'])} bits, "
-            f"top-1 agreement {number(data['top1_agreement'])}; identical top-k set "
+            f"top-k Jaccard {number(data['mean_topk_jaccard'])}, "
+            + (
+                f"JSD {number(data['mean_jsd_bits'])} bits, "
+                if data["mean_jsd_bits"] is not None
+                else "JSD — (a run without scores), "
+            )
+            + f"top-1 agreement {number(data['top1_agreement'])}; identical top-k set "
             f"{number(data['identical_topk_set'])}, "
             f"same order given the set {number(data['same_order_given_set'])}"
         )

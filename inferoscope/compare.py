@@ -64,6 +64,8 @@ class RunComparison:
     #: token: the control that says whether flips happen at near-ties
     boundary_gap: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     gap_medians: dict[int, float | None] = field(default_factory=dict, repr=False, compare=False)
+    #: what views derive once and reuse at every step (keyed by what they derive)
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def usual_gap(self, column: int) -> float | None:
         """The median boundary gap of one layer column (cached: the app asks at every step)."""

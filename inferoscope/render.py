@@ -45,7 +45,12 @@ def inspect_view(summary: RunSummary, table_box: box.Box) -> RenderableType:
         ("seed", "seed"),
     ):
         facts.add_row(label, _text(data[key]))
-    facts.add_row("prompt", _text(summary.prompt_text, 160))
+    manifest = summary.manifest or {}
+    kind = manifest.get("run_kind")
+    if isinstance(kind, str):
+        facts.add_row("kind", _text(_kind_line(kind, manifest), 200))
+    if kind in (None, "generate") or summary.prompt_text:
+        facts.add_row("prompt", _text(summary.prompt_text, 160))
     facts.add_row("events", Text(str(data["raw_events"])))
     facts.add_row("MoE layers", Text(str(data["layers"])))
     duration = data["decode_duration_ms"]
@@ -79,7 +84,7 @@ def inspect_view(summary: RunSummary, table_box: box.Box) -> RenderableType:
                 Text(
                     f"layer{'s' if len(layers) > 1 else ''} {span}: "
                     f"{row['num_experts']} experts, top-{row['top_k']}; "
-                    f"{row['scores']}s; selection: {row['selection']}; "
+                    f"{_plural(row['scores'])}; selection: {row['selection']}; "
                     f"weights: {row['mixing_weights']}"
                     + (
                         f"; {row['shared_experts']} shared expert(s), always on"
@@ -175,3 +180,23 @@ def issues_view(run_dir: str, report: ValidationReport, max_issues: int) -> Rend
     if shown < report.total:
         lines.append(Text(f"  … {report.total - shown} more not shown (--max-issues)", style="dim"))
     return Group(*lines)
+
+
+def _plural(noun: str) -> str:
+    """``softmax probability`` -> ``softmax probabilities``; ``sigmoid score`` -> ``sigmoid scores``."""
+    return noun[:-1] + "ies" if noun.endswith("y") else noun + "s"
+
+
+def _kind_line(kind: str, manifest: dict[str, object]) -> str:
+    """``teacher_forced: document 3, source 'code', 128 tokens`` / ``engine: sglang`` / ``generate``."""
+    config = manifest.get("capture_config")
+    config = config if isinstance(config, dict) else {}
+    routed = config.get("teacher_forced")
+    if kind == "teacher_forced" and isinstance(routed, dict):
+        parts = [f"document {routed.get('document_index')}"]
+        if routed.get("source") is not None:
+            parts.append(f"source {routed.get('source')!r}")
+        return f"{kind}: " + ", ".join(parts)
+    if kind == "engine" and isinstance(config.get("engine"), str):
+        return f"{kind}: {config['engine']} routed experts (top-k only), imported"
+    return kind

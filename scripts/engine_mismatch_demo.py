@@ -71,9 +71,16 @@ def run(*args: str) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description="An engine-mismatch walk-through on the shipped micro model: a bfloat16 'engine' run "
+        "(SGLang's format) imported, replayed in float32 and compared."
+    )
     parser.add_argument("--tokens", type=int, default=400, help="tokens the engine generates")
-    parser.add_argument("--out", default=str(ROOT / ".bench" / "engine-demo"))
+    parser.add_argument(
+        "--out",
+        default=str(ROOT / ".bench" / "engine-demo"),
+        help="folder for the engine file and the runs (replaced)",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)

@@ -129,3 +129,27 @@ async def test_a_run_b_with_an_unreadable_first_event_opens_and_says_so(tmp_path
         for _ in range(4):
             await pilot.press("l")
         assert app.position == 3
+
+
+async def test_d_goes_to_the_next_token_where_the_runs_disagree(tmp_path: Path) -> None:
+    import numpy as np
+
+    a, b = _pair(tmp_path, seed_b=1)
+    app = InferoscopeApp(a, compare=b)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await settle(pilot)
+        comparison = app.comparison
+        assert comparison is not None
+        with np.errstate(invalid="ignore"):
+            differs = ((comparison.same_set == 0) | (comparison.same_order == 0)).any(axis=1)
+        ahead = [int(t) for t in np.flatnonzero(differs) if t > 0]  # from token 0 onwards
+        assert len(ahead) >= 2
+        visited = []
+        for _ in ahead:
+            await pilot.press("d")
+            visited.append(app.position)
+        assert visited == ahead
+        await pilot.press("d")  # none further: it stays, and says so
+        assert app.position == ahead[-1]
+        await pilot.press("D")
+        assert app.position == ahead[-2]

@@ -11,6 +11,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
@@ -64,6 +65,8 @@ class InferoscopeApp(App[None]):
         Binding("N", "search_next(-1)", "Previous match", id="replay.match_prev", show=False),
         Binding("right_square_bracket", "issue(1)", "Next issue", id="replay.issue_next"),
         Binding("left_square_bracket", "issue(-1)", "Previous issue", id="replay.issue_prev", show=False),
+        Binding("d", "disagree(1)", "Next disagreement (compare)", id="replay.disagree_next", show=False),
+        Binding("D", "disagree(-1)", "Previous disagreement", id="replay.disagree_prev", show=False),
         Binding("space", "play", "Play", id="replay.play"),
         Binding("plus,equals_sign", "speed(1)", "Faster", id="replay.faster", show=False),
         Binding("minus", "speed(-1)", "Slower", id="replay.slower", show=False),
@@ -116,6 +119,7 @@ class InferoscopeApp(App[None]):
         self.progress_text = ""
         self.stopping = False  # set by quit; background work stops at its next progress report
         self.painted_at: float | None = None  # when token 0 was first on screen (perf_counter)
+        self._disagreements: tuple[RunComparison, np.ndarray] | None = None  # (comparison, tokens)
 
     # -- layout ---------------------------------------------------------------------------
     def _detect_palette(self) -> None:
@@ -570,6 +574,32 @@ class InferoscopeApp(App[None]):
             self.notify("no more tokens with issues in that direction", markup=False)
             return
         self.go_to(ahead[0] if direction > 0 else ahead[-1])
+
+    def action_disagree(self, direction: int) -> None:
+        """Compare mode: the next (previous) token where the runs chose other experts or another
+        order at any layer."""
+        comparison = self.comparison
+        if comparison is None:
+            waiting = self.model_b is not None
+            self.notify(
+                "comparing…" if waiting else "d works in compare mode (--compare RUN_B)", markup=False
+            )
+            return
+        if self._disagreements is None or self._disagreements[0] is not comparison:
+            with np.errstate(invalid="ignore"):
+                differs = (comparison.same_set == 0) | (comparison.same_order == 0)
+            self._disagreements = (comparison, np.flatnonzero(differs.any(axis=1)))
+        positions = self._disagreements[1]
+        if direction > 0:
+            at = int(np.searchsorted(positions, self.position, side="right"))
+            target = int(positions[at]) if at < positions.size else None
+        else:
+            at = int(np.searchsorted(positions, self.position, side="left")) - 1
+            target = int(positions[at]) if at >= 0 else None
+        if target is None:
+            self.notify("the runs agree on every token in that direction", markup=False)
+            return
+        self.go_to(target)
 
     def action_play(self) -> None:
         if self.playing is not None:

@@ -113,25 +113,40 @@ def agreement_line(comparison: RunComparison | None, position: int, width: int) 
     if comparison is None:
         text.append("comparing every token of both runs…", style="dim italic")
         return text
-    values = comparison.token_agreement()
+    values = comparison.memo.get("token_agreement")
+    if values is None:
+        values = comparison.memo["token_agreement"] = comparison.token_agreement()
     count = values.size
     if count == 0:
         text.append("no aligned tokens", style="italic")
         return text
-    room = max(10, width - 4 - 26)
-    bins = min(room, count)
-    edges = np.linspace(0, count, bins + 1).astype(int)
-    current = int(np.searchsorted(edges, position, side="right")) - 1
-    for b in range(bins):
-        part = values[edges[b] : edges[b + 1]]
-        part = part[~np.isnan(part)]
-        glyph = spark_glyph(float(part.mean()) if part.size else float("nan"))
-        style = Style(reverse=True, bold=True) if b == current else Style(color="#d7afff")
-        text.append(glyph, style)
     here = values[position] if 0 <= position < count else float("nan")
     shown = "—" if np.isnan(here) else f"{here:.2f}"
-    text.append(f" Jaccard ▁0 █1 · here {shown}", style="dim")
+    legend = f" worst Jaccard ▁0 █1 · here {shown}"
+    room = max(10, width - len("A↔B ") - len(legend))  # the whole line fits the width
+    bins = min(room, count)
+    edges, worst = _worst_per_bin(comparison, values, bins)
+    current = int(np.searchsorted(edges, position, side="right")) - 1
+    for b in range(bins):
+        style = Style(reverse=True, bold=True) if b == current else Style(color="#d7afff")
+        text.append(spark_glyph(float(worst[b])), style)
+    text.append(legend, style="dim")
     return text
+
+
+def _worst_per_bin(comparison: RunComparison, values: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bin edges over the tokens and each bin's lowest agreement (a single disagreeing token
+    shows in its cell however many tokens share it); computed once per width."""
+    key = ("worst_per_bin", bins)
+    if key not in comparison.memo:
+        count = values.size
+        edges = np.linspace(0, count, bins + 1).astype(int)
+        filled = np.where(np.isnan(values), np.inf, values)
+        worst = np.minimum.reduceat(filled, edges[:-1]) if count else np.zeros(0)
+        worst = np.where(np.isinf(worst), np.nan, worst)
+        comparison.memo[key] = (edges, worst)
+    result: tuple[np.ndarray, np.ndarray] = comparison.memo[key]
+    return result
 
 
 def compare_detail(
