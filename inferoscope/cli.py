@@ -393,6 +393,8 @@ def cmd_derive(args: argparse.Namespace) -> int:
     threshold = None if args.exact else (DEFAULT_THRESHOLD if args.threshold is None else args.threshold)
     if threshold is not None and not 0.0 < threshold <= 1.0:
         return _fail(f"--threshold must be in (0, 1], got {threshold}")
+    if args.cap is not None and (args.exact or args.cap < 1):
+        return _fail("--cap applies to the cosine matcher (not --exact) and must be at least 1")
     if _open(args.run_dir) is None:
         return EXIT_UNREADABLE
     try:
@@ -405,7 +407,7 @@ def cmd_derive(args: argparse.Namespace) -> int:
                 style="bold yellow",
             )
             (err if args.json else out).print(notice, soft_wrap=True)
-        summary = write_derived(target, threshold)
+        summary = write_derived(target, threshold, cap=args.cap)
     except (RunBundleError, FileExistsError, RunIdError, ValueError) as exc:
         _error_line(f"inferoscope: {visible(str(exc).splitlines()[0], 400)}")
         return EXIT_ISSUES if isinstance(exc, RunBundleError) else EXIT_UNREADABLE
@@ -1036,6 +1038,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="cosine threshold of the online matcher, in (0, 1] (default 0.9)",
     )
     derive.add_argument("--exact", action="store_true", help="exact-fingerprint matcher (the baseline)")
+    derive.add_argument(
+        "--cap",
+        type=int,
+        default=None,
+        metavar="N",
+        help="approximate matcher: match only against the N largest motifs (and the newest), so a "
+        "run without structure costs O(N) per token; named in derivation_config_id",
+    )
     derive.add_argument(
         "--scramble",
         choices=("tokens", "experts"),

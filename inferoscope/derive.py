@@ -20,6 +20,7 @@ and the manifest's derivation_config_id (each file atomically); the raw trace is
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections import Counter, defaultdict
@@ -35,7 +36,9 @@ from .bundle.loader import open_valid_reader
 from .bundle.reader import RunReader
 from .bundle.swap import bundle_lock, exchange, staging_copy
 from .bundle.writer import sweep_stale
+from .derive_inputs import InputBlock, Irregular, NoDistribution, blocks_from_events, reader_blocks
 from .jsonfmt import dumps_json_file, dumps_ndjson_line
+from .motif_blocks import BlockClusters, BlockDecisions, ExactClusters
 from .versions import (
     CONTINGENCY_FILE,
     CONTINGENCY_SCHEMA_VERSION,
@@ -140,8 +143,12 @@ def _grown(array: np.ndarray, rows: int, width: int) -> np.ndarray:
     return grown
 
 
-def matcher_id(threshold: float | None) -> str:
-    return "motifs/exact-fingerprint" if threshold is None else f"motifs/online-cosine-{threshold:.2f}"
+def matcher_id(threshold: float | None, cap: int | None = None) -> str:
+    """The matcher's name, written as derivation_config_id and the ledger's matching_rule."""
+    if threshold is None:
+        return "motifs/exact-fingerprint"
+    name = f"motifs/online-cosine-{threshold:.2f}"
+    return name if cap is None else f"{name}-cap{cap}"
 
 
 def derive_bundle_artifacts(bundle: dict[str, Any], threshold: float | None = None) -> dict[str, Any]:
@@ -165,90 +172,226 @@ def derive_events(
     threshold: float | None = DEFAULT_THRESHOLD,
     *,
     config_id: str | None = None,
+    cap: int | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
-    """(derived_events, motif_ledger, contingency) from raw events streamed one at a time.
+    """(derived_events, motif_ledger, contingency) of loaded raw events.
 
     ``config_id`` stamps the artifacts (default: the matcher's id); the ledger's
     ``matching_rule`` always names the matcher.
     """
-    rule = matcher_id(threshold)
-    run_id, version = manifest["run_id"], manifest["derivation_version"]
-    config_id = config_id if config_id is not None else rule
-    global_clusters = _Clusters("g_", threshold)
-    layer_clusters: dict[int, _Clusters] = {}
-    derived: list[dict[str, Any]] = []
-    text_to_motifs: dict[str, set[str]] = defaultdict(set)
-    motif_to_texts: dict[str, Counter[str]] = defaultdict(Counter)
-    for event in raw_events:
+    events = raw_events if isinstance(raw_events, (list, tuple)) else list(raw_events)
+    lines: list[str] = []
+    try:
+        derivation = Derivation(manifest, threshold, cap=cap, config_id=config_id)
+        for block in blocks_from_events(events):
+            lines.append(derivation.lines(block))
+    except Irregular:
+        derivation = Derivation(manifest, threshold, cap=cap, config_id=config_id, one_by_one=True)
+        lines = [derivation.event_line(event) for event in events]
+    derived = [json.loads(line) for text in lines for line in text.splitlines()]
+    ledger, contingency = derivation.artifacts()
+    return derived, ledger, contingency
+
+
+class Derivation:
+    """Motifs of one run, fed a block of tokens (or, for an irregular run, a token) at a time;
+    each call returns the derived events' NDJSON text, so nothing holds the whole run."""
+
+    def __init__(
+        self,
+        manifest: dict[str, Any],
+        threshold: float | None,
+        *,
+        cap: int | None = None,
+        config_id: str | None = None,
+        one_by_one: bool = False,
+        audit: bool = False,
+    ) -> None:
+        if cap is not None and (threshold is None or cap < 1):
+            raise ValueError("a cap applies to the cosine matcher, and must be at least 1")
+        self.rule = matcher_id(threshold, cap)
+        self.threshold, self.cap, self.audit = threshold, cap, audit
+        self.run_id, self.version = manifest["run_id"], manifest["derivation_version"]
+        self.config_id = config_id if config_id is not None else self.rule
+        self.one_by_one = one_by_one
+        self.global_clusters: Any = self._clusters("g_")
+        self.layer_clusters: dict[int, Any] = {}
+        self.tokens = 0
+        self.fits: list[np.ndarray] = []  # global fits, a block at a time (for the mean)
+        self.text_to_motifs: dict[str, set[str]] = defaultdict(set)
+        self.motif_to_texts: dict[str, Counter[str]] = defaultdict(Counter)
+        self._head = (
+            '{"derivation_config_id": '
+            + json.dumps(self.config_id)
+            + ', "derivation_version": '
+            + json.dumps(self.version)
+            + ', "derived_payload": {"global_motif": '
+        )
+        self._tail = (
+            ', "event_type": "token_derived", "run_id": '
+            + json.dumps(self.run_id)
+            + ', "schema_version": '
+            + json.dumps(DERIVED_EVENT_SCHEMA_VERSION)
+            + ', "token_index": '
+        )
+
+    def _clusters(self, prefix: str) -> Any:
+        if self.one_by_one:
+            return _Clusters(prefix, self.threshold)
+        if self.threshold is None:
+            return ExactClusters()
+        return BlockClusters(self.threshold, self.cap, self.audit)
+
+    def lines(self, block: InputBlock) -> str:
+        """Match one block of tokens; the derived events' lines."""
+        indices = list(block.layers)
+        if self.layer_clusters and list(self.layer_clusters) != indices:
+            raise Irregular
+        vectors = [block.layers[index] for index in indices]
+        per_layer = []
+        for index, probs in zip(indices, vectors, strict=True):
+            clusters = self.layer_clusters.get(index)
+            if clusters is None:
+                clusters = self.layer_clusters[index] = self._clusters(f"l{index:02d}_")
+            decisions = clusters.assign(probs - 1.0 / probs.shape[1], probs, block.tokens)
+            per_layer.append((f"l{index:02d}_", index, decisions))
+        fingerprint = np.concatenate([v - 1.0 / v.shape[1] for v in vectors], axis=1)
+        glob = self.global_clusters.assign(fingerprint, np.concatenate(vectors, axis=1), block.tokens)
+        layer_parts = [
+            (
+                [
+                    f'{{"fit": {fit!r}, "layer_index": {index}, "motif_id": "{prefix}{n:03d}", "novel": '
+                    for n, fit in zip(d.numbers.tolist(), _fits(d), strict=True)
+                ],
+                [_BOOL[v] for v in d.novel.tolist()],
+            )
+            for prefix, index, d in per_layer
+        ]
+        out = []
+        fits = _fits(glob)
+        for j, (number, novel, token) in enumerate(
+            zip(glob.numbers.tolist(), glob.novel.tolist(), block.tokens.tolist(), strict=True)
+        ):
+            motif = f"g_{number:03d}"
+            text = block.texts[j]
+            self.text_to_motifs[text].add(motif)
+            self.motif_to_texts[motif][text] += 1
+            layers = ", ".join(heads[j] + bools[j] for heads, bools in layer_parts)
+            out.append(
+                f'{self._head}{{"fit": {fits[j]!r}, "motif_id": "{motif}", "novel": {_BOOL[novel]}, '
+                f'"layer_motifs": [{layers}]}}{self._tail}{token}}}\n'
+            )
+        self.tokens += len(out)
+        self.fits.append(np.asarray(fits, dtype=np.float64))
+        return "".join(out)
+
+    def event_line(self, event: dict[str, Any]) -> str:
+        """One token of an irregular run (its layers differ from other tokens'), matched alone."""
         layers = sorted(event["layers"], key=lambda la: la["layer_index"])
         vectors = [np.asarray(la["router_probs"], dtype=np.float64) for la in layers]
         layer_motifs = []
         for layer, probs in zip(layers, vectors, strict=True):
             index = layer["layer_index"]
-            clusters = layer_clusters.setdefault(index, _Clusters(f"l{index:02d}_", threshold))
+            clusters = self.layer_clusters.setdefault(index, _Clusters(f"l{index:02d}_", self.threshold))
             motif, fit, novel = clusters.assign(probs - 1.0 / probs.size, probs, event["token_index"])
             layer_motifs.append({"layer_index": index, "motif_id": motif, "fit": fit, "novel": novel})
         fingerprint = np.concatenate([v - 1.0 / v.size for v in vectors])
-        motif, fit, novel = global_clusters.assign(fingerprint, np.concatenate(vectors), event["token_index"])
+        motif, fit, novel = self.global_clusters.assign(
+            fingerprint, np.concatenate(vectors), event["token_index"]
+        )
         text = event["token_text"]
-        text_to_motifs[text].add(motif)
-        motif_to_texts[motif][text] += 1
-        derived.append(
+        self.text_to_motifs[text].add(motif)
+        self.motif_to_texts[motif][text] += 1
+        self.tokens += 1
+        self.fits.append(np.array([fit], dtype=np.float64))
+        return dumps_ndjson_line(
             {
                 "event_type": "token_derived",
                 "schema_version": DERIVED_EVENT_SCHEMA_VERSION,
-                "run_id": run_id,
+                "run_id": self.run_id,
                 "token_index": event["token_index"],
-                "derivation_version": version,
-                "derivation_config_id": config_id,
+                "derivation_version": self.version,
+                "derivation_config_id": self.config_id,
                 "derived_payload": {
                     "global_motif": {"motif_id": motif, "fit": fit, "novel": novel},
                     "layer_motifs": layer_motifs,
                 },
             }
         )
-    global_counts, global_centroids, global_founders = global_clusters.ledger()
-    layer_counts: dict[str, int] = {}
-    layer_centroids: dict[str, list[float]] = {}
-    layer_founders: dict[str, int] = {}
-    for index in sorted(layer_clusters):
-        counts, centroids, founders = layer_clusters[index].ledger()
-        layer_counts.update(counts)
-        layer_centroids.update(centroids)
-        layer_founders.update(founders)
-    ledger = {
-        "schema_version": MOTIF_LEDGER_SCHEMA_VERSION,
-        "run_id": run_id,
-        "derivation_version": version,
-        "derivation_config_id": config_id,
-        "ledger_payload": {
-            "matching_rule": rule,
-            "threshold": threshold,
-            "similarity": None if threshold is None else "cosine of router_probs minus uniform",
-            "tokens": len(derived),
-            "global_motif_counts": global_counts,
-            "layer_motif_counts": layer_counts,
-            "centroids": "mean router_probs of a motif's members, for motifs with two or more; a "
-            "one-member motif's centroid is its founding token's router_probs in raw_trace.ndjson",
-            "global_centroids": global_centroids,
-            "layer_centroids": layer_centroids,
-            "global_founders": global_founders,
-            "layer_founders": layer_founders,
-        },
-    }
-    contingency = {
-        "schema_version": CONTINGENCY_SCHEMA_VERSION,
-        "run_id": run_id,
-        "derivation_version": version,
-        "derivation_config_id": config_id,
-        "contingency_payload": {
-            "token_text_to_global_motifs": {t: sorted(m) for t, m in sorted(text_to_motifs.items())},
-            "global_motif_to_token_texts": {
-                m: dict(sorted(c.items())) for m, c in sorted(motif_to_texts.items())
+
+    def mean_fit(self) -> float | None:
+        """Mean global fit over every token (None for an empty run)."""
+        return float(np.mean(np.concatenate(self.fits))) if self.fits else None
+
+    def _ledger_of(
+        self, clusters: Any, prefix: str
+    ) -> tuple[dict[str, int], dict[str, list[float]], dict[str, int]]:
+        if isinstance(clusters, _Clusters):
+            return clusters.ledger()
+        return clusters.ledger(prefix)  # type: ignore[no-any-return]
+
+    def artifacts(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(motif_ledger, contingency) once every token is matched."""
+        global_counts, global_centroids, global_founders = self._ledger_of(self.global_clusters, "g_")
+        layer_counts: dict[str, int] = {}
+        layer_centroids: dict[str, list[float]] = {}
+        layer_founders: dict[str, int] = {}
+        for index in sorted(self.layer_clusters):
+            counts, centroids, founders = self._ledger_of(self.layer_clusters[index], f"l{index:02d}_")
+            layer_counts.update(counts)
+            layer_centroids.update(centroids)
+            layer_founders.update(founders)
+        threshold = self.threshold
+        similarity = None if threshold is None else "cosine of router_probs minus uniform"
+        if self.cap is not None:
+            similarity = (
+                f"{similarity}; candidates: the {self.cap} motifs with the most members when each "
+                "block of 128 tokens began, and those founded within the block"
+            )
+        ledger = {
+            "schema_version": MOTIF_LEDGER_SCHEMA_VERSION,
+            "run_id": self.run_id,
+            "derivation_version": self.version,
+            "derivation_config_id": self.config_id,
+            "ledger_payload": {
+                "matching_rule": self.rule,
+                "threshold": threshold,
+                "similarity": similarity,
+                "tokens": self.tokens,
+                "global_motif_counts": global_counts,
+                "layer_motif_counts": layer_counts,
+                "centroids": "mean router_probs of a motif's members, for motifs with two or more; a "
+                "one-member motif's centroid is its founding token's router_probs in raw_trace.ndjson",
+                "global_centroids": global_centroids,
+                "layer_centroids": layer_centroids,
+                "global_founders": global_founders,
+                "layer_founders": layer_founders,
             },
-        },
-    }
-    return derived, ledger, contingency
+        }
+        contingency = {
+            "schema_version": CONTINGENCY_SCHEMA_VERSION,
+            "run_id": self.run_id,
+            "derivation_version": self.version,
+            "derivation_config_id": self.config_id,
+            "contingency_payload": {
+                "token_text_to_global_motifs": {t: sorted(m) for t, m in sorted(self.text_to_motifs.items())},
+                "global_motif_to_token_texts": {
+                    m: dict(sorted(c.items())) for m, c in sorted(self.motif_to_texts.items())
+                },
+            },
+        }
+        return ledger, contingency
+
+
+_BOOL = {True: "true}", False: "false}"}
+
+
+def _fits(decisions: BlockDecisions) -> list[float]:
+    """Fits as written: 1.0 for a founder, else rounded to six decimals (Python's round)."""
+    return [
+        1.0 if v else round(f, 6)
+        for f, v in zip(decisions.fits.tolist(), decisions.novel.tolist(), strict=True)
+    ]
 
 
 class DeriveError(ValueError):
@@ -277,14 +420,18 @@ def derive_inputs(reader: RunReader) -> Iterator[dict[str, Any]]:
         yield {"token_index": token.token_index, "token_text": token.token_text or "", "layers": layers}
 
 
-def write_derived(run_dir: Path | str, threshold: float | None = DEFAULT_THRESHOLD) -> dict[str, Any]:
+def write_derived(
+    run_dir: Path | str, threshold: float | None = DEFAULT_THRESHOLD, *, cap: int | None = None
+) -> dict[str, Any]:
     """Derive and write the three provisional artifacts into a bundle; returns a summary.
 
     The four files that change (the three artifacts and the manifest's derivation_config_id)
-    change as one step: the new bundle is built beside the old one (other files hard-linked),
-    validated whole, and exchanged with it. A lock keeps two derives of one bundle apart (the
-    second gets BundleBusyError). Only the manifest, raw trace and layout must be valid before,
-    so a half-derived bundle is repaired; the raw trace and layout are never touched.
+    change as one step: the new bundle is built beside the old one (other files hard-linked), the
+    derived events streamed into it a block at a time, and it is exchanged with the old one. A
+    lock keeps two derives of one bundle apart (the second gets BundleBusyError). Only the
+    manifest, raw trace and layout must be valid before, so a half-derived bundle is repaired;
+    the raw trace and layout are never touched (the new bundle holds the same files, validated
+    under the same lock).
     """
     folder = Path(run_dir)
     for name in (DERIVED_FILE, MOTIF_LEDGER_FILE, CONTINGENCY_FILE, MANIFEST_FILE):
@@ -292,46 +439,76 @@ def write_derived(run_dir: Path | str, threshold: float | None = DEFAULT_THRESHO
     with bundle_lock(folder):
         reader = open_valid_reader(folder, derived=False)
         source = reader.manifest or {}
-        events = derive_inputs(reader)
-        derived, ledger, contingency = derive_events(source, events, threshold)
-        manifest = dict(source, derivation_config_id=ledger["derivation_config_id"])
-        from .validation.in_memory import validate_run_bundle_schema_issues
-
-        # the raw trace was just validated; check what is new before writing anything
-        new_parts = validate_run_bundle_schema_issues(
-            manifest, [], reader.layout, derived, ledger, contingency
+        staging = staging_copy(
+            folder, leave_out={DERIVED_FILE, MOTIF_LEDGER_FILE, CONTINGENCY_FILE, MANIFEST_FILE}
         )
-        issues = [i for i in new_parts if i.severity == "error"]
-        if issues:
-            raise RunBundleError("refusing to write derived artifacts", issues)
-        texts = {
-            DERIVED_FILE: "".join(dumps_ndjson_line(event) for event in derived),
-            MOTIF_LEDGER_FILE: dumps_json_file(ledger),
-            CONTINGENCY_FILE: dumps_json_file(contingency),
-            MANIFEST_FILE: dumps_json_file(manifest),
-        }
-        staging = staging_copy(folder, leave_out=set(texts))
         try:
-            for name, text in texts.items():
-                with (staging / name).open("wb") as handle:
-                    handle.write(text.encode("ascii"))
-                    handle.flush()
-                    os.fsync(handle.fileno())
-            report = RunReader(staging).validate()
-            if not report.ok:  # pragma: no cover - guarded by the checks above
-                raise RunBundleError(
-                    "derived artifacts did not validate", report.issues, report.counts_by_code()
-                )
+            derivation, first = _stream_derived(reader, source, threshold, cap, staging / DERIVED_FILE)
+            ledger, contingency = derivation.artifacts()
+            manifest = dict(source, derivation_config_id=ledger["derivation_config_id"])
+            from .validation.in_memory import validate_run_bundle_schema_issues
+
+            # what is new, before it can replace anything: the ledger, contingency and manifest
+            # whole, the first block's derived events (every event is written by the same code)
+            new_parts = validate_run_bundle_schema_issues(
+                manifest, [], reader.layout, first, ledger, contingency
+            )
+            issues = [i for i in new_parts if i.severity == "error"]
+            if issues:
+                raise RunBundleError("refusing to write derived artifacts", issues)
+            for name, obj in (
+                (MOTIF_LEDGER_FILE, ledger),
+                (CONTINGENCY_FILE, contingency),
+                (MANIFEST_FILE, manifest),
+            ):
+                _write_synced(staging / name, dumps_json_file(obj).encode("ascii"))
             exchange(staging, folder)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
     payload = ledger["ledger_payload"]
-    fits = [e["derived_payload"]["global_motif"]["fit"] for e in derived]
     return {
         "matcher": ledger["derivation_config_id"],
-        "tokens": len(derived),
+        "tokens": derivation.tokens,
         "global_motifs": len(payload["global_motif_counts"]),
         "layer_motifs": len(payload["layer_motif_counts"]),
-        "mean_global_fit": float(np.mean(fits)) if fits else None,
+        "mean_global_fit": derivation.mean_fit(),
     }
+
+
+def _stream_derived(
+    reader: RunReader, manifest: dict[str, Any], threshold: float | None, cap: int | None, path: Path
+) -> tuple[Derivation, list[dict[str, Any]]]:
+    """Write the derived events to ``path`` as they are matched; (the derivation, the first
+    block's events parsed back for checking)."""
+    with path.open("wb") as handle:
+        derivation = Derivation(manifest, threshold, cap=cap)
+        first: list[dict[str, Any]] = []
+        try:
+            for block in reader_blocks(reader):
+                text = derivation.lines(block)
+                if not first:
+                    first = [json.loads(line) for line in text.splitlines()]
+                handle.write(text.encode("ascii"))
+        except NoDistribution as exc:
+            raise DeriveError(str(exc)) from None
+        except Irregular:  # tokens differ in their layers: matched one token at a time
+            handle.seek(0)
+            handle.truncate()
+            derivation = Derivation(manifest, threshold, cap=cap, one_by_one=True)
+            first = []
+            for event in derive_inputs(reader):
+                line = derivation.event_line(event)
+                if len(first) < 256:
+                    first.append(json.loads(line))
+                handle.write(line.encode("ascii"))
+        handle.flush()
+        os.fsync(handle.fileno())
+    return derivation, first
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with path.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())

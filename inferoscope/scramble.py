@@ -14,6 +14,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -213,20 +214,26 @@ def scrambled_twin(
         return target
     folder.mkdir(parents=True, exist_ok=True)
     made = scramble_bundle(source, folder, variant, seed=seed, run_id=run_id)
-    threshold = _source_threshold(source)
-    if threshold is not False:
-        write_derived(made, threshold=threshold)
+    matcher = _source_matcher(source)
+    if matcher is not None:
+        write_derived(made, threshold=matcher[0], cap=matcher[1])
     return made
 
 
-def _source_threshold(source: Path) -> float | bool | None:
-    """The matcher threshold of the run's derived motifs (None: exact), or False if it has none."""
+def _source_matcher(source: Path) -> tuple[float | None, int | None] | None:
+    """(threshold, cap) of the matcher of the run's derived motifs (threshold None: exact; cap
+    None: every motif a candidate), or None if it has none."""
     ledger_path = source / "motif_ledger.json"
     if not (source / "derived.ndjson").is_file() or not ledger_path.is_file():
-        return False
+        return None
     try:
         payload = json.loads(ledger_path.read_text(encoding="utf-8")).get("ledger_payload") or {}
     except (OSError, ValueError, AttributeError):
-        return False
-    threshold = payload.get("threshold") if isinstance(payload, dict) else None
-    return float(threshold) if isinstance(threshold, (int, float)) else None
+        return None
+    if not isinstance(payload, dict):
+        return None, None
+    threshold = payload.get("threshold")
+    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool):
+        return None, None
+    cap = re.search(r"-cap(\d+)$", str(payload.get("matching_rule", "")))
+    return float(threshold), int(cap.group(1)) if cap else None

@@ -20,7 +20,7 @@ import multiprocessing
 import os
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -42,6 +42,8 @@ class _Layer(msgspec.Struct, gc=False):
 class _Event(msgspec.Struct, gc=False):
     token_id: int | None = None
     layers: list[_Layer] = []
+    token_index: Any = None
+    token_text: Any = None
 
 
 _DECODER = msgspec.json.Decoder(_Event)
@@ -59,18 +61,30 @@ class RoutingBlock:
     regular: np.ndarray  # [count] bool
     probs: np.ndarray  # [count, L, E] float64
     topk: np.ndarray  # [count, L, k] int64
+    token_indices: list[Any] = field(default_factory=list)  # per event, as decoded (None: failed)
+    token_texts: list[Any] = field(default_factory=list)
 
     def window(self, first: int, stop: int) -> RoutingBlock:
         """Events ``first .. stop - 1`` (absolute positions) of this block."""
         a, b = first - self.start, stop - self.start
         return RoutingBlock(
-            first, b - a, self.token_ids[a:b], self.layers, self.regular[a:b], self.probs[a:b], self.topk[a:b]
+            first,
+            b - a,
+            self.token_ids[a:b],
+            self.layers,
+            self.regular[a:b],
+            self.probs[a:b],
+            self.topk[a:b],
+            self.token_indices[a:b],
+            self.token_texts[a:b],
         )
 
 
 def decode_range(path: Path, start: int, end: int | None, position: int = 0) -> RoutingBlock:
     """The events in bytes ``[start, end)`` of ``path``, the first at event ``position``."""
     token_ids: list[Any] = []
+    token_indices: list[Any] = []
+    token_texts: list[Any] = []
     regular: list[bool] = []
     floats: list[float] = []
     ints: list[int] = []
@@ -78,6 +92,8 @@ def decode_range(path: Path, start: int, end: int | None, position: int = 0) -> 
     for line in iter_lines(path, start_offset=start, end_offset=end):
         event = _decode(line.data)
         token_ids.append(None if event is None else event.token_id)
+        token_indices.append(None if event is None else event.token_index)
+        token_texts.append(None if event is None else event.token_text)
         layers = [] if event is None else event.layers
         key = _shape(layers)
         if key is not None and shape is None:
@@ -104,7 +120,7 @@ def decode_range(path: Path, start: int, end: int | None, position: int = 0) -> 
         ordered = np.sort(topk, axis=-1)
         sound &= ~(np.diff(ordered, axis=-1) == 0).any(axis=(1, 2))  # repeated ids: the careful way
         mask &= sound
-    return RoutingBlock(position, count, token_ids, columns, mask, probs, topk)
+    return RoutingBlock(position, count, token_ids, columns, mask, probs, topk, token_indices, token_texts)
 
 
 def _decode(data: bytes | memoryview | None) -> _Event | None:

@@ -1,0 +1,146 @@
+"""Derive a block of tokens at a time: the motifs, fits and ledger of the token-by-token rule,
+byte for byte; the capped (approximate) matcher named and measured; bad runs refused clearly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inferoscope import RunReader
+from inferoscope.cli import EXAMPLE_RUN
+from inferoscope.convert import convert_run
+from inferoscope.derive import Derivation, _Clusters, derive_events, derive_inputs, write_derived
+from inferoscope.derive_inputs import BLOCK_TOKENS
+from inferoscope.jsonfmt import dumps_json_file
+from inferoscope.motif_blocks import BlockClusters
+
+
+def _fingerprints(kind: str, tokens: int, experts: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if kind == "random":
+        logits = rng.standard_normal((tokens, experts))
+    else:  # a dozen prototypes with noise: motifs that grow and drift
+        protos = rng.standard_normal((12, experts)) * 2
+        logits = protos[rng.integers(0, 12, tokens)] + 0.4 * rng.standard_normal((tokens, experts))
+    probs = np.exp(logits)
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("kind", ["random", "structured"])
+@pytest.mark.parametrize("threshold", [0.0, 0.5, 0.9, 0.99])
+def test_the_block_matcher_takes_every_decision_of_the_token_by_token_rule(
+    kind: str, threshold: float
+) -> None:
+    probs = _fingerprints(kind, 700, 16, seed=3)
+    prints = probs - 1.0 / probs.shape[1]
+    reference = _Clusters("g_", threshold)
+    expected = [reference.assign(prints[i], probs[i], i) for i in range(len(probs))]
+    blocked = BlockClusters(threshold)
+    got = []
+    for start in range(0, len(probs), BLOCK_TOKENS):
+        stop = min(len(probs), start + BLOCK_TOKENS)
+        d = blocked.assign(prints[start:stop], probs[start:stop], np.arange(start, stop))
+        got += [
+            (f"g_{n:03d}", 1.0 if v else round(f, 6), v)
+            for n, f, v in zip(d.numbers.tolist(), d.fits.tolist(), d.novel.tolist(), strict=True)
+        ]
+    assert got == expected
+    assert blocked.ledger("g_") == reference.ledger()
+
+
+def _one_by_one(run: Path, threshold: float | None) -> bytes:
+    """The artifacts as the token-by-token matcher writes them (the independent reference)."""
+    reader = RunReader(run)
+    derivation = Derivation(reader.manifest or {}, threshold, one_by_one=True)
+    lines = "".join(derivation.event_line(event) for event in derive_inputs(reader))
+    ledger, contingency = derivation.artifacts()
+    return (lines + dumps_json_file(ledger) + dumps_json_file(contingency)).encode()
+
+
+def _written(run: Path) -> bytes:
+    return b"".join(
+        (run / name).read_bytes() for name in ("derived.ndjson", "motif_ledger.json", "contingency.json")
+    )
+
+
+@pytest.mark.parametrize("contract", ["v0.1", "v0.2"])
+@pytest.mark.parametrize("threshold", [None, 0.5, 0.9])
+def test_derive_writes_the_bytes_of_the_token_by_token_matcher(
+    tmp_path: Path, contract: str, threshold: float | None
+) -> None:
+    run = tmp_path / "demo-run"
+    if contract == "v0.1":
+        shutil.copytree(EXAMPLE_RUN, run)
+    else:
+        run = convert_run(EXAMPLE_RUN, tmp_path, to="v0.2", dtype="float64").path
+    expected = _one_by_one(run, threshold)
+    summary = write_derived(run, threshold)
+    assert _written(run) == expected
+    assert summary["tokens"] == 200
+    assert RunReader(run).validate().ok
+
+
+def test_a_run_whose_tokens_carry_different_layers_is_matched_token_by_token() -> None:
+    events = json.loads(
+        "[" + ",".join((EXAMPLE_RUN / "raw_trace.ndjson").read_text().splitlines()[:40]) + "]"
+    )
+    manifest = json.loads((EXAMPLE_RUN / "manifest.json").read_text())
+    events[7]["layers"] = events[7]["layers"][:3]  # one token lacks its last layer
+    derived, ledger, _ = derive_events(manifest, events, 0.9)
+    assert [len(e["derived_payload"]["layer_motifs"]) for e in derived].count(3) == 1
+    assert ledger["ledger_payload"]["tokens"] == 40
+
+
+def test_the_capped_matcher_is_named_and_equals_the_exact_one_while_motifs_fit_under_the_cap(
+    tmp_path: Path,
+) -> None:
+    run = tmp_path / "demo-run"
+    shutil.copytree(EXAMPLE_RUN, run)
+    exact = _one_by_one(run, 0.9)
+    summary = write_derived(run, 0.9, cap=10_000)
+    assert summary["matcher"] == "motifs/online-cosine-0.90-cap10000"
+    ledger = json.loads((run / "motif_ledger.json").read_text())["ledger_payload"]
+    assert ledger["matching_rule"] == "motifs/online-cosine-0.90-cap10000"
+    assert "10000 motifs with the most members" in ledger["similarity"]
+    renamed = _written(run).replace(b"online-cosine-0.90-cap10000", b"online-cosine-0.90")
+    assert renamed.replace(ledger["similarity"].encode(), b"cosine of router_probs minus uniform") == exact
+
+
+def test_a_small_cap_keeps_only_that_many_candidates_and_reports_its_recall() -> None:
+    probs = _fingerprints("random", 900, 16, seed=5)
+    prints = probs - 1.0 / 16
+    capped = BlockClusters(0.5, cap=32, audit=True)
+    exact = BlockClusters(0.5)
+    for start in range(0, 900, BLOCK_TOKENS):
+        rows = slice(start, min(900, start + BLOCK_TOKENS))
+        capped.assign(prints[rows], probs[rows], np.arange(900)[rows])
+        exact.assign(prints[rows], probs[rows], np.arange(900)[rows])
+    assert capped.audited == 900
+    assert 0.0 < capped.agreed / capped.audited < 1.0  # it does miss some, and says how many
+    assert capped.size >= exact.size  # a missed match founds a motif instead
+
+
+def test_derive_cli_cap_is_refused_with_exact_and_below_one(tmp_path: Path) -> None:
+    run = tmp_path / "demo-run"
+    shutil.copytree(EXAMPLE_RUN, run)
+    for extra in (["--exact", "--cap", "5"], ["--cap", "0"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "inferoscope", "derive", str(run), *extra],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode != 0 and "--cap" in done.stderr and "Traceback" not in done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "inferoscope", "derive", str(run), "--cap", "8", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(done.stdout)["matcher"] == "motifs/online-cosine-0.90-cap8"
