@@ -32,13 +32,14 @@ from typing import Any
 import numpy as np
 
 from .bundle.errors import RunBundleError
-from .bundle.loader import open_valid_reader
+from .bundle.loader import ValidationBeside
 from .bundle.reader import RunReader
 from .bundle.swap import bundle_lock, exchange, staging_copy
 from .bundle.writer import sweep_stale
 from .derive_inputs import InputBlock, Irregular, NoDistribution, blocks_from_events, reader_blocks
 from .jsonfmt import dumps_json_file, dumps_ndjson_line
 from .motif_blocks import BlockClusters, BlockDecisions, ExactClusters
+from .motif_helper import GLOBAL, MatchHelper, can_fork, fingerprints_of
 from .versions import (
     CONTINGENCY_FILE,
     CONTINGENCY_SCHEMA_VERSION,
@@ -206,6 +207,7 @@ class Derivation:
         config_id: str | None = None,
         one_by_one: bool = False,
         audit: bool = False,
+        parallel: bool = False,
     ) -> None:
         if cap is not None and (threshold is None or cap < 1):
             raise ValueError("a cap applies to the cosine matcher, and must be at least 1")
@@ -214,8 +216,12 @@ class Derivation:
         self.run_id, self.version = manifest["run_id"], manifest["derivation_version"]
         self.config_id = config_id if config_id is not None else self.rule
         self.one_by_one = one_by_one
+        self.parallel = parallel and not one_by_one
+        self.helper: MatchHelper | None = None
+        self.layer_order: list[int] | None = None
         self.global_clusters: Any = self._clusters("g_")
         self.layer_clusters: dict[int, Any] = {}
+        self.remote: dict[Any, tuple[Any, ...]] = {}  # the helper's ledgers, once it finished
         self.tokens = 0
         self.fits: list[np.ndarray] = []  # global fits, a block at a time (for the mean)
         self.text_to_motifs: dict[str, set[str]] = defaultdict(set)
@@ -242,21 +248,48 @@ class Derivation:
             return ExactClusters()
         return BlockClusters(self.threshold, self.cap, self.audit)
 
+    def _make(self, key: Any) -> Any:
+        """A clustering of one layer (its index) or of the global fingerprint (GLOBAL)."""
+        return self._clusters("g_" if key == GLOBAL else f"l{key:02d}_")
+
+    def finish(self) -> None:
+        """Every token is matched: collect the helper's ledgers and let it end."""
+        if self.helper is not None:
+            self.remote = self.helper.finish()
+            self.helper = None
+
+    def close(self) -> None:
+        """Stop the helper process, if any (after an error; ``finish`` ends it otherwise)."""
+        if self.helper is not None:
+            self.helper.close()
+            self.helper = None
+
     def lines(self, block: InputBlock) -> str:
         """Match one block of tokens; the derived events' lines."""
         indices = list(block.layers)
-        if self.layer_clusters and list(self.layer_clusters) != indices:
+        if self.layer_order is None:
+            self.layer_order = indices
+            if self.parallel and can_fork():  # the global motifs and every other layer's, beside
+                self.helper = MatchHelper(self._make, [GLOBAL, *indices[1::2]])
+        elif self.layer_order != indices:
             raise Irregular
         vectors = [block.layers[index] for index in indices]
-        per_layer = []
+        remote = set(self.helper.keys) if self.helper is not None else set()
+        if self.helper is not None:
+            self.helper.send(block.tokens, {k: vectors if k == GLOBAL else block.layers[k] for k in remote})
+        decided: dict[Any, BlockDecisions] = {}
         for index, probs in zip(indices, vectors, strict=True):
-            clusters = self.layer_clusters.get(index)
-            if clusters is None:
-                clusters = self.layer_clusters[index] = self._clusters(f"l{index:02d}_")
-            decisions = clusters.assign(probs - 1.0 / probs.shape[1], probs, block.tokens)
-            per_layer.append((f"l{index:02d}_", index, decisions))
-        fingerprint = np.concatenate([v - 1.0 / v.shape[1] for v in vectors], axis=1)
-        glob = self.global_clusters.assign(fingerprint, np.concatenate(vectors, axis=1), block.tokens)
+            if index not in remote:
+                clusters = self.layer_clusters.get(index)
+                if clusters is None:
+                    clusters = self.layer_clusters[index] = self._make(index)
+                decided[index] = clusters.assign(*fingerprints_of(index, probs), block.tokens)
+        if GLOBAL not in remote:
+            decided[GLOBAL] = self.global_clusters.assign(*fingerprints_of(GLOBAL, vectors), block.tokens)
+        if self.helper is not None:
+            decided.update(self.helper.receive())
+        per_layer = [(f"l{index:02d}_", index, decided[index]) for index in indices]
+        glob = decided[GLOBAL]
         layer_parts = [
             (
                 [
@@ -324,20 +357,24 @@ class Derivation:
         return float(np.mean(np.concatenate(self.fits))) if self.fits else None
 
     def _ledger_of(
-        self, clusters: Any, prefix: str
+        self, key: Any, prefix: str
     ) -> tuple[dict[str, int], dict[str, list[float]], dict[str, int]]:
+        if key in self.remote:
+            return self.remote[key][0]  # type: ignore[no-any-return]
+        clusters = self.global_clusters if key == GLOBAL else self.layer_clusters[key]
         if isinstance(clusters, _Clusters):
             return clusters.ledger()
         return clusters.ledger(prefix)  # type: ignore[no-any-return]
 
     def artifacts(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """(motif_ledger, contingency) once every token is matched."""
-        global_counts, global_centroids, global_founders = self._ledger_of(self.global_clusters, "g_")
+        self.finish()
+        global_counts, global_centroids, global_founders = self._ledger_of(GLOBAL, "g_")
         layer_counts: dict[str, int] = {}
         layer_centroids: dict[str, list[float]] = {}
         layer_founders: dict[str, int] = {}
-        for index in sorted(self.layer_clusters):
-            counts, centroids, founders = self._ledger_of(self.layer_clusters[index], f"l{index:02d}_")
+        for index in sorted({*self.layer_clusters, *(k for k in self.remote if k != GLOBAL)}):
+            counts, centroids, founders = self._ledger_of(index, f"l{index:02d}_")
             layer_counts.update(counts)
             layer_centroids.update(centroids)
             layer_founders.update(founders)
@@ -437,15 +474,19 @@ def write_derived(
     for name in (DERIVED_FILE, MOTIF_LEDGER_FILE, CONTINGENCY_FILE, MANIFEST_FILE):
         sweep_stale(folder, f".{name}.derive-")  # left by earlier versions' killed derives
     with bundle_lock(folder):
-        reader = open_valid_reader(folder, derived=False)
-        source = reader.manifest or {}
-        staging = staging_copy(
-            folder, leave_out={DERIVED_FILE, MOTIF_LEDGER_FILE, CONTINGENCY_FILE, MANIFEST_FILE}
-        )
+        # checked beside the derivation (a forked process): nothing is exchanged before it passes
+        check = ValidationBeside(folder, derived=False)
+        staging: Path | None = None
         try:
+            reader = RunReader(folder)
+            source = reader.manifest or {}
+            staging = staging_copy(
+                folder, leave_out={DERIVED_FILE, MOTIF_LEDGER_FILE, CONTINGENCY_FILE, MANIFEST_FILE}
+            )
             derivation, first = _stream_derived(reader, source, threshold, cap, staging / DERIVED_FILE)
             ledger, contingency = derivation.artifacts()
             manifest = dict(source, derivation_config_id=ledger["derivation_config_id"])
+            check.wait()
             from .validation.in_memory import validate_run_bundle_schema_issues
 
             # what is new, before it can replace anything: the ledger, contingency and manifest
@@ -463,8 +504,13 @@ def write_derived(
             ):
                 _write_synced(staging / name, dumps_json_file(obj).encode("ascii"))
             exchange(staging, folder)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+        except BaseException as exc:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+            if not isinstance(exc, Exception):  # Ctrl-C: stop the check too
+                check.cancel()
+                raise
+            check.wait()  # a bundle that is not clean: its issues, not where derive stumbled
             raise
     payload = ledger["ledger_payload"]
     return {
@@ -481,8 +527,12 @@ def _stream_derived(
 ) -> tuple[Derivation, list[dict[str, Any]]]:
     """Write the derived events to ``path`` as they are matched; (the derivation, the first
     block's events parsed back for checking)."""
-    with path.open("wb") as handle:
-        derivation = Derivation(manifest, threshold, cap=cap)
+    from threadpoolctl import threadpool_limits
+
+    # one BLAS thread per process: the helper and the decoders already fill the cores, and
+    # BLAS threads spinning beside them made derive 2.8x slower (benchmarks/bench_derive.py)
+    with path.open("wb") as handle, threadpool_limits(limits=1, user_api="blas"):
+        derivation = Derivation(manifest, threshold, cap=cap, parallel=True)
         first: list[dict[str, Any]] = []
         try:
             for block in reader_blocks(reader):
@@ -490,9 +540,11 @@ def _stream_derived(
                 if not first:
                     first = [json.loads(line) for line in text.splitlines()]
                 handle.write(text.encode("ascii"))
+            derivation.finish()
         except NoDistribution as exc:
             raise DeriveError(str(exc)) from None
         except Irregular:  # tokens differ in their layers: matched one token at a time
+            derivation.close()
             handle.seek(0)
             handle.truncate()
             derivation = Derivation(manifest, threshold, cap=cap, one_by_one=True)
@@ -502,6 +554,8 @@ def _stream_derived(
                 if len(first) < 256:
                     first.append(json.loads(line))
                 handle.write(line.encode("ascii"))
+        finally:  # an error, Ctrl-C, a full disk: no helper process outlives derive
+            derivation.close()
         handle.flush()
         os.fsync(handle.fileno())
     return derivation, first

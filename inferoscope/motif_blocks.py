@@ -115,10 +115,9 @@ class BlockClusters:
         order = np.lexsort((numbers, -self.counts[numbers]))[: self.cap]
         keep = np.sort(order)
         if not self.audit:  # the others can never be candidates again: drop them
-            for row in np.setdiff1d(rows, keep):
-                number = int(self.live[row])
-                if self.counts[number] > 1:
-                    self.dropped[number] = self.prob_sums[row].copy()
+            gone = np.setdiff1d(rows, keep)
+            for row in gone[self.counts[self.live[gone]] > 1].tolist():
+                self.dropped[int(self.live[row])] = self.prob_sums[row].copy()
             self.sums[: keep.size] = self.sums[keep]
             self.prob_sums[: keep.size] = self.prob_sums[keep]
             self.norms[: keep.size] = self.norms[keep]
@@ -213,8 +212,11 @@ class BlockClusters:
         self.live[new_rows] = start_number + np.arange(founded.size)
         self.sums[new_rows] = fingerprints[founded]
         self.prob_sums[new_rows] = probs[founded]
-        self.founders.extend(int(t) for t in tokens[founded])
-        self.counts = np.concatenate([self.counts, np.zeros(founded.size, dtype=np.int64)])
+        self.founders.extend(tokens[founded].tolist())
+        if self.counts.size < self.size:  # capacity doubles: appending stays O(1) per motif
+            grown = np.zeros(max(self.size, 2 * self.counts.size), dtype=np.int64)
+            grown[: self.counts.size] = self.counts
+            self.counts = grown
         joined = ~novel
         np.add.at(self.sums, rows[joined], fingerprints[joined])
         np.add.at(self.prob_sums, rows[joined], probs[joined])
@@ -244,7 +246,7 @@ class BlockClusters:
 
     def ledger(self, prefix: str) -> tuple[dict[str, int], dict[str, list[float]], dict[str, int]]:
         """Counts, centroids (mean probs) of motifs with two or more members, founding tokens."""
-        counts = {f"{prefix}{n:03d}": int(c) for n, c in enumerate(self.counts.tolist())}
+        counts = {f"{prefix}{n:03d}": c for n, c in enumerate(self.counts[: self.size].tolist())}
         sums = dict(self.dropped)
         for row in range(self.rows):
             number = int(self.live[row])
@@ -269,6 +271,9 @@ class ExactClusters:
     prob_sums: list[np.ndarray] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
     founders: list[int] = field(default_factory=list)
+    rounds: int = 0
+    audited: int = 0
+    agreed: int = 0
 
     @property
     def size(self) -> int:

@@ -70,3 +70,75 @@ def load_run_bundle(run_dir: Path | str) -> dict[str, Any]:
         "motif_ledger": read_json_object(base / MOTIF_LEDGER_FILE, "motif_ledger", required=False)[0],
         "contingency": read_json_object(base / CONTINGENCY_FILE, "contingency", required=False)[0],
     }
+
+
+class ValidationBeside:
+    """``open_valid_reader``'s check run in a forked process, so work on the bundle can go on
+    beside it; ``wait()`` raises what ``open_valid_reader`` would have raised. Where a process
+    cannot be forked (threads running, not Linux), the check runs at once, before anything else.
+    """
+
+    def __init__(self, run_dir: Path | str, *, derived: bool = True) -> None:
+        import multiprocessing
+        import threading
+
+        self.run_dir, self.derived = run_dir, derived
+        self._conn: Any = None
+        self._process: Any = None
+        if threading.active_count() != 1 or "fork" not in multiprocessing.get_all_start_methods():
+            open_valid_reader(run_dir, derived=derived)
+            return
+        try:
+            RunReader(run_dir)
+        except BundleOpenError as exc:
+            raise not_found(exc, run_dir) from None
+        ctx = multiprocessing.get_context("fork")
+        self._conn, child = ctx.Pipe(duplex=False)
+        # not a daemon: the check forks its own workers (daemons may not)
+        self._process = ctx.Process(target=_validate_into, args=(child, run_dir, derived))
+        self._process.start()
+        child.close()
+
+    def wait(self) -> None:
+        """Block until the check is done; RunBundleError (or its kin) if the bundle is not clean."""
+        if self._conn is None:
+            return
+        conn, self._conn = self._conn, None
+        try:
+            outcome = conn.recv()
+        except EOFError:
+            outcome = None
+        finally:
+            conn.close()
+            self._process.join()
+        if outcome is None:  # the checker died: check here, the slow way
+            open_valid_reader(self.run_dir, derived=self.derived)
+            return
+        if isinstance(outcome, BaseException):
+            raise outcome
+        if outcome is not True:
+            issues, counts = outcome
+            raise bundle_error(str(self.run_dir), issues, counts)
+
+    def cancel(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+            if self._process.is_alive():
+                self._process.kill()
+            self._process.join()
+
+
+def _validate_into(conn: Any, run_dir: Path | str, derived: bool) -> None:
+    import contextlib
+    import os
+
+    try:
+        report = RunReader(run_dir).validate(derived=derived)
+        conn.send(True if report.ok else (report.issues, report.counts_by_code()))
+    except BaseException as exc:  # report, never hang the parent
+        with contextlib.suppress(Exception):
+            conn.send(exc)
+    finally:
+        conn.close()
+        os._exit(0)
