@@ -1,5 +1,9 @@
 """Every command at the size of a real run, side by side with ``validate`` of the same bundle.
 
+Scramble is timed through ``scramble_bundle`` (the twin alone; ``derive --scramble`` also derives
+the twin's motifs, see bench_derive.py); derive with the capped matcher (``--cap 1024``): these
+runs are the structureless worst case, where the exact matcher is quadratic.
+
 Bundles: OLMoE-shaped (16 layers x 64 experts, top-8), generated seeded by the shipped
 generators and never checked in: 5,000 and 50,000 tokens as v0.1.0 NDJSON
 (``bench_validate.generate``, under .bench/), 500,000 tokens as contract v0.2
@@ -41,7 +45,17 @@ def bundle(size: int, seed: int) -> Path:
     return root / name
 
 
-WRAPPER = """
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a command would inherit the
+# high-water mark of this (larger) benchmark process
+HWM = """
+def _hwm():
+    with open('/proc/self/status') as status:
+        return next(int(line.split()[1]) for line in status if line.startswith('VmHWM')) / 1024
+"""
+
+WRAPPER = (
+    HWM
+    + """
 import resource, runpy, sys, time
 sys.argv = ['inferoscope', *sys.argv[1:]]
 start = time.perf_counter()
@@ -50,15 +64,30 @@ try:
     runpy.run_module('inferoscope', run_name='__main__')
 except SystemExit as exc:
     code = exc.code
-self_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+self_mb = _hwm()
 child_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 print('BENCH', time.perf_counter() - start, self_mb, child_mb, code, file=sys.stderr)
 """
+)
 
 
-def timed(*args: str) -> tuple[float, float, float]:
+SCRAMBLE = (
+    HWM
+    + """
+import resource, sys, time
+start = time.perf_counter()
+from inferoscope.scramble import scramble_bundle
+scramble_bundle(sys.argv[1], sys.argv[2], sys.argv[3], seed=0)
+self_mb = _hwm()
+child_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+print('BENCH', time.perf_counter() - start, self_mb, child_mb, 0, file=sys.stderr)
+"""
+)
+
+
+def timed(*args: str, code: str = WRAPPER) -> tuple[float, float, float]:
     """(seconds, peak RSS MiB of the command's process, of its largest worker) of one command."""
-    done = subprocess.run([sys.executable, "-c", WRAPPER, *args], capture_output=True, text=True, check=False)
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False)
     line = next((ln for ln in done.stderr.splitlines() if ln.startswith("BENCH ")), None)
     if line is None or line.split()[4] not in ("0", "None"):
         raise SystemExit(
@@ -90,16 +119,18 @@ def main() -> None:
             if "export" in commands:
                 plans.append(("export --parquet", ["export", str(a), "--parquet", str(work / "a.parquet")]))
             if "scramble" in commands:
-                plans.append(
-                    ("scramble tokens", ["derive", str(a), "--scramble", "tokens", "--out", str(work / "s")])
-                )
+                for variant in ("tokens", "experts"):
+                    plans.append((f"scramble {variant}", [SCRAMBLE, str(a), str(work / variant), variant]))
             if "derive" in commands:
                 copy = work / "derive" / a.name
                 shutil.copytree(a, copy)
-                plans.append(("derive (random logits)", ["derive", str(copy)]))
+                plans.append(("derive --cap 1024", ["derive", str(copy), "--cap", "1024"]))
             base = None
             for label, command in plans:
-                seconds, own, child = timed(*command)
+                if command[0] == SCRAMBLE:
+                    seconds, own, child = timed(*command[1:], code=SCRAMBLE)
+                else:
+                    seconds, own, child = timed(*command)
                 base = base or seconds
                 print(
                     f"{size:>8} {contract:<8} {label:<22}{seconds:>9.2f}{seconds / base:>11.2f}"

@@ -48,8 +48,9 @@ def timed(*args: str) -> tuple[float, float]:
         "sys.argv = ['inferoscope', *sys.argv[1:]]; t = time.perf_counter()\n"
         "try:\n    runpy.run_module('inferoscope', run_name='__main__')\n"
         "except SystemExit as e:\n    code = e.code\n"
-        "print('BENCH', time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,"
-        " file=sys.stderr)\n"
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec (this process's would show)
+        "hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+        "print('BENCH', time.perf_counter() - t, hwm / 1024, file=sys.stderr)\n"
     )
     done = subprocess.run([sys.executable, "-c", wrapper, *args], capture_output=True, text=True, check=False)
     line = next((ln for ln in done.stderr.splitlines() if ln.startswith("BENCH ")), None)

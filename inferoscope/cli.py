@@ -273,16 +273,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     reader = _open(args.run_dir)
     if reader is None:
         return EXIT_UNREADABLE
-    report = reader.validate()
-    if not report.ok and not args.force:
+    from .bundle.errors import RunBundleError
+
+    # the bundle is checked as it is exported; the file takes its name only once the check
+    # passed (--force: exported as it is, unchecked)
+    try:
+        result = export_parquet(args.run_dir, args.parquet, overwrite=args.overwrite, validate=not args.force)
+    except RunBundleError as exc:
+        total = sum(exc.counts.values()) if exc.counts else len(exc.issues)
         _error_line(
-            f"inferoscope: {visible(args.run_dir)} has {report.total} contract issue(s) "
-            f"({', '.join(report.counts_by_code())}); run 'inferoscope validate', or --force to export "
+            f"inferoscope: {visible(args.run_dir)} has {total} contract issue(s) "
+            f"({', '.join(exc.counts)}); run 'inferoscope validate', or --force to export "
             "what is readable"
         )
         return EXIT_ISSUES
-    try:
-        result = export_parquet(args.run_dir, args.parquet, overwrite=args.overwrite)
     except ModuleNotFoundError as exc:
         _error_line(
             f"inferoscope: export needs {exc.name}: {shlex.quote(sys.executable)} -m pip install pyarrow"

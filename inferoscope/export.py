@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,8 +58,21 @@ class _Unrepresentable(ValueError):
     """A value that does not have the type its column needs."""
 
 
-def export_parquet(run_dir: Path | str, out: Path | str, *, overwrite: bool = False) -> ExportResult:
-    """Write ``out``; returns rows written and what was skipped. FileExistsError unless ``overwrite``."""
+def export_parquet(
+    run_dir: Path | str,
+    out: Path | str,
+    *,
+    overwrite: bool = False,
+    before_replace: Callable[[], None] | None = None,
+    validate: bool = False,
+) -> ExportResult:
+    """Write ``out``; returns rows written and what was skipped. FileExistsError unless ``overwrite``.
+
+    ``validate``: the bundle must validate clean, else RunBundleError and nothing is written; a
+    v0.1.0 trace is checked in the same pass that exports it (each line decoded once), other
+    bundles by a check beside the export. ``before_replace`` runs once the file is written,
+    before it takes its name: if it raises, nothing is left behind.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -70,6 +84,23 @@ def export_parquet(run_dir: Path | str, out: Path | str, *, overwrite: bool = Fa
         raise FileExistsError(f"{target} is inside the bundle {reader.run_dir}: write the export elsewhere")
     target.parent.mkdir(parents=True, exist_ok=True)
     by_blocks = READ_BY_BLOCKS and reader.profile == "v0.1" and reader.raw_problem is None
+    checked: Any = None  # the raw trace's checks, merged as the blocks are exported
+    if validate and by_blocks:
+        from .bundle.report import DEFAULT_MAX_KEPT_ISSUES
+        from .bundle.scan import SegmentMerger
+
+        checked = SegmentMerger(reader.manifest, DEFAULT_MAX_KEPT_ISSUES)
+    if validate and checked is None:  # checked beside the export, before the file is named
+        from .bundle.loader import ValidationBeside
+
+        beside = ValidationBeside(run_dir)
+        outer = before_replace
+
+        def before_replace() -> None:
+            beside.wait()
+            if outer is not None:
+                outer()
+
     count = 1 << 62 if by_blocks else len(reader)  # read by blocks: no index, no count first
     run_id = reader.manifest.get("run_id") if isinstance(reader.manifest, dict) else None
     run_id = without_surrogates(run_id) if isinstance(run_id, str) else ""
@@ -80,6 +111,8 @@ def export_parquet(run_dir: Path | str, out: Path | str, *, overwrite: bool = Fa
         partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
         try:
             export_v02(reader, partial, run_id, result)
+            if before_replace is not None:
+                before_replace()
             os.replace(partial, target)
         except BaseException:
             partial.unlink(missing_ok=True)
@@ -118,7 +151,7 @@ def export_parquet(run_dir: Path | str, out: Path | str, *, overwrite: bool = Fa
     try:
         with pq.ParquetWriter(partial, schema, compression="zstd") as writer:
             if by_blocks:
-                _write_by_blocks(writer, reader, run_id, schema, experts, result)
+                _write_by_blocks(writer, reader, run_id, schema, experts, result, checked)
             else:
                 rows: list[_Row] = []
                 for position in range(count):
@@ -127,6 +160,10 @@ def export_parquet(run_dir: Path | str, out: Path | str, *, overwrite: bool = Fa
                         write(rows, last=False)
                         rows = []
                 write(rows, last=True)
+        if checked is not None:
+            _raise_unless_clean(reader, run_dir, checked)
+        if before_replace is not None:
+            before_replace()
         os.replace(partial, target)
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -153,8 +190,6 @@ class _Pending:
             self.rows += len(rows)
 
     def flush(self, last: bool = False) -> None:
-        import pyarrow as pa
-
         if not self.pieces and not (last and self.result.rows == 0):
             return
         tables = []
@@ -164,21 +199,72 @@ class _Pending:
             else:
                 self.result.rows += piece.num_rows
                 tables.append(piece)
-        table = pa.concat_tables(tables).combine_chunks() if tables else _arrow(self.schema, [])
+        table = _one_group(tables) if tables else _arrow(self.schema, [])
         self.writer.write_table(table)
         self.pieces, self.rows = [], 0
 
 
+def _raise_unless_clean(reader: RunReader, run_dir: Path | str, checked: Any) -> None:
+    """The bundle's validation, its raw trace's pass merged from the export's blocks."""
+    from .bundle.errors import bundle_error
+
+    report = reader.validate(raw_result=checked.result())
+    if not report.ok:
+        raise bundle_error(str(run_dir), report.issues, report.counts_by_code())
+
+
+def _export_blocks(reader: RunReader, checked: Any) -> Iterator[Any]:
+    """The raw trace's export blocks; with ``checked``, also validated in the same pass (each
+    block's checks appended to it, in file order)."""
+    from .bundle.blocks import ordered_blocks
+    from .export_blocks import decode_export_range
+
+    if checked is None:
+        yield from ordered_blocks(reader.raw_path, decode_export_range)
+        return
+    from .bundle.reader import DEFAULT_CHUNK_EVENTS
+    from .bundle.report import DEFAULT_MAX_KEPT_ISSUES
+    from .bundle.scan import SegmentJob
+    from .export_fused import fused_decoder
+
+    job = SegmentJob(
+        reader.raw_path, reader.manifest or {}, 0, None, DEFAULT_CHUNK_EVENTS, DEFAULT_MAX_KEPT_ISSUES
+    )
+    for fused in ordered_blocks(reader.raw_path, fused_decoder(job)):
+        checked.add(fused.checked)
+        fused.export.start = fused.start
+        yield fused.export
+
+
+def _one_group(tables: list[Any]) -> Any:
+    """The row group's table: the pieces as chunks, not copied into one (a group of OLMoE rows
+    is ~46 MB, most of it the fixed-size router_probs), but for the string and variable-length
+    list columns, whose Parquet bytes depend on the chunking; the file is byte for byte the one
+    the event-by-event path writes (tested)."""
+    import pyarrow as pa
+
+    table = pa.concat_tables(tables)
+    for position, column in enumerate(table.schema):
+        if pa.types.is_string(column.type) or pa.types.is_list(column.type):
+            table = table.set_column(position, column, table.column(position).combine_chunks())
+    return table
+
+
 def _write_by_blocks(
-    writer: Any, reader: RunReader, run_id: str, schema: Any, experts: int | None, result: ExportResult
+    writer: Any,
+    reader: RunReader,
+    run_id: str,
+    schema: Any,
+    experts: int | None,
+    result: ExportResult,
+    checked: Any = None,
 ) -> None:
     """The whole raw trace, a block of events at a time (workers decode, this process writes);
     row groups and skips exactly as event by event."""
-    from .bundle.blocks import ordered_blocks
-    from .export_blocks import arrow_table, decode_export_range
+    from .export_blocks import arrow_table
 
     pending = _Pending(writer, schema, experts, result)
-    for block in ordered_blocks(reader.raw_path, decode_export_range):
+    for block in _export_blocks(reader, checked):
         fits = experts is None or block.experts == experts
         regular = block.regular if fits else np.zeros(block.count, dtype=bool)
         layers = block.ints.shape[1] if block.ints.ndim == 3 else 0

@@ -27,7 +27,7 @@ RAW_SCHEMA = {"v0.1": "raw_event", "v0.2": "raw_event_v02"}
 
 
 def read_raw_line(
-    line: Line, position: int, locate: bool = True, profile: str = "v0.1"
+    line: Line, position: int, locate: bool = True, profile: str = "v0.1", decoded: list[Any] | None = None
 ) -> tuple[EventView, list[ValidationIssue]]:
     """One raw line as an EventView plus its parse and schema issues (typed path first).
 
@@ -36,6 +36,9 @@ def read_raw_line(
 
     ``locate=False`` (the report keeps no more issues, it only counts them) lets a repeated
     line's schema issues come back as shared, unlocated copies: counted, never shown.
+
+    ``decoded``, when given, receives the typed event of a v0.1.0 line the strict decode took
+    whole (nothing for any other line), for a pass that reads more than the checks need.
     """
     if line.data is None:
         return _unreadable(line, position), [too_long(RAW_TRACE_FILE, line, "raw_event", None)]
@@ -52,6 +55,8 @@ def read_raw_line(
     except DECODE_FAILURES:
         pass
     else:
+        if decoded is not None:
+            decoded.append(event)
         return view_of_struct(event, position, line.number), []
     try:  # right but for unknown keys? Then those are the only problems, found without jsonschema
         lenient = LENIENT_DECODER.decode(line.data)

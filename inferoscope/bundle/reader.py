@@ -249,11 +249,14 @@ class RunReader:
         chunk_events: int = DEFAULT_CHUNK_EVENTS,
         max_kept: int = DEFAULT_MAX_KEPT_ISSUES,
         derived: bool = True,
+        raw_result: SegmentResult | None = None,
     ) -> ValidationReport:
         """Every issue of the bundle, with aggregates; never raises for bad content.
 
         ``derived=False`` leaves the three derived artifacts out (derive, about to replace them,
         checks only what it derives from, so it can repair a half-derived bundle).
+        ``raw_result``: the raw trace's pass already made (export reads the trace once, checking
+        it as it writes); everything else is checked here as always.
         """
         report = ValidationReport(max_kept=max_kept)
         report.add(self.manifest_issues)
@@ -300,7 +303,7 @@ class RunReader:
         if self.raw_problem is not None:
             report.add([self.raw_problem])
         else:
-            self._scan_raw(report, checks, progress, chunk_events, fast)
+            self._scan_raw(report, checks, progress, chunk_events, fast or raw_result)
         report.add(checks.finish_raw())
         if v02:
             assert self.manifest is not None and self.routing is not None

@@ -14,10 +14,11 @@ import itertools
 import multiprocessing
 import os
 import pickle
+import re
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -74,8 +75,16 @@ class SegmentJob:
         return replace(self, start=start, end=end)
 
 
-def scan_segment(job: SegmentJob, progress: ProgressFn | None = None) -> SegmentResult:
-    """Validate the lines in ``[job.start, job.end)`` of ``job.path``."""
+def scan_segment(
+    job: SegmentJob,
+    progress: ProgressFn | None = None,
+    on_event: Callable[[EventView, Any], None] | None = None,
+) -> SegmentResult:
+    """Validate the lines in ``[job.start, job.end)`` of ``job.path``.
+
+    ``on_event(view, typed)`` sees every line as read: its view, and the typed event where the
+    strict decode took the line whole (else None); export reads its columns from them.
+    """
     path, start, end, chunk_events = job.path, job.start, job.end, job.chunk_events
     report = ValidationReport(max_kept=job.max_kept)
     checks = RunChecks(job.manifest)
@@ -104,9 +113,15 @@ def scan_segment(job: SegmentJob, progress: ProgressFn | None = None) -> Segment
     with gc_paused():
         for line in iter_lines(path, start_offset=start, end_offset=end, progress=read, stats=stats):
             builder.add(line)
-            view, issues = read_raw_line(
-                line, position, locate=len(report.issues) < report.max_kept, profile=job.profile
-            )
+            locate = len(report.issues) < report.max_kept
+            if on_event is None:
+                view, issues = read_raw_line(line, position, locate=locate, profile=job.profile)
+            else:
+                typed: list[Any] = []
+                view, issues = read_raw_line(
+                    line, position, locate=locate, profile=job.profile, decoded=typed
+                )
+                on_event(view, typed[0] if typed else None)
             views.append(view)
             line_issues.extend(issues)
             position += 1
@@ -294,21 +309,51 @@ def merge_segments(
     results: list[SegmentResult], manifest: Mapping[str, Any] | None, max_kept: int
 ) -> SegmentResult:
     """One result for the whole file, in file order, with absolute line numbers."""
-    report = ValidationReport(max_kept=max_kept)
-    checks = RunChecks(manifest)
-    offsets: list[int] = []
-    line_offset = 0
+    merger = SegmentMerger(manifest, max_kept)
     for part in results:
-        offsets.append(line_offset)
-        report.absorb(part.report, _shifted(line_offset))
-        checks.absorb(part.checks, line_offset)
-        line_offset += part.lines
-    index = LineIndex.concat([part.index for part in results], offsets)
-    return SegmentResult(report, checks, index, line_offset)
+        merger.add(part)
+    return merger.result()
 
 
-def _shifted(offset: int) -> Any:
+class SegmentMerger:
+    """Segments' results folded in file order as they come (a segment's aggregates are dropped
+    once absorbed, so many small segments cost no more memory than two large ones)."""
+
+    def __init__(self, manifest: Mapping[str, Any] | None, max_kept: int) -> None:
+        self.report = ValidationReport(max_kept=max_kept)
+        self.checks = RunChecks(manifest)
+        self.indexes: list[LineIndex] = []
+        self.offsets: list[int] = []
+        self.lines = 0
+        self.events = 0
+
+    def add(self, part: SegmentResult) -> None:
+        self.offsets.append(self.lines)
+        self.report.absorb(part.report, _shifted(self.lines, self.events))
+        self.checks.absorb(part.checks, self.lines)
+        self.indexes.append(part.index)
+        self.lines += part.lines
+        self.events += part.report.aggregates.events
+
+    def result(self) -> SegmentResult:
+        return SegmentResult(
+            self.report, self.checks, LineIndex.concat(self.indexes, self.offsets), self.lines
+        )
+
+
+_EVENT_NAME = re.compile(r"raw_events\[(\d+)\]")
+
+
+def _shifted(offset: int, events: int = 0) -> Any:
+    """Issues of a later segment, placed in the whole file: line numbers, and the event number in
+    a schema message (``raw_events[3]`` of the segment is ``raw_events[events + 3]``)."""
+
     def shift(issue: ValidationIssue) -> ValidationIssue:
+        if events and issue.message.startswith("raw_events["):
+            number = _EVENT_NAME.match(issue.message)
+            if number is not None:
+                message = f"raw_events[{int(number.group(1)) + events}]{issue.message[number.end() :]}"
+                issue = replace(issue, message=message)
         if offset == 0 or issue.location.line is None:
             return issue
         return replace(issue, location=replace(issue.location, line=issue.location.line + offset))
