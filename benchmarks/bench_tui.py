@@ -8,6 +8,7 @@ own fixed waits). Prints, side by side: open→token 0, time until validation is
 and p99 of 1,000 steps, the median key press, and peak RSS.
 
     python benchmarks/bench_tui.py [--sizes 5000,50000] [--steps 1000] [--contracts v0.1,v0.2]
+    python benchmarks/bench_tui.py --sizes 500000   # contract v0.2 only (write_synthetic_v02)
 
 With ``--contracts v0.1,v0.2`` each size is measured as v0.1.0 NDJSON and as the same run
 converted to contract v0.2 (float32 array files), side by side.
@@ -98,14 +99,18 @@ def main() -> None:
     if args.child:
         print(json.dumps(asyncio.run(measure(Path(args.child), args.steps))))
         return
+    from bench_commands import V02_FROM, bundle
     from bench_v02 import converted
 
     rows = []
     contracts = args.contracts.split(",")
     for size in (int(s) for s in args.sizes.split(",")):
-        folder = generate(Path(args.out) / f"olmoe-{size}", size)
-        for contract in contracts:
-            target = folder if contract == "v0.1" else converted(folder, "float32")
+        if size >= V02_FROM:  # as NDJSON it would be 14 GB: the shipped v0.2 generator, seeded
+            plans = [("v0.2", bundle(size, 7))]
+        else:
+            folder = generate(Path(args.out) / f"olmoe-{size}", size)
+            plans = [(c, folder if c == "v0.1" else converted(folder, "float32")) for c in contracts]
+        for contract, target in plans:
             out = subprocess.run(
                 [sys.executable, __file__, "--child", str(target), "--steps", str(args.steps)],
                 check=True,

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from .bundle.loader import open_valid_reader
+from .bundle.loader import not_found, open_valid_reader
+from .bundle.reader import BundleOpenError, RunReader
 from .bundle.writer import write_run_bundle
 
 VARIANTS = ("tokens", "experts")
@@ -153,7 +154,13 @@ def scramble_bundle(
     """Write the scrambled twin of a valid bundle under ``out_root``; returns its directory."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown scramble variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    reader = open_valid_reader(run_dir)
+    try:
+        reader = RunReader(run_dir)
+    except BundleOpenError as exc:
+        raise not_found(exc, run_dir) from None
+    fast = reader.profile == "v0.1" and isinstance((reader.manifest or {}).get("run_id"), str)
+    if not fast:  # checked first; a v0.1.0 run is checked beside the fast writer
+        reader = open_valid_reader(run_dir)
     manifest = copy.deepcopy(reader.manifest or {})
     source = manifest["run_id"]
     new_id = run_id or f"{source}-SCRAMBLED-{variant}-seed{seed}"
@@ -173,6 +180,15 @@ def scramble_bundle(
 
         return scramble_v02(reader, manifest, Path(out_root), variant, seed, new_id)
 
+    layout = copy.deepcopy(reader.layout or {})
+    layout["run_id"] = new_id
+    from .scramble_v01 import Unusual, scramble_v01_fast
+
+    try:
+        return scramble_v01_fast(reader, manifest, layout, Path(out_root), variant, seed)
+    except Unusual:  # a run the fast writer cannot write byte for byte: event by event
+        reader = open_valid_reader(run_dir)
+
     def read_all() -> Iterator[dict[str, Any]]:
         return (reader.event(i) for i in range(len(reader)))
 
@@ -181,8 +197,6 @@ def scramble_bundle(
             event["run_id"] = new_id
             yield event
 
-    layout = copy.deepcopy(reader.layout or {})
-    layout["run_id"] = new_id
     return write_run_bundle(out_root, manifest, events(), layout)
 
 

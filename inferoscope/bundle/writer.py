@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -52,7 +52,49 @@ def write_run_bundle(
     nothing is left on disk.
     """
     run_id = manifest.get("run_id") if isinstance(manifest, Mapping) else None
-    target = run_dir_for(root_dir, run_id, subject="manifest run_id")  # type: ignore[arg-type]
+
+    def fill(staging: Path) -> None:
+        _write_files(staging, manifest, raw_events, layout, derived_events, motif_ledger, contingency)
+
+    def verify(staging: Path) -> None:
+        report = RunReader(staging).validate()
+        if not report.ok:
+            raise bundle_error(f"refusing to write {run_id!r}", report.issues, report.counts_by_code())
+
+    return _publish(root_dir, run_id, fill, verify)
+
+
+def write_prepared_bundle(
+    root_dir: Path | str,
+    manifest: Mapping[str, Any],
+    raw_lines: Iterable[str],
+    layout: Mapping[str, Any],
+    verify: Callable[[], None],
+) -> Path:
+    """Write a bundle whose raw trace lines are already encoded (contract §5 bytes), atomically.
+
+    For a bundle made from a valid one by a transformation that keeps every rule (a scrambled
+    twin): ``verify`` checks the source (it raises if the source is not clean) instead of the
+    result being validated again; nothing appears under the target name unless it passes.
+    """
+    run_id = manifest.get("run_id") if isinstance(manifest, Mapping) else None
+
+    def fill(staging: Path) -> None:
+        _write_json(staging / MANIFEST_FILE, manifest, "manifest")
+        with (staging / RAW_TRACE_FILE).open("wb") as handle:
+            for text in raw_lines:
+                handle.write(text.encode("ascii"))
+            _sync(handle)
+        _write_json(staging / LAYOUT_FILE, layout, "layout")
+
+    return _publish(root_dir, run_id, fill, lambda _staging: verify())
+
+
+def _publish(
+    root_dir: Path | str, run_id: Any, fill: Callable[[Path], None], verify: Callable[[Path], None]
+) -> Path:
+    """Fill a staging folder beside ``root_dir/<run_id>``, verify it, rename it into place."""
+    target = run_dir_for(root_dir, run_id, subject="manifest run_id")
     if target.exists() or target.is_symlink():
         raise FileExistsError(f"run bundle target already exists: {target}")
     created = _make_parents(target.parent)
@@ -60,10 +102,8 @@ def write_run_bundle(
     staging = target.parent / f".{target.name}.staging-{os.getpid()}-{uuid.uuid4().hex}"
     try:
         staging.mkdir()
-        _write_files(staging, manifest, raw_events, layout, derived_events, motif_ledger, contingency)
-        report = RunReader(staging).validate()
-        if not report.ok:
-            raise bundle_error(f"refusing to write {run_id!r}", report.issues, report.counts_by_code())
+        fill(staging)
+        verify(staging)
         if target.exists() or target.is_symlink():
             raise FileExistsError(f"run bundle target already exists: {target}")
         try:

@@ -1,0 +1,119 @@
+"""The streamed v0.1.0 scramble writes the event-by-event scramble's bytes, in flat memory; what it
+cannot write that way goes event by event; a source that is not clean leaves nothing behind."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import pytest
+
+import inferoscope.scramble_v01 as fast_module
+from inferoscope import RunReader
+from inferoscope.bundle.errors import RunBundleError
+from inferoscope.cli import EXAMPLE_RUN
+from inferoscope.extraction import MoELayerCaptureInput, build_token_complete_event
+from inferoscope.scramble import scramble_bundle
+
+from .conftest import make_bundle_parts, write_raw_bundle
+
+
+def _files(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def _both(
+    run: Path, out: Path, variant: str, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, Path]:
+    """(the streamed twin, the event-by-event twin) of ``run``."""
+    used: list[str] = []
+    real = fast_module._write
+
+    def spy(*args: object, **kwargs: object) -> Path:
+        made = real(*args, **kwargs)  # type: ignore[arg-type]
+        used.append("streamed")
+        return made
+
+    monkeypatch.setattr(fast_module, "_write", spy)
+    streamed = scramble_bundle(run, out / "streamed", variant, seed=seed)
+    assert used == ["streamed"]
+
+    def refuse(*_args: object, **_kwargs: object) -> Path:
+        raise fast_module.Unusual
+
+    monkeypatch.setattr(fast_module, "scramble_v01_fast", refuse)
+    by_event = scramble_bundle(run, out / "by-event", variant, seed=seed)
+    return streamed, by_event
+
+
+def _compact_copy(tmp_path: Path) -> Path:
+    """A run written by another writer (msgspec: no spaces, probabilities below 1e-4 written
+    positionally), so the twin must be re-encoded, not copied."""
+    manifest, events, layout = make_bundle_parts(tokens=60, layers=3, experts=64, top_k=4, seed=4)
+    rng = np.random.default_rng(9)
+    for event in events:  # peaked routers: many probabilities below 1e-4
+        logits = rng.standard_normal((3, 64)) * 4
+        event["layers"] = build_token_complete_event(
+            run_id=event["run_id"],
+            token_index=event["token_index"],
+            token_id=event["token_id"],
+            token_text=event["token_text"],
+            context_length=event["context_length"],
+            decode_start_ms=event["timing_ms"]["decode_start"],
+            decode_end_ms=event["timing_ms"]["decode_end"],
+            layer_inputs=[MoELayerCaptureInput(i, logits[i].tolist(), 4) for i in range(3)],
+        )["layers"]
+    assert any(p < 1e-4 for e in events for la in e["layers"] for p in la["router_probs"])
+    lines = [msgspec.json.encode(e).decode() for e in events]
+    return write_raw_bundle(tmp_path / "compact", manifest, events, layout, lines)
+
+
+@pytest.mark.parametrize("variant", ["tokens", "experts"])
+@pytest.mark.parametrize("source", ["demo", "compact"])
+def test_the_streamed_twin_is_the_event_by_event_twin_byte_for_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variant: str, source: str
+) -> None:
+    run = EXAMPLE_RUN if source == "demo" else _compact_copy(tmp_path)
+    streamed, by_event = _both(run, tmp_path, variant, 5, monkeypatch)
+    assert _files(streamed) == _files(by_event)
+    assert RunReader(streamed).validate().ok
+    assert not list((tmp_path / "streamed").glob(".*")), "no spill or staging folder is left"
+
+
+def test_an_integer_in_a_float_column_goes_event_by_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest, events, layout = make_bundle_parts(tokens=20, layers=2, experts=4, top_k=1, seed=1)
+    events[7]["layers"][1]["router_probs"] = [0, 1, 0, 0]  # a one-hot router, written as integers
+    layer = events[7]["layers"][1]
+    layer.update(
+        topk_indices=[1], topk_probs=[1], top1_prob=1, top1_top2_margin=1, entropy=0, normalized_entropy=0
+    )
+    run = write_raw_bundle(tmp_path / "run", manifest, events, layout)
+    assert RunReader(run).validate().ok
+    with pytest.raises(fast_module.Unusual):
+        fast_module.scramble_v01_fast(
+            RunReader(run),
+            json.loads((run / "manifest.json").read_text()),
+            layout,
+            tmp_path / "x",
+            "tokens",
+            0,
+        )
+    twin = scramble_bundle(run, tmp_path / "out", "tokens", seed=0)  # event by event, as ever
+    assert RunReader(twin).validate().ok
+
+
+def test_a_source_that_is_not_clean_gets_its_issues_and_leaves_nothing(tmp_path: Path) -> None:
+    manifest, events, layout = make_bundle_parts(tokens=30, layers=2, experts=8, seed=2)
+    events[12]["token_index"] = 11  # a repeated token index
+    run = write_raw_bundle(tmp_path / "run", manifest, events, layout)
+    for variant in ("tokens", "experts"):
+        out = tmp_path / f"out-{variant}"
+        with pytest.raises(RunBundleError) as raised:
+            scramble_bundle(run, out, variant, seed=0)
+        assert "duplicate_raw_token_index" in raised.value.counts
+        assert not out.exists() or list(out.iterdir()) == []
