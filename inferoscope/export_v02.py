@@ -105,7 +105,7 @@ def _metas(reader: RunReader, start: int, stop: int, result: Any) -> list[dict[s
     with reader.raw_path.open("rb") as handle:
         handle.seek(base)
         data = handle.read(end - base)
-    metas = []
+    metas: list[dict[str, Any]] = []
     for i in range(start, stop):
         try:
             obj = parse_json_bytes(data[int(index.starts[i]) - base : int(index.ends[i]) - base])
