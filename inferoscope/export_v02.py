@@ -98,17 +98,10 @@ def write_v02_rows(reader: RunReader, writer: Any, run_id: str, result: Any) -> 
 
 def _metas(reader: RunReader, start: int, stop: int, result: Any) -> list[dict[str, Any]]:
     """The per-token fields of tokens ``start .. stop - 1``, their lines read in one go."""
-    index = reader.build_index()
-    if stop <= start:
-        return []
-    base, end = int(index.starts[start]), int(index.ends[stop - 1])
-    with reader.raw_path.open("rb") as handle:
-        handle.seek(base)
-        data = handle.read(end - base)
     metas: list[dict[str, Any]] = []
-    for i in range(start, stop):
+    for i, line in enumerate(reader.raw_lines(start, stop), start):
         try:
-            obj = parse_json_bytes(data[int(index.starts[i]) - base : int(index.ends[i]) - base])
+            obj = parse_json_bytes(line)
         except JSONParseError:
             result.skip("unreadable event", f"event {i}", event=True)
             metas.append({})

@@ -158,8 +158,10 @@ def scramble_bundle(
         reader = RunReader(run_dir)
     except BundleOpenError as exc:
         raise not_found(exc, run_dir) from None
-    fast = reader.profile == "v0.1" and isinstance((reader.manifest or {}).get("run_id"), str)
-    if not fast:  # checked first; a v0.1.0 run is checked beside the fast writer
+    beside = isinstance((reader.manifest or {}).get("run_id"), str) and (
+        reader.profile == "v0.1" or reader.routing is not None
+    )
+    if not beside:  # checked first; otherwise the source is checked beside the writer
         reader = open_valid_reader(run_dir)
     manifest = copy.deepcopy(reader.manifest or {})
     source = manifest["run_id"]
@@ -176,9 +178,17 @@ def scramble_bundle(
     }
 
     if reader.profile == "v0.2":
+        from .bundle.loader import ValidationBeside
         from .scramble_v02 import scramble_v02
 
-        return scramble_v02(reader, manifest, Path(out_root), variant, seed, new_id)
+        check = ValidationBeside(run_dir)
+        try:
+            return scramble_v02(reader, manifest, Path(out_root), variant, seed, new_id, verify=check.wait)
+        except Exception:
+            check.wait()  # a source that is not clean: its issues, not where the writer stumbled
+            raise
+        finally:
+            check.cancel()
 
     layout = copy.deepcopy(reader.layout or {})
     layout["run_id"] = new_id

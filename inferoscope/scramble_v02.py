@@ -11,18 +11,20 @@ contract v0.1.0). Prompt (prefill) arrays are not carried: a twin scrambles the 
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .arrays.npy import from_disk
 from .bundle.reader import RunReader
 from .bundle.writer_v02 import RunWriter
 from .jsonfmt import parse_json_bytes
 from .routing import PROMPT_ROLES, RoutingGroup
 
 BLOCK_TOKENS = 1024
+BUCKET_TOKENS = 8_192  # the token scramble's output rows per spill bucket
 MEANING = {
     "tokens": "each MoE layer's rows (selection, weights, scores) shuffled across tokens "
     "(per-layer permutation)",
@@ -47,8 +49,16 @@ def _labels(rng: np.random.Generator, rows: int, group: RoutingGroup) -> np.ndar
 
 
 def scramble_v02(
-    reader: RunReader, manifest: dict[str, Any], out_root: Path, variant: str, seed: int, new_id: str
+    reader: RunReader,
+    manifest: dict[str, Any],
+    out_root: Path,
+    variant: str,
+    seed: int,
+    new_id: str,
+    verify: Callable[[], None] | None = None,
 ) -> Path:
+    """The twin under ``out_root``. ``verify`` checks the source (it raises if the source is not
+    clean); without it the twin is validated whole before it takes its name."""
     assert reader.routing is not None
     rng = np.random.default_rng(seed)
     sidecar = reader.sidecar()
@@ -89,44 +99,111 @@ def scramble_v02(
     layout = dict(reader.layout or {}, run_id=new_id)
     writer = RunWriter(out_root, manifest)
     try:
-        for start in range(0, count, BLOCK_TOKENS):
-            stop = min(count, start + BLOCK_TOKENS)
-            metas = []
-            for i in range(start, stop):
-                meta = parse_json_bytes(reader.raw_line(i))
-                meta["run_id"] = new_id
-                metas.append(meta)
-            routed: dict[str, dict[str, np.ndarray]] = {}
-            for group in reader.routing.groups:
-                routed[group.name] = _block(sidecar, group, plans[group.name], variant, start, stop, rng)
-            writer.add_tokens(metas, routed)
-        return writer.close(layout, bias=biases or None)
+        if variant == "tokens":
+            with tempfile.TemporaryDirectory(prefix=".scramble-", dir=writer.staging.parent) as spill:
+                buckets = _Buckets(Path(spill), count)
+                for group in reader.routing.groups:
+                    for role in _roles(group):
+                        buckets.scatter(sidecar, group, role, plans[group.name])
+                for start in range(0, count, buckets.size):
+                    stop = min(count, start + buckets.size)
+                    routed = {
+                        group.name: {role: buckets.gather(group, role, start, stop) for role in _roles(group)}
+                        for group in reader.routing.groups
+                    }
+                    writer.add_tokens(_metas(reader, start, stop, new_id), routed)
+        else:
+            for start in range(0, count, BLOCK_TOKENS):
+                stop = min(count, start + BLOCK_TOKENS)
+                routed = {
+                    group.name: _relabelled(sidecar, group, plans[group.name], start, stop, rng)
+                    for group in reader.routing.groups
+                }
+                writer.add_tokens(_metas(reader, start, stop, new_id), routed)
+        return writer.close(layout, bias=biases or None, verify=verify)
     except BaseException:
         writer.abort()
         raise
 
 
-def _block(
+def _metas(reader: RunReader, start: int, stop: int, new_id: str) -> list[dict[str, Any]]:
+    metas = []
+    for line in reader.raw_lines(start, stop):
+        meta = parse_json_bytes(line)
+        meta["run_id"] = new_id
+        metas.append(meta)
+    return metas
+
+
+def _roles(group: RoutingGroup) -> list[str]:
+    return [role for role in ("selected", "weights", "scores") if role in group.arrays]
+
+
+class _Buckets:
+    """The token scramble's rows moved through spill files, in flat memory and sequential reads.
+
+    Output row ``h`` of layer slot ``s`` is source row ``plan[h, s]``. One sequential pass over
+    each source array sends every row to the bucket of its output rows (``BUCKET_TOKENS`` tokens
+    a bucket), with its place in the bucket; a bucket is then read whole and its rows put in place.
+    Memory: a bucket of rows; reads: each array twice, in order (rows picked at random from the
+    arrays would map most of them into memory, or cost a page fault a row).
+    """
+
+    def __init__(self, folder: Path, count: int) -> None:
+        self.folder, self.count = folder, count
+        self.size = BUCKET_TOKENS
+        self.shapes: dict[tuple[str, str], tuple[tuple[int, ...], Any]] = {}
+
+    def _path(self, group: RoutingGroup, role: str, bucket: int, kind: str) -> Path:
+        return self.folder / f"{group.name}.{role}.{bucket}.{kind}"
+
+    def scatter(self, sidecar: Any, group: RoutingGroup, role: str, plan: np.ndarray) -> None:
+        lg = plan.shape[1]
+        small = self.count * lg < 2**31
+        destination = np.empty(plan.shape, dtype=np.int32 if small else np.int64)  # output row per source row
+        for slot in range(lg):
+            destination[plan[:, slot], slot] = np.arange(self.count)
+        for start in range(0, self.count, self.size):
+            stop = min(self.count, start + self.size)
+            rows = sidecar.rows(group, role, start, stop)  # [c, Lg, ...] in order
+            self.shapes[(group.name, role)] = (rows.shape[2:], rows.dtype)
+            keys = (destination[start:stop].astype(np.int64) * lg + np.arange(lg)).ravel()  # row * Lg + slot
+            values = rows.reshape(keys.size, -1)
+            bucket = keys // (self.size * lg)
+            order = np.argsort(bucket, kind="stable")
+            bounds = np.searchsorted(bucket[order], np.arange(bucket.max() + 2))
+            for number in range(int(bucket.max()) + 1):
+                part = order[bounds[number] : bounds[number + 1]]
+                if part.size:
+                    with self._path(group, role, number, "keys").open("ab") as handle:
+                        handle.write(keys[part].tobytes())
+                    with self._path(group, role, number, "rows").open("ab") as handle:
+                        handle.write(np.ascontiguousarray(values[part]).tobytes())
+
+    def gather(self, group: RoutingGroup, role: str, start: int, stop: int) -> np.ndarray:
+        """Output rows ``start .. stop - 1`` (a whole bucket) of one array."""
+        lg = len(group.layers)
+        shape, dtype = self.shapes[(group.name, role)]
+        number = start // self.size
+        keys = np.fromfile(self._path(group, role, number, "keys"), dtype=np.int64)
+        values = np.fromfile(self._path(group, role, number, "rows"), dtype=dtype).reshape(keys.size, -1)
+        out = np.empty(((stop - start) * lg, values.shape[1]), dtype=dtype)
+        out[keys - start * lg] = values
+        for kind in ("keys", "rows"):
+            self._path(group, role, number, kind).unlink()
+        return out.reshape((stop - start, lg, *shape))
+
+
+def _relabelled(
     sidecar: Any,
     group: RoutingGroup,
     plan: Any,
-    variant: str,
     start: int,
     stop: int,
     rng: np.random.Generator,
 ) -> dict[str, np.ndarray]:
-    roles = [role for role in ("selected", "weights", "scores") if role in group.arrays]
+    roles = _roles(group)
     lg, t = len(group.layers), stop - start
-    if variant == "tokens":
-        out: dict[str, np.ndarray] = {}
-        for role in roles:
-            file = sidecar.array(group, role)
-            mapped = np.load(file.path, mmap_mode="r")  # rows come from anywhere in the run
-            parts = [
-                from_disk(np.asarray(mapped[plan[start:stop, slot], slot]), file.dtype) for slot in range(lg)
-            ]
-            out[role] = np.stack(parts, axis=1)
-        return out
     values = {role: sidecar.rows(group, role, start, stop) for role in roles}
     rows = t * lg
     # one relabelling per row, or the layer's one relabelling repeated for every token

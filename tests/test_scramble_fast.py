@@ -117,3 +117,26 @@ def test_a_source_that_is_not_clean_gets_its_issues_and_leaves_nothing(tmp_path:
             scramble_bundle(run, out, variant, seed=0)
         assert "duplicate_raw_token_index" in raised.value.counts
         assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_a_v02_token_scramble_is_the_same_whatever_its_spill_buckets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import inferoscope.scramble_v02 as v02
+    from inferoscope.synthetic import write_synthetic_v02
+
+    run = write_synthetic_v02(tmp_path / "src", "syn", 300, layers=3, experts=16, top_k=4, seed=3)
+    one = scramble_bundle(run, tmp_path / "one", "tokens", seed=2)
+    monkeypatch.setattr(v02, "BUCKET_TOKENS", 7)  # 43 buckets, the last one short
+    many = scramble_bundle(run, tmp_path / "many", "tokens", seed=2)
+
+    def arrays(folder: Path) -> dict[str, str]:
+        return {
+            str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*"))
+            if p.is_file()
+        }
+
+    assert arrays(one) == arrays(many)
+    assert RunReader(many).validate().ok
+    assert not [p for p in (tmp_path / "many").iterdir() if p.name.startswith(".")]

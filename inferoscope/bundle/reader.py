@@ -129,6 +129,20 @@ class RunReader:
         finally:
             os.close(fd)
 
+    def raw_lines(self, start: int, stop: int) -> list[bytes]:
+        """The bytes of events ``start .. stop - 1`` as stored, read in one go (a block of
+        token lines costs one read, not one per token)."""
+        index = self.build_index()
+        stop = min(stop, len(index))
+        if stop <= start:
+            return []
+        base = int(index.starts[start])
+        with self.raw_path.open("rb") as handle:
+            handle.seek(base)
+            data = handle.read(int(index.ends[stop - 1]) - base)
+        starts, ends = index.starts[start:stop] - base, index.ends[start:stop] - base
+        return [data[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+
     def _first_line(self) -> Line | None:
         """The first non-blank line, reading at most about two line caps (a 20 GB single-line
         file answers at once, with a line too long to read, instead of being read to its end)."""
