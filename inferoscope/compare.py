@@ -8,7 +8,12 @@ guessed around. Symmetric in its two runs, and zero divergence on identical runs
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import mmap
+import multiprocessing
+import os
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -166,11 +171,19 @@ def jensen_shannon_bits(p: np.ndarray, q: np.ndarray) -> float:
 def jensen_shannon_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """JSD in bits of each row pair of two [rows, n] arrays (the same as jensen_shannon_bits)."""
     m = (p + q) / 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        kp = np.where(p > 0, p * np.log2(np.where(p > 0, p, 1.0) / np.where(m > 0, m, 1.0)), 0.0).sum(axis=1)
-        kq = np.where(q > 0, q * np.log2(np.where(q > 0, q, 1.0) / np.where(m > 0, m, 1.0)), 0.0).sum(axis=1)
-    result: np.ndarray = np.maximum(0.0, (kp + kq) / 2)
+    result: np.ndarray = np.maximum(0.0, (_kl_rows(p, m) + _kl_rows(q, m)) / 2)
     return result
+
+
+def _kl_rows(a: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Per row, the sum of a * log2(a / m) over a > 0, in one buffer: each term is the same
+    float as written out in full (where a > 0, m >= a / 2 > 0; elsewhere log2(1) * 0 = 0)."""
+    term = np.ones_like(a)
+    np.divide(a, m, out=term, where=a > 0)
+    np.log2(term, out=term)
+    term *= a
+    sums: np.ndarray = term.sum(axis=1)
+    return sums
 
 
 def _layers_of(event: dict[str, Any]) -> dict[int, dict[str, Any]]:
@@ -268,6 +281,26 @@ class _Arrays:
     same_order: np.ndarray
     flip_margin: np.ndarray
     boundary_gap: np.ndarray
+
+    @classmethod
+    def shared(cls, rows: int, columns: int) -> _Arrays:
+        """NaN arrays in memory shared with forked processes (a half compared in another
+        process lands here directly: nothing is sent back or joined)."""
+        out = cls.__new__(cls)
+        size = rows * columns * 8
+        for name in cls.NAMES:
+            buffer = mmap.mmap(-1, max(size, 1))
+            array = np.frombuffer(buffer, dtype=np.float64, count=rows * columns).reshape(rows, columns)
+            array.fill(np.nan)
+            setattr(out, name, array)
+        return out
+
+    def rows(self, start: int, stop: int) -> _Arrays:
+        """Rows ``start .. stop - 1``, as views (writes land in these arrays)."""
+        out = _Arrays.__new__(_Arrays)
+        for name in self.NAMES:
+            setattr(out, name, getattr(self, name)[start:stop])
+        return out
 
     @classmethod
     def joined(cls, parts: list[_Arrays], columns: int) -> _Arrays:
@@ -622,12 +655,91 @@ def _sound_ids(unit: _V02Unit, n: int) -> np.ndarray:
 
 def _compare_v02(a: RunReader, b: RunReader, layers: list[int], found: _Found) -> tuple[_Arrays, int, int]:
     """Two v0.2 runs from their array files, a block of tokens at a time, vectorised per layer;
-    every token the arrays cannot answer for alike is compared on its own, as token by token."""
+    every token the arrays cannot answer for alike is compared on its own, as token by token.
+
+    A long pair is split in two at a block boundary: a forked process compares the second half
+    into the same (shared) arrays while this one compares the first; the numbers are the ones
+    one process makes, block for block."""
+    split = _v02_split(a, b)
+    if split is None:
+        return _v02_range(a, b, layers, found, 0, None, None)
+    count, half = split
+    arr = _Arrays.shared(count, len(layers))
+    ctx = multiprocessing.get_context("fork")
+    receiver, sender = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_v02_half, args=(sender, a, b, layers, half, arr), daemon=True)
+    child.start()
+    sender.close()
+    try:
+        _v02_range(a, b, layers, found, 0, half, arr)
+        try:
+            outcome = receiver.recv()
+        except EOFError:
+            outcome = None
+    finally:
+        receiver.close()
+        child.join()
+    if not isinstance(outcome, tuple) or min(outcome[0], outcome[1]) != count:  # never expected
+        fresh = _Found()
+        result = _v02_range(a, b, layers, fresh, 0, None, None)
+        found.differs[:], found.mismatched, found.unreadable[:] = (
+            fresh.differs,
+            fresh.mismatched,
+            fresh.unreadable,
+        )
+        return result
+    na, nb, rest = outcome
+    found.differs += rest.differs
+    found.mismatched |= rest.mismatched
+    found.unreadable += rest.unreadable
+    return arr, na, nb
+
+
+def _v02_split(a: RunReader, b: RunReader) -> tuple[int, int] | None:
+    """(tokens compared, first token of the second half) where the pair is worth two processes."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    can_fork = threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
+    if cores < 2 or not can_fork:
+        return None
+    count = min(len(a), len(b))
+    half = (count // 2) // V02_BLOCK * V02_BLOCK
+    return (count, half) if half >= 8 * V02_BLOCK else None
+
+
+def _v02_half(conn: Any, a: RunReader, b: RunReader, layers: list[int], first: int, arr: _Arrays) -> None:
+    try:
+        found = _Found()
+        _, na, nb = _v02_range(a, b, layers, found, first, None, arr)
+        conn.send((na, nb, found))
+    except BaseException as exc:  # the parent compares this half itself
+        with contextlib.suppress(Exception):
+            conn.send(exc)
+    finally:
+        conn.close()
+        os._exit(0)
+
+
+def _v02_range(
+    a: RunReader,
+    b: RunReader,
+    layers: list[int],
+    found: _Found,
+    first: int,
+    last: int | None,
+    target: _Arrays | None,
+) -> tuple[_Arrays, int, int]:
+    """Blocks from token ``first`` (a block boundary) to ``last`` (None: the end, and both runs'
+    lengths counted), into ``target`` (rows are tokens) or new arrays."""
     ids_a, ids_b = _v02_ids(a), _v02_ids(b)
-    parts: list[_Arrays] = []
-    start = 0
     lengths = [0, 0]
-    while True:
+    if first:
+        lengths = [sum(1 for _ in itertools.islice(it, first)) for it in (ids_a, ids_b)]
+    parts: list[_Arrays] = []
+    start = first
+    while last is None or start < last:
         meta_a = list(itertools.islice(ids_a, V02_BLOCK))
         meta_b = list(itertools.islice(ids_b, V02_BLOCK))
         lengths[0] += len(meta_a)
@@ -637,15 +749,17 @@ def _compare_v02(a: RunReader, b: RunReader, layers: list[int], found: _Found) -
             break
         stop = start + n
         meta = list(zip(meta_a[:n], meta_b[:n], strict=True))
-        arr = _Arrays(n, len(layers))
+        arr = _Arrays(n, len(layers)) if target is None else target.rows(start, stop)
         _v02_block(a, b, start, stop, meta, arr, layers, found)
-        parts.append(arr)
+        if target is None:
+            parts.append(arr)
         start = stop
         if n < V02_BLOCK:
             break
-    lengths[0] += sum(1 for _ in ids_a)
-    lengths[1] += sum(1 for _ in ids_b)
-    return _Arrays.joined(parts, len(layers)), lengths[0], lengths[1]
+    if last is None:
+        lengths[0] += sum(1 for _ in ids_a)
+        lengths[1] += sum(1 for _ in ids_b)
+    return (_Arrays.joined(parts, len(layers)) if target is None else target), lengths[0], lengths[1]
 
 
 def _v02_block(
