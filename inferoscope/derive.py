@@ -20,12 +20,14 @@ and the manifest's derivation_config_id (each file atomically); the raw trace is
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import os
 import shutil
-from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +39,9 @@ from .bundle.reader import RunReader
 from .bundle.swap import bundle_lock, exchange, staging_copy
 from .bundle.writer import sweep_stale
 from .derive_inputs import InputBlock, Irregular, NoDistribution, blocks_from_events, reader_blocks
-from .jsonfmt import dumps_json_file, dumps_ndjson_line
-from .motif_blocks import BlockClusters, BlockDecisions, ExactClusters
+from .json_stream import Streamed, materialised, sampled, write_json_file
+from .jsonfmt import dumps_ndjson_line
+from .motif_blocks import BlockClusters, BlockDecisions, ExactClusters, named
 from .motif_helper import GLOBAL, MatchHelper, can_fork, fingerprints_of
 from .versions import (
     CONTINGENCY_FILE,
@@ -128,13 +131,13 @@ class _Clusters:
         A one-member motif's centroid is its founder's router_probs, already in the raw trace;
         writing it again would make a structureless run's ledger as large as the trace itself.
         """
-        counts = {self._name(i): c for i, c in enumerate(self.counts)}
+        return named(self.prefix, self.ledger_parts())
+
+    def ledger_parts(self) -> tuple[list[int], dict[int, list[float]], list[int]]:
         shared = [i for i, c in enumerate(self.counts) if c > 1]
         sizes = np.asarray([self.counts[i] for i in shared], dtype=np.float64)
         means = np.round(self.prob_sums[shared] / sizes[:, None], 8) if shared else np.zeros((0, 0))
-        centroids = {self._name(i): row for i, row in zip(shared, means.tolist(), strict=True)}
-        founders = {self._name(i): token for i, token in enumerate(self.founders)}
-        return counts, centroids, founders
+        return list(self.counts), dict(zip(shared, means.tolist(), strict=True)), list(self.founders)
 
 
 def _grown(array: np.ndarray, rows: int, width: int) -> np.ndarray:
@@ -191,7 +194,7 @@ def derive_events(
         lines = [derivation.event_line(event) for event in events]
     derived = [json.loads(line) for text in lines for line in text.splitlines()]
     ledger, contingency = derivation.artifacts()
-    return derived, ledger, contingency
+    return derived, materialised(ledger), materialised(contingency)
 
 
 class Derivation:
@@ -222,10 +225,13 @@ class Derivation:
         self.global_clusters: Any = self._clusters("g_")
         self.layer_clusters: dict[int, Any] = {}
         self.remote: dict[Any, tuple[Any, ...]] = {}  # the helper's ledgers, once it finished
+        self.motifs = (0, 0)  # global and layer motifs, once artifacts() has run
         self.tokens = 0
         self.fits: list[np.ndarray] = []  # global fits, a block at a time (for the mean)
-        self.text_to_motifs: dict[str, set[str]] = defaultdict(set)
-        self.motif_to_texts: dict[str, Counter[str]] = defaultdict(Counter)
+        # the contingency, compactly: each distinct text once, then a (text, global motif) pair
+        # per token; counted and ordered only when written
+        self.text_ids: dict[str, int] = {}
+        self.pairs: list[np.ndarray] = []
         self._head = (
             '{"derivation_config_id": '
             + json.dumps(self.config_id)
@@ -302,13 +308,15 @@ class Derivation:
         ]
         out = []
         fits = _fits(glob)
+        ids = self.text_ids
+        texts = [ids.setdefault(text, len(ids)) for text in block.texts]
+        self.pairs.append(
+            np.stack([np.asarray(texts, dtype=np.int64), glob.numbers.astype(np.int64)], axis=1)
+        )
         for j, (number, novel, token) in enumerate(
             zip(glob.numbers.tolist(), glob.novel.tolist(), block.tokens.tolist(), strict=True)
         ):
             motif = f"g_{number:03d}"
-            text = block.texts[j]
-            self.text_to_motifs[text].add(motif)
-            self.motif_to_texts[motif][text] += 1
             layers = ", ".join(heads[j] + bools[j] for heads, bools in layer_parts)
             out.append(
                 f'{self._head}{{"fit": {fits[j]!r}, "motif_id": "{motif}", "novel": {_BOOL[novel]}, '
@@ -333,8 +341,10 @@ class Derivation:
             fingerprint, np.concatenate(vectors), event["token_index"]
         )
         text = event["token_text"]
-        self.text_to_motifs[text].add(motif)
-        self.motif_to_texts[motif][text] += 1
+        number = int(motif.removeprefix("g_"))
+        self.pairs.append(
+            np.array([[self.text_ids.setdefault(text, len(self.text_ids)), number]], dtype=np.int64)
+        )
         self.tokens += 1
         self.fits.append(np.array([fit], dtype=np.float64))
         return dumps_ndjson_line(
@@ -356,28 +366,34 @@ class Derivation:
         """Mean global fit over every token (None for an empty run)."""
         return float(np.mean(np.concatenate(self.fits))) if self.fits else None
 
-    def _ledger_of(
-        self, key: Any, prefix: str
-    ) -> tuple[dict[str, int], dict[str, list[float]], dict[str, int]]:
+    def _parts_of(self, key: Any) -> tuple[list[int], dict[int, list[float]], list[int]]:
         if key in self.remote:
             return self.remote[key][0]  # type: ignore[no-any-return]
         clusters = self.global_clusters if key == GLOBAL else self.layer_clusters[key]
-        if isinstance(clusters, _Clusters):
-            return clusters.ledger()
-        return clusters.ledger(prefix)  # type: ignore[no-any-return]
+        return clusters.ledger_parts()  # type: ignore[no-any-return]
 
     def artifacts(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(motif_ledger, contingency) once every token is matched."""
+        """(motif_ledger, contingency) once every token is matched. Their largest members (one
+        entry a motif, or a text) are ``Streamed``: produced in key order as they are written."""
         self.finish()
-        global_counts, global_centroids, global_founders = self._ledger_of(GLOBAL, "g_")
-        layer_counts: dict[str, int] = {}
-        layer_centroids: dict[str, list[float]] = {}
-        layer_founders: dict[str, int] = {}
-        for index in sorted({*self.layer_clusters, *(k for k in self.remote if k != GLOBAL)}):
-            counts, centroids, founders = self._ledger_of(index, f"l{index:02d}_")
-            layer_counts.update(counts)
-            layer_centroids.update(centroids)
-            layer_founders.update(founders)
+        keys = [GLOBAL, *sorted({*self.layer_clusters, *(k for k in self.remote if k != GLOBAL)})]
+        parts = {key: self._parts_of(key) for key in keys}
+        prefixes = {key: "g_" if key == GLOBAL else f"l{key:02d}_" for key in keys}
+        layers = keys[1:]
+        self.motifs = (len(parts[GLOBAL][0]), sum(len(parts[k][0]) for k in layers))
+
+        def by_motif(which: int, chosen: list[Any]) -> Streamed:
+            """Counts (0) or founders (2) of the chosen clusterings, merged in key order."""
+            return Streamed(
+                lambda: heapq.merge(
+                    *(_named_entries(prefixes[k], parts[k][which]) for k in chosen),  # type: ignore[arg-type]
+                    key=itemgetter(0),
+                )
+            )
+
+        def centroids(chosen: list[Any]) -> dict[str, list[float]]:
+            return {f"{prefixes[k]}{n:03d}": row for k in chosen for n, row in parts[k][1].items()}
+
         threshold = self.threshold
         similarity = None if threshold is None else "cosine of router_probs minus uniform"
         if self.cap is not None:
@@ -395,29 +411,72 @@ class Derivation:
                 "threshold": threshold,
                 "similarity": similarity,
                 "tokens": self.tokens,
-                "global_motif_counts": global_counts,
-                "layer_motif_counts": layer_counts,
+                "global_motif_counts": by_motif(0, [GLOBAL]),
+                "layer_motif_counts": by_motif(0, layers),
                 "centroids": "mean router_probs of a motif's members, for motifs with two or more; a "
                 "one-member motif's centroid is its founding token's router_probs in raw_trace.ndjson",
-                "global_centroids": global_centroids,
-                "layer_centroids": layer_centroids,
-                "global_founders": global_founders,
-                "layer_founders": layer_founders,
+                "global_centroids": centroids([GLOBAL]),
+                "layer_centroids": centroids(layers),
+                "global_founders": by_motif(2, [GLOBAL]),
+                "layer_founders": by_motif(2, layers),
             },
         }
+        text_to_motifs, motif_to_texts = _contingency(self.text_ids, self.pairs, self.motifs[0])
         contingency = {
             "schema_version": CONTINGENCY_SCHEMA_VERSION,
             "run_id": self.run_id,
             "derivation_version": self.version,
             "derivation_config_id": self.config_id,
             "contingency_payload": {
-                "token_text_to_global_motifs": {t: sorted(m) for t, m in sorted(self.text_to_motifs.items())},
-                "global_motif_to_token_texts": {
-                    m: dict(sorted(c.items())) for m, c in sorted(self.motif_to_texts.items())
-                },
+                "token_text_to_global_motifs": text_to_motifs,
+                "global_motif_to_token_texts": motif_to_texts,
             },
         }
         return ledger, contingency
+
+
+def _named_entries(prefix: str, values: list[Any]) -> Iterator[tuple[str, Any]]:
+    """(motif id, value) of every motif number, in the order of the ids as strings (``g_1000``
+    comes between ``g_100`` and ``g_101``), as a JSON object with sorted keys has them."""
+    if not values:
+        return
+    digits = np.array([f"{n:03d}" for n in range(len(values))], dtype=bytes)
+    for n in np.argsort(digits, kind="stable").tolist():
+        yield f"{prefix}{n:03d}", values[n]
+
+
+def _contingency(text_ids: dict[str, int], pairs: list[np.ndarray], motifs: int) -> tuple[Streamed, Streamed]:
+    """token text -> its global motifs, and global motif -> {token text: count}, streamed in key
+    order from the (text, motif) pair of every token."""
+    texts = list(text_ids)
+    stacked = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
+    keyed = stacked[:, 0] * max(motifs, 1) + stacked[:, 1]
+    distinct, counts = np.unique(keyed, return_counts=True)
+    text_of, motif_of = distinct // max(motifs, 1), distinct % max(motifs, 1)
+    text_rank = np.empty(len(texts), dtype=np.int64)
+    text_rank[sorted(range(len(texts)), key=texts.__getitem__)] = np.arange(len(texts))
+    digits = (
+        np.array([f"{n:03d}" for n in range(motifs)], dtype=bytes) if motifs else np.zeros(0, dtype=bytes)
+    )
+    motif_rank = np.empty(motifs, dtype=np.int64)
+    motif_rank[np.argsort(digits, kind="stable")] = np.arange(motifs)
+    by_text = np.lexsort((motif_rank[motif_of], text_rank[text_of]))
+    by_motif = np.lexsort((text_rank[text_of], motif_rank[motif_of]))
+
+    def text_entries() -> Iterator[tuple[str, Any]]:
+        rows = text_of[by_text].tolist()
+        names = motif_of[by_text].tolist()
+        for text, group in itertools.groupby(zip(rows, names, strict=True), key=itemgetter(0)):
+            yield texts[text], [f"g_{m:03d}" for _t, m in group]
+
+    def motif_entries() -> Iterator[tuple[str, Any]]:
+        rows = motif_of[by_motif].tolist()
+        sources = text_of[by_motif].tolist()
+        tallies = counts[by_motif].tolist()
+        for motif, group in itertools.groupby(zip(rows, sources, tallies, strict=True), key=itemgetter(0)):
+            yield f"g_{motif:03d}", {texts[t]: c for _m, t, c in group}
+
+    return Streamed(text_entries), Streamed(motif_entries)
 
 
 _BOOL = {True: "true}", False: "false}"}
@@ -489,10 +548,11 @@ def write_derived(
             check.wait()
             from .validation.in_memory import validate_run_bundle_schema_issues
 
-            # what is new, before it can replace anything: the ledger, contingency and manifest
-            # whole, the first block's derived events (every event is written by the same code)
+            # what is new, before it can replace anything: the manifest whole; the ledger and
+            # contingency with the first entries of each of their per-motif and per-text maps,
+            # and the first block's derived events (every entry is written by the same code)
             new_parts = validate_run_bundle_schema_issues(
-                manifest, [], reader.layout, first, ledger, contingency
+                manifest, [], reader.layout, first, sampled(ledger), sampled(contingency)
             )
             issues = [i for i in new_parts if i.severity == "error"]
             if issues:
@@ -502,7 +562,7 @@ def write_derived(
                 (CONTINGENCY_FILE, contingency),
                 (MANIFEST_FILE, manifest),
             ):
-                _write_synced(staging / name, dumps_json_file(obj).encode("ascii"))
+                _write_streamed(staging / name, obj)
             exchange(staging, folder)
         except BaseException as exc:
             if staging is not None:
@@ -512,12 +572,11 @@ def write_derived(
                 raise
             check.wait()  # a bundle that is not clean: its issues, not where derive stumbled
             raise
-    payload = ledger["ledger_payload"]
     return {
         "matcher": ledger["derivation_config_id"],
         "tokens": derivation.tokens,
-        "global_motifs": len(payload["global_motif_counts"]),
-        "layer_motifs": len(payload["layer_motif_counts"]),
+        "global_motifs": derivation.motifs[0],
+        "layer_motifs": derivation.motifs[1],
         "mean_global_fit": derivation.mean_fit(),
     }
 
@@ -561,8 +620,18 @@ def _stream_derived(
     return derivation, first
 
 
-def _write_synced(path: Path, data: bytes) -> None:
-    with path.open("wb") as handle:
-        handle.write(data)
+def _write_streamed(path: Path, obj: Any) -> None:
+    """A JSON file in the contract's bytes, its Streamed members written as they are made."""
+    with path.open("w", encoding="ascii", newline="\n") as handle:
+        pieces: list[str] = []
+
+        def write(piece: str) -> None:
+            pieces.append(piece)
+            if len(pieces) >= 4096:
+                handle.write("".join(pieces))
+                pieces.clear()
+
+        write_json_file(obj, write)
+        handle.write("".join(pieces))
         handle.flush()
         os.fsync(handle.fileno())

@@ -246,21 +246,36 @@ class BlockClusters:
 
     def ledger(self, prefix: str) -> tuple[dict[str, int], dict[str, list[float]], dict[str, int]]:
         """Counts, centroids (mean probs) of motifs with two or more members, founding tokens."""
-        counts = {f"{prefix}{n:03d}": c for n, c in enumerate(self.counts[: self.size].tolist())}
+        return named(prefix, self.ledger_parts())
+
+    def ledger_parts(self) -> tuple[list[int], dict[int, list[float]], list[int]]:
+        """By motif number: counts, centroids of motifs with two or more members, founders."""
+        counts = self.counts[: self.size].tolist()
         sums = dict(self.dropped)
         for row in range(self.rows):
             number = int(self.live[row])
             if self.counts[number] > 1:
                 sums[number] = self.prob_sums[row]
         shared = sorted(sums)
-        centroids: dict[str, list[float]] = {}
+        centroids: dict[int, list[float]] = {}
         if shared:
             stacked = np.stack([sums[n] for n in shared])
             sizes = self.counts[shared].astype(np.float64)
             means = np.round(stacked / sizes[:, None], 8)
-            centroids = {f"{prefix}{n:03d}": row for n, row in zip(shared, means.tolist(), strict=True)}
-        founders = {f"{prefix}{n:03d}": t for n, t in enumerate(self.founders)}
-        return counts, centroids, founders
+            centroids = dict(zip(shared, means.tolist(), strict=True))
+        return counts, centroids, list(self.founders)
+
+
+def named(
+    prefix: str, parts: tuple[list[int], dict[int, list[float]], list[int]]
+) -> tuple[dict[str, int], dict[str, list[float]], dict[str, int]]:
+    """``ledger_parts`` keyed by motif id (``prefix`` and the number, three digits at least)."""
+    counts, centroids, founders = parts
+    return (
+        {f"{prefix}{n:03d}": c for n, c in enumerate(counts)},
+        {f"{prefix}{n:03d}": row for n, row in centroids.items()},
+        {f"{prefix}{n:03d}": t for n, t in enumerate(founders)},
+    )
 
 
 @dataclass(slots=True)
@@ -300,15 +315,16 @@ class ExactClusters:
         return BlockDecisions(numbers, np.ones(count), novel)
 
     def ledger(self, prefix: str) -> tuple[dict[str, int], dict[str, list[float]], dict[str, int]]:
-        counts = {f"{prefix}{n:03d}": c for n, c in enumerate(self.counts)}
+        return named(prefix, self.ledger_parts())
+
+    def ledger_parts(self) -> tuple[list[int], dict[int, list[float]], list[int]]:
         shared = [n for n, c in enumerate(self.counts) if c > 1]
-        centroids: dict[str, list[float]] = {}
+        centroids: dict[int, list[float]] = {}
         if shared:
             sizes = np.asarray([self.counts[n] for n in shared], dtype=np.float64)
             means = np.round(np.stack([self.prob_sums[n] for n in shared]) / sizes[:, None], 8)
-            centroids = {f"{prefix}{n:03d}": row for n, row in zip(shared, means.tolist(), strict=True)}
-        founders = {f"{prefix}{n:03d}": t for n, t in enumerate(self.founders)}
-        return counts, centroids, founders
+            centroids = dict(zip(shared, means.tolist(), strict=True))
+        return list(self.counts), centroids, list(self.founders)
 
 
 def static_rows(static: np.ndarray, count: int) -> np.ndarray:

@@ -51,7 +51,7 @@ class MatchHelper:
         return self._answer()  # type: ignore[no-any-return]
 
     def finish(self) -> dict[Any, tuple[Any, ...]]:
-        """Per key: (ledger, rounds, audited, agreed); the process then ends."""
+        """Per key: (ledger parts, rounds, audited, agreed); the process then ends."""
         self._conn.send(("finish",))
         answer = self._answer()
         self.close()
@@ -89,10 +89,7 @@ def _serve(conn: Any, make: Callable[[Any], Any], keys: list[Any]) -> None:
             message = conn.recv()
             if message[0] == "finish":
                 conn.send(
-                    {
-                        key: (c.ledger(_prefix(key)), c.rounds, c.audited, c.agreed)
-                        for key, c in clusters.items()
-                    }
+                    {key: (c.ledger_parts(), c.rounds, c.audited, c.agreed) for key, c in clusters.items()}
                 )
                 break
             _, tokens, inputs = message
@@ -109,7 +106,3 @@ def _serve(conn: Any, make: Callable[[Any], Any], keys: list[Any]) -> None:
     finally:
         conn.close()
         os._exit(0)
-
-
-def _prefix(key: Any) -> str:
-    return "g_" if key == GLOBAL else f"l{key:02d}_"

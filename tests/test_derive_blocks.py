@@ -17,6 +17,7 @@ from inferoscope.cli import EXAMPLE_RUN
 from inferoscope.convert import convert_run
 from inferoscope.derive import Derivation, _Clusters, derive_events, derive_inputs, write_derived
 from inferoscope.derive_inputs import BLOCK_TOKENS
+from inferoscope.json_stream import materialised
 from inferoscope.jsonfmt import dumps_json_file
 from inferoscope.motif_blocks import BlockClusters
 
@@ -59,7 +60,7 @@ def _one_by_one(run: Path, threshold: float | None) -> bytes:
     reader = RunReader(run)
     derivation = Derivation(reader.manifest or {}, threshold, one_by_one=True)
     lines = "".join(derivation.event_line(event) for event in derive_inputs(reader))
-    ledger, contingency = derivation.artifacts()
+    ledger, contingency = (materialised(x) for x in derivation.artifacts())
     return (lines + dumps_json_file(ledger) + dumps_json_file(contingency)).encode()
 
 
