@@ -25,7 +25,7 @@ import itertools
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
@@ -133,7 +133,7 @@ class _Clusters:
         """
         return named(self.prefix, self.ledger_parts())
 
-    def ledger_parts(self) -> tuple[list[int], dict[int, list[float]], list[int]]:
+    def ledger_parts(self) -> tuple[Sequence[int], dict[int, list[float]], Sequence[int]]:
         shared = [i for i, c in enumerate(self.counts) if c > 1]
         sizes = np.asarray([self.counts[i] for i in shared], dtype=np.float64)
         means = np.round(self.prob_sums[shared] / sizes[:, None], 8) if shared else np.zeros((0, 0))
@@ -366,7 +366,7 @@ class Derivation:
         """Mean global fit over every token (None for an empty run)."""
         return float(np.mean(np.concatenate(self.fits))) if self.fits else None
 
-    def _parts_of(self, key: Any) -> tuple[list[int], dict[int, list[float]], list[int]]:
+    def _parts_of(self, key: Any) -> tuple[Sequence[int], dict[int, list[float]], Sequence[int]]:
         if key in self.remote:
             return self.remote[key][0]  # type: ignore[no-any-return]
         clusters = self.global_clusters if key == GLOBAL else self.layer_clusters[key]
@@ -435,14 +435,14 @@ class Derivation:
         return ledger, contingency
 
 
-def _named_entries(prefix: str, values: list[Any]) -> Iterator[tuple[str, Any]]:
+def _named_entries(prefix: str, values: Sequence[int]) -> Iterator[tuple[str, int]]:
     """(motif id, value) of every motif number, in the order of the ids as strings (``g_1000``
     comes between ``g_100`` and ``g_101``), as a JSON object with sorted keys has them."""
-    if not values:
+    if not len(values):
         return
     digits = np.array([f"{n:03d}" for n in range(len(values))], dtype=bytes)
     for n in np.argsort(digits, kind="stable").tolist():
-        yield f"{prefix}{n:03d}", values[n]
+        yield f"{prefix}{n:03d}", int(values[n])
 
 
 def _contingency(text_ids: dict[str, int], pairs: list[np.ndarray], motifs: int) -> tuple[Streamed, Streamed]:

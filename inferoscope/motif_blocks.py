@@ -28,6 +28,8 @@ memory stays ``O(cap)`` too. It is named in derivation_config_id (``-cap<N>``);
 
 from __future__ import annotations
 
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,7 +59,7 @@ class BlockClusters:
     norms: np.ndarray = field(default_factory=lambda: np.zeros(0))
     live: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # number per row
     counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # per number
-    founders: list[int] = field(default_factory=list)  # per number
+    founders: array[int] = field(default_factory=lambda: array("q"))  # per number, 8 bytes each
     dropped: dict[int, np.ndarray] = field(default_factory=dict)  # prob sums of dropped motifs > 1
     rounds: int = 0
     audited: int = 0
@@ -212,7 +214,7 @@ class BlockClusters:
         self.live[new_rows] = start_number + np.arange(founded.size)
         self.sums[new_rows] = fingerprints[founded]
         self.prob_sums[new_rows] = probs[founded]
-        self.founders.extend(tokens[founded].tolist())
+        self.founders.extend(tokens[founded].tolist())  # array("q"): 8 bytes a motif
         if self.counts.size < self.size:  # capacity doubles: appending stays O(1) per motif
             grown = np.zeros(max(self.size, 2 * self.counts.size), dtype=np.int64)
             grown[: self.counts.size] = self.counts
@@ -248,9 +250,9 @@ class BlockClusters:
         """Counts, centroids (mean probs) of motifs with two or more members, founding tokens."""
         return named(prefix, self.ledger_parts())
 
-    def ledger_parts(self) -> tuple[list[int], dict[int, list[float]], list[int]]:
+    def ledger_parts(self) -> tuple[Sequence[int], dict[int, list[float]], Sequence[int]]:
         """By motif number: counts, centroids of motifs with two or more members, founders."""
-        counts = self.counts[: self.size].tolist()
+        counts = self.counts[: self.size]
         sums = dict(self.dropped)
         for row in range(self.rows):
             number = int(self.live[row])
@@ -263,18 +265,18 @@ class BlockClusters:
             sizes = self.counts[shared].astype(np.float64)
             means = np.round(stacked / sizes[:, None], 8)
             centroids = dict(zip(shared, means.tolist(), strict=True))
-        return counts, centroids, list(self.founders)
+        return counts, centroids, self.founders  # type: ignore[return-value]
 
 
 def named(
-    prefix: str, parts: tuple[list[int], dict[int, list[float]], list[int]]
+    prefix: str, parts: tuple[Sequence[int], dict[int, list[float]], Sequence[int]]
 ) -> tuple[dict[str, int], dict[str, list[float]], dict[str, int]]:
     """``ledger_parts`` keyed by motif id (``prefix`` and the number, three digits at least)."""
     counts, centroids, founders = parts
     return (
-        {f"{prefix}{n:03d}": c for n, c in enumerate(counts)},
+        {f"{prefix}{n:03d}": int(c) for n, c in enumerate(counts)},
         {f"{prefix}{n:03d}": row for n, row in centroids.items()},
-        {f"{prefix}{n:03d}": t for n, t in enumerate(founders)},
+        {f"{prefix}{n:03d}": int(t) for n, t in enumerate(founders)},
     )
 
 
@@ -317,7 +319,7 @@ class ExactClusters:
     def ledger(self, prefix: str) -> tuple[dict[str, int], dict[str, list[float]], dict[str, int]]:
         return named(prefix, self.ledger_parts())
 
-    def ledger_parts(self) -> tuple[list[int], dict[int, list[float]], list[int]]:
+    def ledger_parts(self) -> tuple[Sequence[int], dict[int, list[float]], Sequence[int]]:
         shared = [n for n, c in enumerate(self.counts) if c > 1]
         centroids: dict[int, list[float]] = {}
         if shared:
