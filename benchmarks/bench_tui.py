@@ -67,6 +67,7 @@ async def measure(folder: Path, steps: int) -> dict[str, float]:
         t = time.perf_counter()
         await pilot.press("enter")  # drill: the tokens that picked the cursor expert
         drill_s = time.perf_counter() - t
+    app_rss = _peak_rss_mb()  # the app's own high-water mark, before compare below adds its arrays
     from inferoscope.compare import compare_runs
 
     t = time.perf_counter()
@@ -79,7 +80,8 @@ async def measure(folder: Path, steps: int) -> dict[str, float]:
         "median_ms": statistics.median(latencies) * 1000,
         "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
         "press_median_ms": statistics.median(presses) * 1000,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": app_rss,
+        "peak_rss_with_compare_mb": _peak_rss_mb(),
         "overview_ms": overview_s * 1000,
         "drill_ms": drill_s * 1000,
         "compare_s": compare_s,
@@ -128,11 +130,14 @@ def main() -> None:
             f"{row['median_ms']:>16.2f}{row['p99_ms']:>13.2f}{row['press_median_ms']:>14.1f}"
             f"{row['peak_rss_mb']:>14.0f}"
         )
-    print(f"\n{'tokens':>8}{'contract':>9}{'run view open ms':>18}{'drill ms':>10}{'compare (self) s':>18}")
+    print(
+        f"\n{'tokens':>8}{'contract':>9}{'run view open ms':>18}{'drill ms':>10}{'compare (self) s':>18}"
+        f"{'RSS with compare MiB':>22}"
+    )
     for row in rows:
         print(
             f"{int(row['tokens']):>8}{row['contract']:>9}{row['overview_ms']:>18.1f}{row['drill_ms']:>10.1f}"
-            f"{row['compare_s']:>18.2f}"
+            f"{row['compare_s']:>18.2f}{row['peak_rss_with_compare_mb']:>22.0f}"
         )
 
 
