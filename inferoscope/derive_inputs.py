@@ -75,7 +75,7 @@ def reader_blocks(reader: RunReader) -> Iterator[InputBlock]:
     if reader.profile == "v0.2":
         yield from _v02_blocks(reader)
         return
-    for block in routing_blocks(reader.raw_path):
+    for block in routing_blocks(reader.raw_path, with_text=True):
         for first in range(0, block.count, BLOCK_TOKENS):
             part = block.window(block.start + first, block.start + min(block.count, first + BLOCK_TOKENS))
             yield _v01_block(reader, part)

@@ -15,6 +15,7 @@ out-of-range or repeated values) is marked ``regular = False``; callers read tho
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import multiprocessing
 import os
@@ -42,11 +43,17 @@ class _Layer(msgspec.Struct, gc=False):
 class _Event(msgspec.Struct, gc=False):
     token_id: int | None = None
     layers: list[_Layer] = []
+
+
+class _TextEvent(msgspec.Struct, gc=False):
+    token_id: int | None = None
+    layers: list[_Layer] = []
     token_index: Any = None
     token_text: Any = None
 
 
 _DECODER = msgspec.json.Decoder(_Event)
+_TEXT_DECODER = msgspec.json.Decoder(_TextEvent)  # derive also needs each token's index and text
 
 
 @dataclass(slots=True)
@@ -80,8 +87,12 @@ class RoutingBlock:
         )
 
 
-def decode_range(path: Path, start: int, end: int | None, position: int = 0) -> RoutingBlock:
-    """The events in bytes ``[start, end)`` of ``path``, the first at event ``position``."""
+def decode_range(
+    path: Path, start: int, end: int | None, position: int = 0, with_text: bool = False
+) -> RoutingBlock:
+    """The events in bytes ``[start, end)`` of ``path``, the first at event ``position``;
+    ``with_text``: also each event's token_index and token_text (decoding them costs time)."""
+    decoder = _TEXT_DECODER if with_text else _DECODER
     token_ids: list[Any] = []
     token_indices: list[Any] = []
     token_texts: list[Any] = []
@@ -90,10 +101,11 @@ def decode_range(path: Path, start: int, end: int | None, position: int = 0) -> 
     ints: list[int] = []
     shape: tuple[tuple[int, ...], int, int] | None = None
     for line in iter_lines(path, start_offset=start, end_offset=end):
-        event = _decode(line.data)
+        event = _decode(line.data, decoder)
         token_ids.append(None if event is None else event.token_id)
-        token_indices.append(None if event is None else event.token_index)
-        token_texts.append(None if event is None else event.token_text)
+        if with_text:
+            token_indices.append(None if event is None else event.token_index)
+            token_texts.append(None if event is None else event.token_text)
         layers = [] if event is None else event.layers
         key = _shape(layers)
         if key is not None and shape is None:
@@ -123,11 +135,11 @@ def decode_range(path: Path, start: int, end: int | None, position: int = 0) -> 
     return RoutingBlock(position, count, token_ids, columns, mask, probs, topk, token_indices, token_texts)
 
 
-def _decode(data: bytes | memoryview | None) -> _Event | None:
+def _decode(data: bytes | memoryview | None, decoder: Any = _DECODER) -> Any:
     if data is None:
         return None
     try:
-        return _DECODER.decode(data)
+        return decoder.decode(data)
     except DECODE_FAILURES:
         return None
 
@@ -149,10 +161,11 @@ def _shape(layers: list[_Layer]) -> tuple[tuple[int, ...], int, int] | None:
 
 
 def routing_blocks(
-    path: Path, *, workers: int | None = None, block_bytes: int | None = None
+    path: Path, *, workers: int | None = None, block_bytes: int | None = None, with_text: bool = False
 ) -> Iterator[RoutingBlock]:
     """Every event of the raw trace ``path``, a block at a time, in file order."""
-    return ordered_blocks(path, decode_range, workers=workers, block_bytes=block_bytes)
+    decode = functools.partial(decode_range, with_text=True) if with_text else decode_range
+    return ordered_blocks(path, decode, workers=workers, block_bytes=block_bytes)
 
 
 class Block(Protocol):
