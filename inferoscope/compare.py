@@ -8,7 +8,6 @@ guessed around. Symmetric in its two runs, and zero divergence on identical runs
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import mmap
 import multiprocessing
@@ -24,6 +23,8 @@ import msgspec
 import numpy as np
 
 from .bundle.blocks import RoutingBlock, aligned, routing_blocks
+from .bundle.lines import line_chunks
+from .bundle.pipe import forked_child
 from .bundle.reader import EventReadError, RunReader
 from .events import LayerEvent
 from .jsonfmt import DECODE_FAILURES
@@ -588,25 +589,15 @@ def _v02_pairs(units_a: list[_V02Unit], units_b: list[_V02Unit]) -> list[tuple[_
 def _v02_ids(reader: RunReader, chunk_bytes: int = 4 << 20) -> Iterator[tuple[bool, Any]]:
     """(readable, token_id) of every token line, in order, as ``token_event`` reads them: the
     lines of each chunk decoded in one call, line by line only in a chunk where one fails."""
-    with reader.raw_path.open("rb") as handle:
-        rest = b""
-        while True:
-            data = handle.read(chunk_bytes)
-            buffer = rest + data
-            cut = buffer.rfind(b"\n") + 1 if data else len(buffer)
-            if not buffer:
-                return
-            block, rest = buffer[:cut], buffer[cut:]
-            try:
-                decoded = _META.decode_lines(block)
-            except DECODE_FAILURES:
-                yield from _v02_ids_one_by_one(block)
-            else:
-                for meta in decoded:
-                    value = meta.token_id
-                    yield True, value if isinstance(value, int) and not isinstance(value, bool) else None
-            if not data:
-                return
+    for block in line_chunks(reader.raw_path, chunk_bytes):
+        try:
+            decoded = _META.decode_lines(block)
+        except DECODE_FAILURES:
+            yield from _v02_ids_one_by_one(block)
+            continue
+        for meta in decoded:
+            value = meta.token_id
+            yield True, value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _v02_ids_one_by_one(block: bytes) -> Iterator[tuple[bool, Any]]:
@@ -710,16 +701,10 @@ def _v02_split(a: RunReader, b: RunReader) -> tuple[int, int] | None:
 
 
 def _v02_half(conn: Any, a: RunReader, b: RunReader, layers: list[int], first: int, arr: _Arrays) -> None:
-    try:
+    with forked_child(conn):  # on an error the parent compares the whole pair itself
         found = _Found()
         _, na, nb = _v02_range(a, b, layers, found, first, None, arr)
         conn.send((na, nb, found))
-    except BaseException as exc:  # the parent compares this half itself
-        with contextlib.suppress(Exception):
-            conn.send(exc)
-    finally:
-        conn.close()
-        os._exit(0)
 
 
 def _v02_range(

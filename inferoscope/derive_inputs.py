@@ -18,6 +18,7 @@ import msgspec
 import numpy as np
 
 from .bundle.blocks import routing_blocks
+from .bundle.lines import line_chunks
 from .bundle.reader import RunReader
 from .jsonfmt import DECODE_FAILURES
 
@@ -117,22 +118,15 @@ _META = msgspec.json.Decoder(_TokenMeta)
 
 def _v02_meta(reader: RunReader, chunk_bytes: int = 4 << 20) -> Iterator[tuple[Any, Any]]:
     """(token_index, token_text) of every token line, in order (a valid run's lines all decode)."""
-    with reader.raw_path.open("rb") as handle:
-        rest = b""
-        while True:
-            data = handle.read(chunk_bytes)
-            buffer = rest + data
-            cut = buffer.rfind(b"\n") + 1 if data else len(buffer)
-            block, rest = buffer[:cut], buffer[cut:]
-            if block.strip():
-                try:
-                    decoded = _META.decode_lines(block)
-                except DECODE_FAILURES as exc:
-                    raise Irregular from exc
-                for meta in decoded:
-                    yield meta.token_index, meta.token_text
-            if not data:
-                return
+    for block in line_chunks(reader.raw_path, chunk_bytes):
+        if not block.strip():
+            continue
+        try:
+            decoded = _META.decode_lines(block)
+        except DECODE_FAILURES as exc:
+            raise Irregular from exc
+        for meta in decoded:
+            yield meta.token_index, meta.token_text
 
 
 def _v02_blocks(reader: RunReader) -> Iterator[InputBlock]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .bundle.pipe import forked_child
 from .motif_blocks import BlockDecisions
 
 GLOBAL = "global"
@@ -83,7 +84,7 @@ def fingerprints_of(key: Any, value: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _serve(conn: Any, make: Callable[[Any], Any], keys: list[Any]) -> None:
-    try:
+    with forked_child(conn):
         clusters = {key: make(key) for key in keys}
         while True:
             message = conn.recv()
@@ -98,11 +99,3 @@ def _serve(conn: Any, make: Callable[[Any], Any], keys: list[Any]) -> None:
                 prints, probs = fingerprints_of(key, value)
                 answer[key] = clusters[key].assign(prints, probs, tokens)
             conn.send(answer)
-    except (EOFError, BrokenPipeError):
-        pass  # the parent stopped early
-    except BaseException as exc:  # report, never hang the parent
-        with contextlib.suppress(OSError):
-            conn.send(exc)
-    finally:
-        conn.close()
-        os._exit(0)

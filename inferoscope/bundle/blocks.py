@@ -14,7 +14,6 @@ out-of-range or repeated values) is marked ``regular = False``; callers read tho
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import multiprocessing
@@ -30,6 +29,7 @@ import numpy as np
 
 from ..jsonfmt import DECODE_FAILURES
 from .lines import iter_lines, split_points
+from .pipe import forked_child
 
 BLOCK_BYTES = 8 * 1024 * 1024
 
@@ -241,17 +241,9 @@ def _forked_blocks(
 
 
 def _worker(conn: Any, path: Path, decode: Callable[..., Any], ranges: list[tuple[int, int]]) -> None:
-    try:
+    with forked_child(conn):
         for a, b in ranges:
             conn.send(decode(path, a, b, 0))
-    except (BrokenPipeError, EOFError):
-        pass  # the reader stopped early
-    except BaseException as exc:  # report, never hang the parent
-        with contextlib.suppress(OSError):
-            conn.send(exc)
-    finally:
-        conn.close()
-        os._exit(0)
 
 
 def _usable_cores() -> int:

@@ -177,3 +177,21 @@ def build_line_index(path: Path, progress: ProgressFn | None = None) -> LineInde
     for line in iter_lines(path, progress=progress):
         builder.add(line)
     return builder.build()
+
+
+def line_chunks(path: Path, chunk_bytes: int = 4 << 20) -> Iterator[bytes]:
+    """The file in chunks of about ``chunk_bytes`` cut after a newline (the last one as it ends),
+    for decoding many lines in one call."""
+    with path.open("rb") as handle:
+        rest = b""
+        while True:
+            data = handle.read(chunk_bytes)
+            buffer = rest + data
+            if not buffer:
+                return
+            cut = buffer.rfind(b"\n") + 1 if data else len(buffer)
+            block, rest = buffer[:cut], buffer[cut:]
+            if block:
+                yield block
+            if not data:
+                return

@@ -130,15 +130,8 @@ class ValidationBeside:
 
 
 def _validate_into(conn: Any, run_dir: Path | str, derived: bool) -> None:
-    import contextlib
-    import os
+    from .pipe import forked_child
 
-    try:
+    with forked_child(conn):
         report = RunReader(run_dir).validate(derived=derived)
         conn.send(True if report.ok else (report.issues, report.counts_by_code()))
-    except BaseException as exc:  # report, never hang the parent
-        with contextlib.suppress(Exception):
-            conn.send(exc)
-    finally:
-        conn.close()
-        os._exit(0)

@@ -1,4 +1,5 @@
-"""Length-prefixed pickled messages between validation and its worker processes.
+"""Length-prefixed pickled messages between validation and its worker processes, and the
+body every forked worker runs in.
 
 Only messages this package wrote are unpickled here (the caller owns both ends of the pipe);
 nothing from a bundle is ever unpickled.
@@ -6,8 +7,11 @@ nothing from a bundle is ever unpickled.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pickle
 import struct
+from collections.abc import Iterator
 from typing import IO, Any
 
 _HEADER = struct.Struct("!Q")
@@ -28,3 +32,21 @@ def receive(stream: IO[bytes]) -> Any:
     if len(data) < size:
         raise EOFError("worker output cut short")
     return pickle.loads(data)
+
+
+@contextlib.contextmanager
+def forked_child(conn: Any) -> Iterator[None]:
+    """The body of a forked worker: an exception is sent to the parent (which then never waits
+    on a dead child), a parent that stopped listening ends it quietly, and the child always
+    leaves with ``os._exit`` (the parent's exit handlers and buffers are not its to run)."""
+    try:
+        yield
+    except (BrokenPipeError, EOFError):
+        pass
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            conn.send(exc)
+    finally:
+        with contextlib.suppress(OSError):
+            conn.close()
+        os._exit(0)
