@@ -140,3 +140,23 @@ def test_a_v02_token_scramble_is_the_same_whatever_its_spill_buckets(
     assert arrays(one) == arrays(many)
     assert RunReader(many).validate().ok
     assert not [p for p in (tmp_path / "many").iterdir() if p.name.startswith(".")]
+
+
+def test_a_layer_is_written_as_json_dumps_writes_it_whatever_its_numbers() -> None:
+    rng = np.random.default_rng(11)
+    for scale in (0.5, 4.0, 12.0):  # flat to sharply peaked: probabilities far below 1e-4
+        logits = rng.standard_normal((40, 32)) * scale
+        for t in range(40):
+            layer = build_token_complete_event(
+                run_id="r",
+                token_index=t,
+                token_id=t,
+                token_text="x",
+                context_length=1 + t,
+                decode_start_ms=0.0,
+                decode_end_ms=1.0,
+                layer_inputs=[MoELayerCaptureInput(3, logits[t].tolist(), 4)],
+            )["layers"][0]
+            assert fast_module.layer_text(layer) == json.dumps(layer, sort_keys=True)
+    odd = dict(layer, entropy=2.5e16, top1_prob=0.0, router_probs=[0.0, 1e-300, 0.5, 1.0])
+    assert fast_module.layer_text(odd) == json.dumps(odd, sort_keys=True)
