@@ -799,8 +799,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     if args.chunk < 0:
         return _fail("--chunk must be >= 0 (0: one pass)")
-    if _unopenable(args.engine_run, "engine run") is not None:
-        return _fail(_unopenable(args.engine_run, "engine run") or "")
+    problem = _unopenable(args.engine_run, "engine run")
+    if problem is not None:
+        return _fail(problem)
     try:
         model, tokenizer = load_local(args.model, device=args.device, dtype=args.dtype)
         run_id = args.run_id or f"{Path(args.engine_run).name}-replay"

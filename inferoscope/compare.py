@@ -11,8 +11,6 @@ from __future__ import annotations
 import itertools
 import mmap
 import multiprocessing
-import os
-import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,28 +20,12 @@ from typing import Any, TypeAlias
 import msgspec
 import numpy as np
 
-from .bundle.blocks import RoutingBlock, aligned, routing_blocks
+from .bundle.blocks import ROUTING_DECODER, RoutingBlock, aligned, routing_blocks
 from .bundle.lines import line_chunks
-from .bundle.pipe import forked_child
+from .bundle.pipe import can_fork, forked_child, usable_cores
 from .bundle.reader import EventReadError, RunReader
 from .events import LayerEvent
 from .jsonfmt import DECODE_FAILURES
-
-
-class _Layer(msgspec.Struct, gc=False):
-    """The fields a comparison reads; the rest of the event is skipped, not parsed."""
-
-    layer_index: int
-    router_probs: list[float]
-    topk_indices: list[int]
-
-
-class _Event(msgspec.Struct, gc=False):
-    token_id: int | None = None
-    layers: list[_Layer] = []
-
-
-_DECODER = msgspec.json.Decoder(_Event)
 
 
 @dataclass(slots=True)
@@ -216,7 +198,7 @@ def _read(reader: RunReader, t: int) -> tuple[Any, dict[int, _Pair]]:
             if layer.layer_index is not None
         }
     try:
-        event = _DECODER.decode(reader.raw_line(t))
+        event = ROUTING_DECODER.decode(reader.raw_line(t))
         return event.token_id, {
             la.layer_index: (la.router_probs, la.topk_indices, la.router_probs) for la in event.layers
         }
@@ -688,12 +670,7 @@ def _compare_v02(a: RunReader, b: RunReader, layers: list[int], found: _Found) -
 
 def _v02_split(a: RunReader, b: RunReader) -> tuple[int, int] | None:
     """(tokens compared, first token of the second half) where the pair is worth two processes."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    can_fork = threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
-    if cores < 2 or not can_fork:
+    if usable_cores() < 2 or not can_fork():
         return None
     count = min(len(a), len(b))
     half = (count // 2) // V02_BLOCK * V02_BLOCK

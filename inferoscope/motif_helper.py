@@ -11,26 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import os
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from .bundle.pipe import forked_child
+from .bundle.pipe import can_fork as forkable
+from .bundle.pipe import forked_child, usable_cores
 from .motif_blocks import BlockDecisions
 
 GLOBAL = "global"
 
 
 def can_fork() -> bool:
-    """Two usable cores, fork available, and no other thread (forking beside threads is unsafe)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return cores >= 2 and threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
+    """Two usable cores, and a worker may be forked here."""
+    return usable_cores() >= 2 and forkable()
 
 
 class MatchHelper:

@@ -17,8 +17,6 @@ from __future__ import annotations
 import functools
 import itertools
 import multiprocessing
-import os
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +27,7 @@ import numpy as np
 
 from ..jsonfmt import DECODE_FAILURES
 from .lines import iter_lines, split_points
-from .pipe import forked_child
+from .pipe import can_fork, forked_child, usable_cores
 
 BLOCK_BYTES = 8 * 1024 * 1024
 
@@ -45,14 +43,12 @@ class _Event(msgspec.Struct, gc=False):
     layers: list[_Layer] = []
 
 
-class _TextEvent(msgspec.Struct, gc=False):
-    token_id: int | None = None
-    layers: list[_Layer] = []
+class _TextEvent(_Event, gc=False):
     token_index: Any = None
     token_text: Any = None
 
 
-_DECODER = msgspec.json.Decoder(_Event)
+_DECODER = ROUTING_DECODER = msgspec.json.Decoder(_Event)  # the fields compare reads, the rest skipped
 _TEXT_DECODER = msgspec.json.Decoder(_TextEvent)  # derive also needs each token's index and text
 
 
@@ -192,9 +188,8 @@ def ordered_blocks(
     cuts = split_points(path, max(1, -(-size // block_bytes))) if size else [0, 0]
     ranges = [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
     if workers is None:
-        workers = _usable_cores()
-    can_fork = threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
-    if workers <= 1 or len(ranges) <= 1 or not can_fork:
+        workers = usable_cores()
+    if workers <= 1 or len(ranges) <= 1 or not can_fork():
         position = 0
         for a, b in ranges:
             block = decode(path, a, b, position)
@@ -244,13 +239,6 @@ def _worker(conn: Any, path: Path, decode: Callable[..., Any], ranges: list[tupl
     with forked_child(conn):
         for a, b in ranges:
             conn.send(decode(path, a, b, 0))
-
-
-def _usable_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def aligned(

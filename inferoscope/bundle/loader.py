@@ -80,12 +80,13 @@ class ValidationBeside:
 
     def __init__(self, run_dir: Path | str, *, derived: bool = True) -> None:
         import multiprocessing
-        import threading
+
+        from .pipe import can_fork
 
         self.run_dir, self.derived = run_dir, derived
         self._conn: Any = None
         self._process: Any = None
-        if threading.active_count() != 1 or "fork" not in multiprocessing.get_all_start_methods():
+        if not can_fork():
             open_valid_reader(run_dir, derived=derived)
             return
         try:

@@ -8,9 +8,11 @@ nothing from a bundle is ever unpickled.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import pickle
 import struct
+import threading
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -50,3 +52,17 @@ def forked_child(conn: Any) -> Iterator[None]:
         with contextlib.suppress(OSError):
             conn.close()
         os._exit(0)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the system says; else all)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def can_fork() -> bool:
+    """Whether a worker may be forked here: the start method exists and no other thread runs
+    (forking beside threads can copy a lock another thread holds)."""
+    return threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()

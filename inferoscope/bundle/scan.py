@@ -29,7 +29,7 @@ from ..validation.event_checks import check_event_chunk
 from ..validation.issues import ValidationIssue
 from ..validation.raw_event import EventView
 from .lines import LineIndex, LineIndexBuilder, ProgressFn, iter_lines, split_points
-from .pipe import receive
+from .pipe import can_fork, receive, usable_cores
 from .raw_lines import read_raw_line
 from .report import ValidationReport
 
@@ -151,19 +151,12 @@ def scan_raw_trace(
     size = path.stat().st_size
     if workers is None:
         big = size >= PARALLEL_MIN_BYTES or (offload and size >= OFFLOAD_MIN_BYTES)
-        workers = _usable_cores() if big else 1
+        workers = usable_cores() if big else 1
     job = SegmentJob(path, dict(manifest or {}), 0, None, chunk_events, max_kept, profile)
     cuts = split_points(path, max(1, workers))
     if len(cuts) <= 2 and not (offload and size >= OFFLOAD_MIN_BYTES):
         return scan_segment(job, progress)
     return _scan_parallel(job, cuts, progress, offload)
-
-
-def _usable_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 class _ForkedChild:
@@ -264,15 +257,14 @@ class _ProcessChild:
 def _scan_parallel(
     job: SegmentJob, cuts: list[int], progress: ProgressFn | None, offload: bool = False
 ) -> SegmentResult:
-    can_fork = threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
-    ctx: Any = multiprocessing.get_context("fork") if can_fork else None
+    ctx: Any = multiprocessing.get_context("fork") if can_fork() else None
     total = cuts[-1]
     parts = [job.part(start, end) for start, end in itertools.pairwise(cuts)]
     local = [] if offload else parts[:1]
     children: list[tuple[Any, SegmentJob]] = []
     for part in parts[len(local) :]:
         try:
-            child: Any = _ForkedChild(ctx, part) if can_fork else _ProcessChild(part)
+            child: Any = _ForkedChild(ctx, part) if ctx is not None else _ProcessChild(part)
         except (OSError, ValueError, RuntimeError):
             # no worker can be started here: this process validates everything itself
             for started, _part in children:

@@ -323,54 +323,38 @@ def _write_document(
     none = np.zeros((0, *logits.shape[1:]), dtype=logits.dtype)
     no_picks = np.zeros((0, *selected.shape[1:]), dtype=selected.dtype)
     no_weights = None if weights is None else np.zeros((0, *weights.shape[1:]), dtype=weights.dtype)
+
+    def write(chosen: Any) -> Path:
+        return _write_with(
+            model,
+            tokenizer,
+            sites,
+            document,
+            ids,
+            logits,
+            weights,
+            selected,
+            chosen,
+            capture,
+            out=out,
+            run_id=run_id,
+            model_id=model_id,
+            tokenizer_id=tokenizer_id,
+            store_dtype=store_dtype,
+            dtype=dtype,
+            tol=tol,
+            first_position=first_position,
+            settings=settings,
+        )
+
     if rules is not None:
         try:
-            return _write_with(
-                model,
-                tokenizer,
-                sites,
-                document,
-                ids,
-                logits,
-                weights,
-                selected,
-                rules,
-                capture,
-                out=out,
-                run_id=run_id,
-                model_id=model_id,
-                tokenizer_id=tokenizer_id,
-                store_dtype=store_dtype,
-                dtype=dtype,
-                tol=tol,
-                first_position=first_position,
-                settings=settings,
-            ), rules
+            return write(rules), rules
         except RunBundleError as exc:
             if not {"selection_mismatch", "weight_mismatch"} & set(exc.counts):
                 raise
     rules = _layer_rules(model, capture, logits, selected, weights, none, no_picks, no_weights, tol)
-    return _write_with(
-        model,
-        tokenizer,
-        sites,
-        document,
-        ids,
-        logits,
-        weights,
-        selected,
-        rules,
-        capture,
-        out=out,
-        run_id=run_id,
-        model_id=model_id,
-        tokenizer_id=tokenizer_id,
-        store_dtype=store_dtype,
-        dtype=dtype,
-        tol=tol,
-        first_position=first_position,
-        settings=settings,
-    ), rules
+    return write(rules), rules
 
 
 def _write_with(
