@@ -3,28 +3,39 @@ event-by-event writer.
 
 The source is checked in a forked process while the twin is written (a scramble keeps every rule
 the checks enforce, so the twin is not validated again; nothing takes its name unless the
-source passes). Lines are decoded once and written in the contract's byte format (sorted keys,
-default separators, ASCII escapes, floats as Python's ``repr``) by templates of the v0.1.0 layer
-and event fields: float lists are encoded by msgspec, whose text equals ``repr`` for every
-probability from 1e-4 to 1 and for 0 (smaller ones are written with ``repr``). An event or layer
-with any other field, or any integer where a float column would make the event-by-event
-scramble write a float, is left to that scramble (``Unusual``), so the bytes never differ.
+source passes).
 
-``tokens``: the first pass writes every layer entry's encoded text to a spill file per layer
-(its offsets kept, 8 bytes an entry) and each event's text around its layers to another; the
-second pass assembles each event from its own text and the permuted entries, read back by
-offset. ``experts``: one pass.
+A layer entry is moved (``tokens``) or edited (``experts``) as text, never decoded and encoded
+again, when its text is already the contract's (sorted keys, default separators, ASCII escapes,
+floats as Python's ``repr``) or that text with its separators narrowed. Which texts qualify is
+learned: the first entry of each shape (its text with every digit, sign, point and ``e``
+deleted) is decoded and written field by field, and the shape is trusted only if that equals
+its own text; later entries of a known shape must also hold a point in every float and none in
+any integer, so a float written as an integer or the reverse goes the careful way. The one
+thing not re-checked after the first entry of a shape is that each number is written as
+``repr`` would (a number written ``0.50`` keeps that text; the float is the same); every writer
+of the contract writes ``repr``. A line whose layers cannot be cut cleanly is decoded whole and
+written by templates (float lists by msgspec where its text equals ``repr``); an event or layer
+with any other field, or any integer where a float column would make the event-by-event scramble
+write a float, is left to that scramble (``Unusual``), so the bytes never differ.
+
+``tokens``: the first pass keeps, for each layer index, where each entry's text lies (in the
+source, or in a spill file for an entry written the careful way; 16 bytes an entry) and each
+event's text around its layers in a spill file; the second pass assembles each event from its
+own text and the permuted entries, read back by offset. ``experts``: one pass; the expert
+permutations of an event are drawn in one call (the same draws as one call per layer).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import msgspec
 import numpy as np
@@ -69,6 +80,7 @@ _SORTED = msgspec.json.Encoder(order="sorted")
 _DECODE = msgspec.json.Decoder()
 _dumps = json.dumps
 _NUMBER_TYPES = frozenset((int, float))
+_NUMBER_BYTES = b"0123456789-+e"  # a point is kept: where points lie is part of a shape
 _KEY_ES = _SORTED.encode({key: "moe" if key == "layer_kind" else 0 for key in LAYER_KEYS}).count(b"e")
 
 
@@ -109,105 +121,329 @@ def _write(
     check: ValidationBeside,
 ) -> Path:
     if variant == "experts":
-        lines: Iterator[str] = _experts(reader.raw_path, new_id, np.random.default_rng(seed))
+        lines = _experts(reader.raw_path, new_id, np.random.default_rng(seed))
         return write_prepared_bundle(out_root, manifest, lines, layout, check.wait)
-    with tempfile.TemporaryDirectory(
-        prefix=".scramble-", dir=out_root if out_root.is_dir() else None
-    ) as spill:
-        columns = _Spill(Path(spill))
+    with (
+        tempfile.TemporaryDirectory(
+            prefix=".scramble-", dir=out_root if out_root.is_dir() else None
+        ) as spill,
+        reader.raw_path.open("rb") as source,
+    ):
+        columns = _Spill(Path(spill), source)
         columns.gather(reader.raw_path, new_id)  # Unusual before anything is written
         lines = columns.assemble(np.random.default_rng(seed))
         return write_prepared_bundle(out_root, manifest, lines, layout, check.wait)
 
 
-def _experts(path: Path, new_id: str, rng: np.random.Generator) -> Iterator[str]:
-    for line in iter_lines(path):
-        event = _DECODE.decode(line.data) if line.data is not None else None
-        if not isinstance(event, dict) or event.keys() != EVENT_KEYS:
+class _Shape(NamedTuple):
+    """A known layer shape: whether its separators are narrow, and how many experts its router
+    has."""
+
+    narrow: bool
+    experts: int
+
+
+class _Entry(NamedTuple):
+    """A layer entry of a line: its byte range, its text if it was written anew (None: the
+    source's text, widened if ``narrow``), and its router's width."""
+
+    start: int
+    end: int
+    written: bytes | None
+    narrow: bool
+    experts: int
+
+
+class _Entries:
+    """Reads layer entries, using the source's text where its shape is known to be the
+    contract's (learned from the first entry of each shape, written anew and compared)."""
+
+    def __init__(self, integers_refused: bool) -> None:
+        self.known: dict[bytes, _Shape] = {}
+        self.integers_refused = integers_refused  # the token scramble: see _ints_in_floats
+
+    def read(self, line: bytes, start: int, end: int) -> _Entry | None:
+        """The entry at ``line[start:end]``, or None if it is not one with the contract's keys."""
+        text = line[start:end]
+        skeleton = text.translate(None, _NUMBER_BYTES)
+        shape = self.known.get(skeleton)
+        if shape is not None and _numbers_as_repr(text):
+            return _Entry(start, end, None, shape.narrow, shape.experts)
+        try:
+            layer = _DECODE.decode(text)
+        except msgspec.DecodeError:
+            return None
+        if not isinstance(layer, dict) or layer.keys() != LAYER_KEYS:
+            return None
+        if self.integers_refused and _ints_in_floats(layer):
             raise Unusual
+        careful = layer_text(layer).encode("ascii")
+        experts = len(layer["router_probs"])
+        narrow = text != careful
+        if narrow and _widen(text) != careful:
+            return _Entry(start, end, careful, False, experts)
+        floats = experts + len(layer["topk_probs"]) + len(FLOAT_SCALARS)
+        if shape is None and _points_where_floats(text, floats) and _numbers_as_repr(text):
+            self.known[skeleton] = _Shape(narrow, experts)
+        return _Entry(start, end, None, narrow, experts)
+
+
+#: exponents ``repr`` never writes: without a sign, of one digit, or where it writes no exponent
+_NOT_REPR_EXPONENT = re.compile(rb"e\d|e[-+]\d(?!\d)|e-0[0-4]|e\+(?:0|1[0-5](?!\d))")
+
+
+def _numbers_as_repr(text: bytes) -> bool:
+    """Whether an entry's numbers are written as ``repr`` writes them, as far as a cheap look
+    can tell: no number below 1e-4 without an exponent, and every exponent in repr's form.
+    (Where the points lie, one in every float and none in an integer, is part of its shape.)"""
+    if b"0.0000" in text:
+        return False
+    return text.count(b"e") == _KEY_ES or _NOT_REPR_EXPONENT.search(text) is None
+
+
+def _points_where_floats(text: bytes, floats: int) -> bool:
+    """Whether every float of an entry holds a point and no integer does (contract key order)."""
+    if text.count(b".") != floats:
+        return False
+    find, count = text.find, text.count
+    kind = find(b'"layer_kind"')
+    if count(b".", find(b'"layer_index"'), kind):
+        return False
+    probs = find(b'"router_probs"', kind)
+    if count(b".", find(b'"num_active_experts"', kind), probs):
+        return False
+    picks = find(b'"topk_indices"', probs)
+    return not count(b".", picks, find(b'"topk_probs"', picks))
+
+
+def _widen(text: bytes) -> bytes:
+    """Narrow separators made the contract's (exact: a layer's one string is "moe")."""
+    return text.replace(b",", b", ").replace(b":", b": ")
+
+
+def _cut_layers(line: bytes) -> tuple[int, list[tuple[int, int]], int] | None:
+    """(end of the text before the layers' ``[``, each layer entry's byte range, start of the
+    text after their ``]``), or None if the layers are not a plain list of flat objects."""
+    at = line.find(b'"layers":')
+    if at < 0:
+        return None
+    pos = at + 9
+    if line[pos : pos + 1] == b" ":
+        pos += 1
+    if line[pos : pos + 1] != b"[":
+        return None
+    head_end = pos
+    pos += 1
+    ranges: list[tuple[int, int]] = []
+    if line[pos : pos + 1] == b"]":
+        return head_end, ranges, pos + 1
+    find = line.find
+    while True:
+        if line[pos : pos + 1] != b"{":
+            return None
+        end = find(b"}", pos) + 1
+        if end == 0:
+            return None
+        ranges.append((pos, end))
+        after = line[end : end + 1]
+        if after == b"]":
+            return head_end, ranges, end + 1
+        if after != b",":
+            return None
+        pos = end + 2 if line[end + 1 : end + 2] == b" " else end + 1
+
+
+def _event_text(line: bytes, head_end: int, tail_start: int, new_id: str) -> tuple[bytes, bytes] | None:
+    """The contract's text of the event before and after its layers, under the new run id, or
+    None if the cut was not at the event's own layers."""
+    try:
+        event = _DECODE.decode(line[:head_end] + b"[]" + line[tail_start:])
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(event, dict) or event.keys() != EVENT_KEYS or event["layers"] != []:
+        return None
+    event["run_id"] = new_id
+    head, tail = _around_layers(event)
+    return head.encode("ascii"), tail.encode("ascii")
+
+
+def _line_parts(line: bytes, entries: _Entries, new_id: str) -> tuple[bytes, bytes, list[_Entry]] | None:
+    """(head, tail, layer entries) of a line whose layers can be cut from its text, else None."""
+    cut = _cut_layers(line)
+    if cut is None:
+        return None
+    head_end, ranges, tail_start = cut
+    found = []
+    read = entries.read
+    for start, end in ranges:
+        entry = read(line, start, end)
+        if entry is None:
+            return None
+        found.append(entry)
+    around = _event_text(line, head_end, tail_start, new_id)
+    if around is None:
+        return None
+    return around[0], around[1], found
+
+
+def _decoded_event(data: bytes | memoryview | None) -> dict[str, Any]:
+    event = _DECODE.decode(data) if data is not None else None
+    if not isinstance(event, dict) or event.keys() != EVENT_KEYS:
+        raise Unusual
+    for layer in event["layers"]:
+        if not isinstance(layer, dict) or layer.keys() != LAYER_KEYS:
+            raise Unusual
+    return event
+
+
+def _experts(path: Path, new_id: str, rng: np.random.Generator) -> Iterator[bytes]:
+    entries = _Entries(integers_refused=False)
+    bases: dict[tuple[int, int], np.ndarray] = {}
+    for line in iter_lines(path):
+        data = bytes(line.data) if line.data is not None else b""
+        parts = _line_parts(data, entries, new_id) if line.data is not None else None
+        if parts is None:
+            yield _experts_decoded(_decoded_event(line.data), new_id, rng)
+            continue
+        head, tail, found = parts
+        widths = {entry.experts for entry in found}
+        if len(widths) == 1:  # one call draws what one call per layer would, in order
+            width = widths.pop()
+            base = bases.get((len(found), width))
+            if base is None:
+                base = bases[len(found), width] = np.tile(np.arange(width), (len(found), 1))
+            drawn = rng.permuted(base, axis=1)
+            new_labels, places = drawn.tolist(), np.argsort(drawn, axis=1).tolist()
+        else:
+            each = [rng.permutation(entry.experts) for entry in found]
+            new_labels, places = [d.tolist() for d in each], [np.argsort(d).tolist() for d in each]
         texts = []
-        for layer in event["layers"]:
-            if not isinstance(layer, dict) or layer.keys() != LAYER_KEYS:
-                raise Unusual
-            probs, picks = layer["router_probs"], layer["topk_indices"]
-            new_label = rng.permutation(len(probs))  # expert i is called new_label[i]
-            labels = new_label.tolist()
-            layer["router_probs"] = [probs[i] for i in np.argsort(new_label).tolist()]
-            layer["topk_indices"] = [labels[i] for i in picks]
-            texts.append(layer_text(layer))
-        event["run_id"] = new_id
-        head, tail = _around_layers(event)
-        yield f"{head}[{', '.join(texts)}]{tail}\n"
+        for entry, labels, place in zip(found, new_labels, places, strict=True):
+            text = entry.written or data[entry.start : entry.end]
+            texts.append(_relabelled(_widen(text) if entry.narrow else text, labels, place))
+        yield b"".join((head, b"[", b", ".join(texts), b"]", tail, b"\n"))
+
+
+def _relabelled(text: bytes, labels: list[int], place: list[int]) -> bytes:
+    """A layer entry (the contract's text) with expert i called labels[i] (``place`` is its
+    inverse: new label j is old expert place[j])."""
+    probs = text.find(b'"router_probs": [') + 17
+    probs_end = text.find(b"]", probs)
+    values = text[probs:probs_end].split(b", ")
+    moved = b", ".join([values[i] for i in place])
+    picks = text.find(b'"topk_indices": [', probs_end) + 17
+    picks_end = text.find(b"]", picks)
+    if picks_end > picks:
+        renamed = b", ".join([b"%d" % labels[int(i)] for i in text[picks:picks_end].split(b", ")])
+    else:
+        renamed = b""
+    return b"".join((text[:probs], moved, text[probs_end:picks], renamed, text[picks_end:]))
+
+
+def _experts_decoded(event: dict[str, Any], new_id: str, rng: np.random.Generator) -> bytes:
+    texts = []
+    for layer in event["layers"]:
+        probs, picks = layer["router_probs"], layer["topk_indices"]
+        new_label = rng.permutation(len(probs))  # expert i is called new_label[i]
+        labels = new_label.tolist()
+        layer["router_probs"] = [probs[i] for i in np.argsort(new_label).tolist()]
+        layer["topk_indices"] = [labels[i] for i in picks]
+        texts.append(layer_text(layer))
+    event["run_id"] = new_id
+    head, tail = _around_layers(event)
+    return f"{head}[{', '.join(texts)}]{tail}\n".encode("ascii")
 
 
 class _Spill:
-    """Layer entries' texts, a file per layer index, and each event's text around its layers."""
+    """Where each layer entry's text lies, per layer index: in the source (``starts`` >= 0; a
+    negative length: widen it) or in the spill file (``starts`` = -1 - offset); and each event's
+    text around its layers."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.files: dict[int, BinaryIO] = {}
-        self.offsets: dict[int, array[int]] = {}  # 8 bytes an entry
-        self.sizes: dict[int, int] = {}
+    def __init__(self, folder: Path, source: BinaryIO) -> None:
+        self.source = source
+        self.starts: dict[int, array[int]] = {}
+        self.lengths: dict[int, array[int]] = {}
+        self.written = (folder / "layers").open("w+b")
+        self.written_size = 0
         self.events = (folder / "events").open("w+b")
         self.event_offsets = array("q", [0])
         self.layer_orders: list[tuple[int, ...]] = []
 
     def gather(self, path: Path, new_id: str) -> None:
         orders: dict[tuple[int, ...], tuple[int, ...]] = {}
+        entries = _Entries(integers_refused=True)
         for line in iter_lines(path):
-            event = _DECODE.decode(line.data) if line.data is not None else None
-            if not isinstance(event, dict) or event.keys() != EVENT_KEYS:
-                raise Unusual
-            indices = []
-            for layer in event["layers"]:
-                if not isinstance(layer, dict) or layer.keys() != LAYER_KEYS or _ints_in_floats(layer):
-                    raise Unusual
-                index = layer["layer_index"]
-                text = layer_text(layer).encode("ascii")
-                handle = self.files.get(index)
-                if handle is None:
-                    handle = self.files[index] = (self.folder / f"layer-{len(self.files)}").open("w+b")
-                    self.offsets[index], self.sizes[index] = array("q", [0]), 0
-                handle.write(text)
-                self.sizes[index] += len(text)
-                self.offsets[index].append(self.sizes[index])
-                indices.append(index)
-            event["run_id"] = new_id
-            head, tail = _around_layers(event)
-            data = f"{head}\0{tail}\n".encode("ascii")
-            self.events.write(data)
-            self.event_offsets.append(self.event_offsets[-1] + len(data))
+            data = bytes(line.data) if line.data is not None else b""
+            parts = _line_parts(data, entries, new_id) if line.data is not None else None
+            if parts is None:
+                indices, head, tail = self._decoded(_decoded_event(line.data), new_id)
+            else:
+                head, tail, found = parts
+                indices = []
+                for start, end, written, narrow, _experts in found:
+                    at = data.find(b'"layer_index":', start, end) + 14
+                    index = int(data[at : data.find(b",", at, end)])
+                    if written is not None:
+                        self._spilled(index, written)
+                    else:
+                        self._column(index)
+                        self.starts[index].append(line.start + start)
+                        self.lengths[index].append(start - end if narrow else end - start)
+                    indices.append(index)
+            data_out = b"".join((head, b"\0", tail, b"\n"))
+            self.events.write(data_out)
+            self.event_offsets.append(self.event_offsets[-1] + len(data_out))
             key = tuple(indices)
             self.layer_orders.append(orders.setdefault(key, key))
 
-    def assemble(self, rng: np.random.Generator) -> Iterator[str]:
+    def _column(self, index: int) -> None:
+        if index not in self.starts:
+            self.starts[index], self.lengths[index] = array("q"), array("q")
+
+    def _spilled(self, index: int, text: bytes) -> None:
+        self._column(index)
+        self.starts[index].append(-1 - self.written_size)
+        self.lengths[index].append(len(text))
+        self.written.write(text)
+        self.written_size += len(text)
+
+    def _decoded(self, event: dict[str, Any], new_id: str) -> tuple[list[int], bytes, bytes]:
+        indices = []
+        for layer in event["layers"]:
+            if _ints_in_floats(layer):
+                raise Unusual
+            index = layer["layer_index"]
+            self._spilled(index, layer_text(layer).encode("ascii"))
+            indices.append(index)
+        event["run_id"] = new_id
+        head, tail = _around_layers(event)
+        return indices, head.encode("ascii"), tail.encode("ascii")
+
+    def assemble(self, rng: np.random.Generator) -> Iterator[bytes]:
         """The twin's lines: each event's own text, its layers' entries permuted per layer."""
-        for handle in (*self.files.values(), self.events):
+        for handle in (self.written, self.events):
             handle.flush()
-        permutations = {index: rng.permutation(len(self.offsets[index]) - 1) for index in sorted(self.files)}
-        offsets = self.offsets
-        readers = {index: _reader(handle) for index, handle in self.files.items()}
-        slots = dict.fromkeys(self.files, 0)
+        permutations = {index: rng.permutation(len(self.starts[index])) for index in sorted(self.starts)}
+        starts, lengths = self.starts, self.lengths
+        slots = dict.fromkeys(self.starts, 0)
         event_offsets = self.event_offsets
-        read_event = _reader(self.events)
+        pread, source = os.pread, self.source.fileno()
+        written, events = self.written.fileno(), self.events.fileno()
         for position, order in enumerate(self.layer_orders):
             texts = []
             for index in order:
                 row = int(permutations[index][slots[index]])
                 slots[index] += 1
-                texts.append(readers[index](offsets[index][row], offsets[index][row + 1]))
-            own = read_event(event_offsets[position], event_offsets[position + 1])
-            head, tail = own.split("\0", 1)
-            yield f"{head}[{', '.join(texts)}]{tail}"
-
-
-def _reader(handle: BinaryIO) -> Callable[[int, int], str]:
-    fd = handle.fileno()
-
-    def read(start: int, stop: int) -> str:
-        return os.pread(fd, stop - start, start).decode("ascii")
-
-    return read
+                start, length = starts[index][row], lengths[index][row]
+                if start < 0:
+                    texts.append(pread(written, length, -1 - start))
+                elif length < 0:
+                    texts.append(_widen(pread(source, -length, start)))
+                else:
+                    texts.append(pread(source, length, start))
+            first, stop = event_offsets[position], event_offsets[position + 1]
+            head, tail = pread(events, stop - first, first).split(b"\0", 1)
+            yield b"".join((head, b"[", b", ".join(texts), b"]", tail))
 
 
 def _ints_in_floats(layer: dict[str, Any]) -> bool:

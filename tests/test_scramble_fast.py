@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -160,3 +162,64 @@ def test_a_layer_is_written_as_json_dumps_writes_it_whatever_its_numbers() -> No
             assert fast_module.layer_text(layer) == json.dumps(layer, sort_keys=True)
     odd = dict(layer, entropy=2.5e16, top1_prob=0.0, router_probs=[0.0, 1e-300, 0.5, 1.0])
     assert fast_module.layer_text(odd) == json.dumps(odd, sort_keys=True)
+
+
+def _peaked_parts(tokens: int, seed: int) -> tuple[Any, list[Any], Any]:
+    """A run of sharply peaked routers: many probabilities below 1e-4, in exponent form."""
+    manifest, events, layout = make_bundle_parts(tokens=tokens, layers=3, experts=16, top_k=2, seed=seed)
+    logits = np.random.default_rng(seed).standard_normal((tokens, 3, 16)) * 5
+    for t, event in enumerate(events):
+        event["layers"] = build_token_complete_event(
+            run_id=event["run_id"],
+            token_index=event["token_index"],
+            token_id=event["token_id"],
+            token_text=event["token_text"],
+            context_length=event["context_length"],
+            decode_start_ms=event["timing_ms"]["decode_start"],
+            decode_end_ms=event["timing_ms"]["decode_end"],
+            layer_inputs=[MoELayerCaptureInput(i, logits[t, i].tolist(), 2) for i in range(3)],
+        )["layers"]
+    return manifest, events, layout
+
+
+@pytest.mark.parametrize("variant", ["tokens", "experts"])
+def test_numbers_not_written_as_repr_are_written_anew_where_a_cheap_look_can_tell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variant: str
+) -> None:
+    """Exponents without their padding or in capitals, and numbers below 1e-4 without one (as
+    msgspec writes them), are seen and the entry is written anew: the twin is the
+    event-by-event twin byte for byte."""
+    manifest, events, layout = _peaked_parts(60, 5)
+    lines = []
+    for i, event in enumerate(events):
+        line = json.dumps(event, sort_keys=True)
+        if i % 3 == 1:
+            line = line.replace("e-05", "e-5").replace("e-06", "E-6")
+        elif i % 3 == 2:
+            line = msgspec.json.encode(event).decode().replace(",", ", ").replace(":", ": ")
+        lines.append(line)
+    text = "".join(lines)
+    assert "e-5" in text and "E-6" in text and "0.0000" in text and "e-07" in text
+    run = write_raw_bundle(tmp_path / "odd", manifest, events, layout, lines)
+    assert RunReader(run).validate().ok
+    streamed, by_event = _both(run, tmp_path, variant, 8, monkeypatch)
+    assert _files(streamed) == _files(by_event)
+
+
+def test_a_number_with_a_trailing_zero_keeps_its_text_and_its_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a cheap look cannot tell (digits repr would not write) keeps the source's text: the
+    twin holds the same floats as the event-by-event twin."""
+    manifest, events, layout = make_bundle_parts(tokens=30, layers=2, experts=4, top_k=1, seed=3)
+    lines = [json.dumps(e, sort_keys=True) for e in events]
+    # the first entries teach the writer the shape; later ones carry the extra zero
+    lines[10:] = [re.sub(r'("entropy": [0-9]+\.[0-9]+),', r"\g<1>0,", line) for line in lines[10:]]
+    assert all('0, "layer_index"' in line for line in lines[10:])
+    run = write_raw_bundle(tmp_path / "zeros", manifest, events, layout, lines)
+    assert RunReader(run).validate().ok
+    streamed, by_event = _both(run, tmp_path, "tokens", 1, monkeypatch)
+    ours = (streamed / "raw_trace.ndjson").read_text().splitlines()
+    theirs = (by_event / "raw_trace.ndjson").read_text().splitlines()
+    assert [json.loads(a) for a in ours] == [json.loads(b) for b in theirs]
+    assert ours != theirs

@@ -67,11 +67,11 @@ def write_run_bundle(
 def write_prepared_bundle(
     root_dir: Path | str,
     manifest: Mapping[str, Any],
-    raw_lines: Iterable[str],
+    raw_lines: Iterable[bytes],
     layout: Mapping[str, Any],
     verify: Callable[[], None],
 ) -> Path:
-    """Write a bundle whose raw trace lines are already encoded (contract §5 bytes), atomically.
+    """Write a bundle whose raw trace lines are already encoded (contract §5 bytes, ASCII), atomically.
 
     For a bundle made from a valid one by a transformation that keeps every rule (a scrambled
     twin): ``verify`` checks the source (it raises if the source is not clean) instead of the
@@ -83,7 +83,7 @@ def write_prepared_bundle(
         _write_json(staging / MANIFEST_FILE, manifest, "manifest")
         with (staging / RAW_TRACE_FILE).open("wb") as handle:
             for text in raw_lines:
-                handle.write(text.encode("ascii"))
+                handle.write(text)
             _sync(handle)
         _write_json(staging / LAYOUT_FILE, layout, "layout")
 
