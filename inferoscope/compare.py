@@ -11,8 +11,9 @@ from __future__ import annotations
 import itertools
 import mmap
 import multiprocessing
+import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -54,6 +55,9 @@ class RunComparison:
     gap_medians: dict[int, float | None] = field(default_factory=dict, repr=False, compare=False)
     #: what views derive once and reuse at every step (keyed by what they derive)
     memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+    #: gives the arrays' pages back to the file behind them, where there is one (a long v0.2
+    #: pair): the summaries read one array at a time and give it back, so memory stays flat
+    release: Callable[[], None] = field(default=lambda: None, repr=False, compare=False)
 
     def usual_gap(self, column: int) -> float | None:
         """The median boundary gap of one layer column (cached: the app asks at every step)."""
@@ -61,6 +65,7 @@ class RunComparison:
         if column not in cache:
             gaps = self.boundary_gap[:, column] if self.boundary_gap.size else np.zeros(0)
             gaps = gaps[~np.isnan(gaps)]
+            self.release()
             cache[column] = float(np.median(gaps)) if gaps.size else None
         return cache[column]
 
@@ -75,42 +80,73 @@ class RunComparison:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a token with no comparable layer is NaN
             means: np.ndarray = np.nanmean(self.jaccard, axis=1)
-            return means
+        self.release()
+        return means
 
-    def worst_tokens(self, count: int = 5) -> list[tuple[int, float]]:
-        agreement = self.token_agreement()
+    def worst_tokens(self, count: int = 5, agreement: np.ndarray | None = None) -> list[tuple[int, float]]:
+        agreement = self.token_agreement() if agreement is None else agreement
         order = [int(i) for i in np.argsort(np.nan_to_num(agreement, nan=2.0), kind="stable")]
         return [(i, float(agreement[i])) for i in order[:count] if not np.isnan(agreement[i])]
 
+    def _columns(self, array: np.ndarray) -> np.ndarray:
+        """``array`` as one contiguous row per layer column (the same numbers), given back."""
+        if not array.size:
+            return np.full((len(self.layers), self.jaccard.shape[0]), np.nan)
+        columns = np.empty(array.shape[::-1])
+        for start in range(0, array.shape[0], 1 << 16):  # a slice of the file mapped at a time
+            columns[:, start : start + (1 << 16)] = array[start : start + (1 << 16)].T
+            self.release()
+        return columns
+
     def layer_summary(self) -> list[dict[str, Any]]:
+        """Per layer: the numbers of ``to_dict``'s per_layer rows. One array is read at a time."""
+        count = len(self.layers)
+        jac = self._columns(self.jaccard)
+        ok = ~np.isnan(jac)
+        compared = [int(ok[c].sum()) for c in range(count)]
+        jaccard = [float(jac[c][ok[c]].mean()) if ok[c].any() else None for c in range(count)]
+        del jac
+        div = self._columns(self.jsd)
+        scored = ok & ~np.isnan(div)  # runs without scores (an engine's top-k) have no JSD
+        mean_jsd = [float(div[c][scored[c]].mean()) if scored[c].any() else None for c in range(count)]
+        max_jsd = [float(div[c][scored[c]].max()) if scored[c].any() else None for c in range(count)]
+        del div, scored
+        agree = self._columns(self.top1_agree)
+        top1 = []
+        for c in range(count):
+            a = agree[c][ok[c]]
+            top1.append(float(np.nanmean(a)) if ok[c].any() and (~np.isnan(a)).any() else None)
+        del agree
+        same = self._columns(self.same_set)
+        identical = [float(np.nanmean(same[c][ok[c]])) if ok[c].any() else None for c in range(count)]
+        del same
+        order = self._columns(self.same_order)
+        ordered = ~np.isnan(order)
+        in_order = [float(order[c][ordered[c]].mean()) if ordered[c].any() else None for c in range(count)]
+        del order, ordered
+        margin = self._columns(self.flip_margin)
+        flips = [margin[c][~np.isnan(margin[c])] for c in range(count)]
+        del margin
+        gap = self._columns(self.boundary_gap)
         rows = []
-        for column, layer in enumerate(self.layers):
-            j, d, a = self.jaccard[:, column], self.jsd[:, column], self.top1_agree[:, column]
-            ok = ~np.isnan(j)
-            same = self.same_set[:, column] if self.same_set.size else np.full(j.shape, np.nan)
-            order = self.same_order[:, column] if self.same_order.size else np.full(j.shape, np.nan)
-            ordered = ~np.isnan(order)
-            margin = self.flip_margin[:, column] if self.flip_margin.size else np.full(j.shape, np.nan)
-            gap = self.boundary_gap[:, column] if self.boundary_gap.size else np.full(j.shape, np.nan)
-            flips, gaps = margin[~np.isnan(margin)], gap[~np.isnan(gap)]
-            scored = ok & ~np.isnan(d)  # runs without scores (an engine's top-k) have no JSD
+        for c, layer in enumerate(self.layers):
+            gaps = gap[c][~np.isnan(gap[c])]
+            flip = flips[c]
             rows.append(
                 {
                     "layer_index": layer,
-                    "compared_tokens": int(ok.sum()),
-                    "mean_topk_jaccard": float(j[ok].mean()) if ok.any() else None,
-                    "mean_jsd_bits": float(d[scored].mean()) if scored.any() else None,
-                    "max_jsd_bits": float(d[scored].max()) if scored.any() else None,
-                    "top1_agreement": float(np.nanmean(a[ok]))
-                    if ok.any() and (~np.isnan(a[ok])).any()
-                    else None,
-                    "identical_topk_set": float(np.nanmean(same[ok])) if ok.any() else None,
-                    "same_order_given_set": float(order[ordered].mean()) if ordered.any() else None,
-                    "flips_with_margin": int(flips.size),
-                    "median_flip_margin": float(np.median(flips)) if flips.size else None,
+                    "compared_tokens": compared[c],
+                    "mean_topk_jaccard": jaccard[c],
+                    "mean_jsd_bits": mean_jsd[c],
+                    "max_jsd_bits": max_jsd[c],
+                    "top1_agreement": top1[c],
+                    "identical_topk_set": identical[c],
+                    "same_order_given_set": in_order[c],
+                    "flips_with_margin": int(flip.size),
+                    "median_flip_margin": float(np.median(flip)) if flip.size else None,
                     "median_boundary_gap": float(np.median(gaps)) if gaps.size else None,
                     "flips_below_boundary_gap_p10": (
-                        float((flips < np.quantile(gaps, 0.1)).mean()) if flips.size and gaps.size else None
+                        float((flip < np.quantile(gaps, 0.1)).mean()) if flip.size and gaps.size else None
                     ),
                 }
             )
@@ -118,6 +154,22 @@ class RunComparison:
 
     def to_dict(self, worst: int = 5) -> dict[str, Any]:
         overall = self.jaccard[~np.isnan(self.jaccard)]
+        self.release()
+        mean_jaccard = float(overall.mean()) if overall.size else None
+        compared = bool(overall.size)
+        del overall
+        means: dict[str, float | None] = {}
+        for key, array, wanted in (
+            ("mean_jsd_bits", self.jsd, None),
+            ("top1_agreement", self.top1_agree, compared),
+            ("identical_topk_set", self.same_set, compared),
+            ("same_order_given_set", self.same_order, None),
+        ):
+            if wanted is None:
+                wanted = bool((~np.isnan(array)).any())
+            means[key] = float(np.nanmean(array)) if wanted else None
+            self.release()
+        agreement = self.token_agreement()
         return {
             "run_a": self.run_a,
             "run_b": self.run_b,
@@ -126,16 +178,16 @@ class RunComparison:
             "aligned_tokens": self.aligned,
             "layers": self.layers,
             "token_ids_differ_at": self.token_id_differs,
-            "mean_topk_jaccard": float(overall.mean()) if overall.size else None,
-            "mean_jsd_bits": float(np.nanmean(self.jsd)) if (~np.isnan(self.jsd)).any() else None,
-            "top1_agreement": float(np.nanmean(self.top1_agree)) if overall.size else None,
-            "identical_topk_set": float(np.nanmean(self.same_set)) if overall.size else None,
-            "same_order_given_set": (
-                float(np.nanmean(self.same_order)) if (~np.isnan(self.same_order)).any() else None
-            ),
+            "mean_topk_jaccard": mean_jaccard,
+            "mean_jsd_bits": means["mean_jsd_bits"],
+            "top1_agreement": means["top1_agreement"],
+            "identical_topk_set": means["identical_topk_set"],
+            "same_order_given_set": means["same_order_given_set"],
             "per_layer": self.layer_summary(),
-            "worst_tokens": [{"token": t, "mean_topk_jaccard": v} for t, v in self.worst_tokens(worst)],
-            "token_agreement": [None if np.isnan(v) else float(v) for v in self.token_agreement()],
+            "worst_tokens": [
+                {"token": t, "mean_topk_jaccard": v} for t, v in self.worst_tokens(worst, agreement)
+            ],
+            "token_agreement": [None if np.isnan(v) else float(v) for v in agreement],
             "notes": self.notes,
         }
 
@@ -267,20 +319,37 @@ class _Arrays:
 
     @classmethod
     def shared(cls, rows: int, columns: int) -> _Arrays:
-        """NaN arrays in memory shared with forked processes (a half compared in another
-        process lands here directly: nothing is sent back or joined)."""
+        """NaN arrays in an unlinked file that forked processes map too (a half compared in
+        another process lands here directly: nothing is sent back or joined). Rows done are
+        given back to the file (``release``), so a process holds only the rows it works on."""
         out = cls.__new__(cls)
         size = rows * columns * 8
-        for name in cls.NAMES:
-            buffer = mmap.mmap(-1, max(size, 1))
-            array = np.frombuffer(buffer, dtype=np.float64, count=rows * columns).reshape(rows, columns)
-            array.fill(np.nan)
-            setattr(out, name, array)
+        region = -(-max(size, 1) // mmap.PAGESIZE) * mmap.PAGESIZE
+        with tempfile.TemporaryFile() as handle:  # the mapping outlives the name and the handle
+            nan = np.full(min(rows * columns, 1 << 17), np.nan).tobytes()
+            for _ in cls.NAMES:
+                left = region
+                while left:
+                    left -= handle.write(nan[: min(len(nan), left)])
+            handle.flush()
+            mapped = mmap.mmap(handle.fileno(), region * len(cls.NAMES))
+        for place, name in enumerate(cls.NAMES):
+            array = np.frombuffer(mapped, dtype=np.float64, count=rows * columns, offset=place * region)
+            setattr(out, name, array.reshape(rows, columns))
+        out.spill = _Spill(mapped, region, columns * 8)
         return out
+
+    spill: _Spill | None = None
+
+    def release(self, start: int = 0, stop: int | None = None) -> None:
+        """Give rows ``start .. stop - 1`` of every array back to their file (a no-op in memory)."""
+        if self.spill is not None:
+            self.spill.release(start, stop)
 
     def rows(self, start: int, stop: int) -> _Arrays:
         """Rows ``start .. stop - 1``, as views (writes land in these arrays)."""
         out = _Arrays.__new__(_Arrays)
+        out.spill = None
         for name in self.NAMES:
             setattr(out, name, getattr(self, name)[start:stop])
         return out
@@ -292,6 +361,21 @@ class _Arrays:
             for name in cls.NAMES:
                 setattr(out, name, np.concatenate([getattr(part, name) for part in parts]))
         return out
+
+
+class _Spill:
+    """The file behind shared arrays: one page-aligned region per array."""
+
+    def __init__(self, mapped: mmap.mmap, region: int, row_bytes: int) -> None:
+        self.mapped, self.region, self.row_bytes = mapped, region, row_bytes
+
+    def release(self, start: int = 0, stop: int | None = None) -> None:
+        first = start * self.row_bytes // mmap.PAGESIZE * mmap.PAGESIZE
+        end = self.region if stop is None else min(self.region, stop * self.row_bytes)
+        if end <= first:
+            return
+        for place in range(len(_Arrays.NAMES)):
+            self.mapped.madvise(mmap.MADV_DONTNEED, place * self.region + first, end - first)
 
 
 @dataclass(slots=True)
@@ -448,6 +532,7 @@ def compare_runs(run_a: Path | str | RunReader, run_b: Path | str | RunReader) -
         same_order=arr.same_order,
         flip_margin=arr.flip_margin,
         boundary_gap=arr.boundary_gap,
+        release=arr.release,
     )
 
 
@@ -715,6 +800,8 @@ def _v02_range(
         _v02_block(a, b, start, stop, meta, arr, layers, found)
         if target is None:
             parts.append(arr)
+        else:
+            target.release(start, stop)
         start = stop
         if n < V02_BLOCK:
             break

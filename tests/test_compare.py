@@ -275,3 +275,28 @@ def test_v02_runs_compared_from_their_arrays_give_the_token_by_token_numbers(
     result = compare_runs(*pairs[0])
     assert result.same_set[3, 1] == 1.0 and result.same_order[3, 1] == 0.0 and result.same_set[5, 2] == 0.0
     assert any("token 13" in note for note in result.notes)
+
+
+def test_a_long_v02_pair_split_between_two_processes_into_a_file_gives_the_same_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Halves compared in two processes land in arrays of one unlinked file whose pages are given
+    back as rows are done and as the summaries read them: every number and the JSON are those of
+    one process in memory."""
+    import inferoscope.compare as compare_module
+    from inferoscope.synthetic import write_synthetic_v02
+
+    a = write_synthetic_v02(tmp_path / "a", "a", 90, layers=3, experts=16, top_k=4, seed=1)
+    b = write_synthetic_v02(tmp_path / "b", "b", 85, layers=3, experts=16, top_k=4, seed=2)
+    monkeypatch.setattr(compare_module, "V02_BLOCK", 4)
+    monkeypatch.setattr(compare_module, "usable_cores", lambda: 2)
+    split = compare_runs(a, b)
+    assert split.release.__self__.spill is not None  # type: ignore[attr-defined]  # the file
+    monkeypatch.setattr(compare_module, "usable_cores", lambda: 1)
+    alone = compare_runs(a, b)
+    assert alone.release.__self__.spill is None  # type: ignore[attr-defined]  # in memory
+    assert json.dumps(split.to_dict()) == json.dumps(alone.to_dict())
+    assert split.usual_gap(1) == alone.usual_gap(1)
+    for name in ("jaccard", "jsd", "top1_agree", "same_set", "same_order", "flip_margin", "boundary_gap"):
+        assert np.array_equal(getattr(split, name), getattr(alone, name), equal_nan=True), name
+    assert split.aligned == 85 and np.isfinite(split.jaccard).all()
