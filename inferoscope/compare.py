@@ -213,12 +213,27 @@ def jensen_shannon_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 def _kl_rows(a: np.ndarray, m: np.ndarray) -> np.ndarray:
     """Per row, the sum of a * log2(a / m) over a > 0, in one buffer: each term is the same
     float as written out in full (where a > 0, m >= a / 2 > 0; elsewhere log2(1) * 0 = 0)."""
-    term = np.ones_like(a)
+    term = _scratch(a.shape, a.dtype)
+    term.fill(1.0)
     np.divide(a, m, out=term, where=a > 0)
     np.log2(term, out=term)
     term *= a
     sums: np.ndarray = term.sum(axis=1)
     return sums
+
+
+_SCRATCH: dict[tuple[tuple[int, ...], Any], np.ndarray] = {}
+
+
+def _scratch(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """A working buffer reused from call to call (a fresh one each block costs its page faults)."""
+    key = (shape, np.dtype(dtype))
+    buffer = _SCRATCH.get(key)
+    if buffer is None:
+        if len(_SCRATCH) > 8:
+            _SCRATCH.clear()
+        buffer = _SCRATCH[key] = np.empty(shape, dtype)
+    return buffer
 
 
 def _layers_of(event: dict[str, Any]) -> dict[int, dict[str, Any]]:
@@ -850,19 +865,21 @@ def _v02_block(
     if len({x.experts for x, _y, _dx, _dy, scored in plans if scored}) > 1:
         ok[:] = False  # layers of several sizes: token by token compares each on its own
     rows = np.flatnonzero(ok)
+    # every row: views of the windows, not copies (the same numbers)
+    take: Any = slice(0, n) if rows.size == n else rows
     for x, y, dx, dy, scored in plans:
         if not rows.size:
             break
         cols = np.array([layers.index(layer) for layer in x.layers])
-        keys_a = None if x.scores is None else x.scores[rows] + (0.0 if x.bias is None else x.bias)
-        keys_b = None if y.scores is None else y.scores[rows] + (0.0 if y.bias is None else y.bias)
+        keys_a = None if x.scores is None else x.scores[take] + (0.0 if x.bias is None else x.bias)
+        keys_b = None if y.scores is None else y.scores[take] + (0.0 if y.bias is None else y.bias)
         own_is_a = keys_a is not None
         _fill(
             arr,
             np.ix_(rows, cols),
-            x.selected[rows],
-            y.selected[rows],
-            (dx[rows], dy[rows]) if scored and dx is not None and dy is not None else None,
+            x.selected[take],
+            y.selected[take],
+            (dx[take], dy[take]) if scored and dx is not None and dy is not None else None,
             keys_a if own_is_a else keys_b,
             own_is_a,
         )
