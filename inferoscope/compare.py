@@ -872,7 +872,11 @@ def _v02_block(
             break
         cols = np.array([layers.index(layer) for layer in x.layers])
         keys_a = None if x.scores is None else x.scores[take] + (0.0 if x.bias is None else x.bias)
-        keys_b = None if y.scores is None else y.scores[take] + (0.0 if y.bias is None else y.bias)
+        keys_b = (
+            None
+            if keys_a is not None or y.scores is None
+            else y.scores[take] + (0.0 if y.bias is None else y.bias)
+        )
         own_is_a = keys_a is not None
         _fill(
             arr,
@@ -928,12 +932,13 @@ def _fill(
     ``own_is_a``), None if neither has them."""
     experts = keys.shape[-1] if keys is not None else (dists[0].shape[-1] if dists is not None else None)
     size = experts if experts is not None else int(max(tx.max(), ty.max())) + 1
-    mx = np.zeros((*tx.shape[:-1], size), dtype=bool)
-    my = np.zeros((*ty.shape[:-1], size), dtype=bool)
-    np.put_along_axis(mx, tx, True, axis=-1)
-    np.put_along_axis(my, ty, True, axis=-1)
-    inter, union = (mx & my).sum(axis=-1), (mx | my).sum(axis=-1)
-    same = (mx == my).all(axis=-1)
+    chosen, others = (tx, ty) if own_is_a or keys is None else (ty, tx)  # whose keys, the other
+    mask = np.zeros((*chosen.shape[:-1], size), dtype=bool)
+    np.put_along_axis(mask, chosen, True, axis=-1)
+    shared = np.take_along_axis(mask, others, axis=-1)  # each of the other run's ids: chosen here?
+    inter = shared.sum(axis=-1)  # no id repeats: the size of the intersection
+    union = tx.shape[-1] + ty.shape[-1] - inter
+    same = (inter == tx.shape[-1]) & (tx.shape[-1] == ty.shape[-1])
     arr.jaccard[where] = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
     arr.same_set[where] = same.astype(np.float64)
     arr.same_order[where] = np.where(same, (tx == ty).all(axis=-1).astype(np.float64), np.nan)
@@ -947,13 +952,12 @@ def _fill(
         arr.agree[where] = (tx[..., 0] == ty[..., 0]).astype(np.float64)
     if keys is None:
         return
-    own, other = (mx, my) if own_is_a else (my, mx)
-    k = (tx if own_is_a else ty).shape[-1]
+    k = chosen.shape[-1]
     ranked = np.sort(keys, axis=-1)[..., ::-1]
     arr.boundary_gap[where] = ranked[..., k - 1] - ranked[..., k] if k < keys.shape[-1] else np.nan
-    missing = other & ~own
-    own_min = np.where(own, keys, np.inf).min(axis=-1)
-    other_max = np.where(missing, keys, -np.inf).max(axis=-1)
+    missing = ~shared  # the ids the other run chose and this one did not
+    own_min = np.take_along_axis(keys, chosen, axis=-1).min(axis=-1)
+    other_max = np.where(missing, np.take_along_axis(keys, others, axis=-1), -np.inf).max(axis=-1)
     arr.flip_margin[where] = np.where(missing.any(axis=-1), own_min - other_max, np.nan)
 
 

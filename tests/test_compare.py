@@ -290,6 +290,7 @@ def test_a_long_v02_pair_split_between_two_processes_into_a_file_gives_the_same_
     b = write_synthetic_v02(tmp_path / "b", "b", 85, layers=3, experts=16, top_k=4, seed=2)
     monkeypatch.setattr(compare_module, "V02_BLOCK", 4)
     monkeypatch.setattr(compare_module, "usable_cores", lambda: 2)
+    monkeypatch.setattr(compare_module, "can_fork", lambda: True)  # threads other tests left
     split = compare_runs(a, b)
     assert split.release.__self__.spill is not None  # type: ignore[attr-defined]  # the file
     monkeypatch.setattr(compare_module, "usable_cores", lambda: 1)
