@@ -21,6 +21,7 @@ from .bundle.reader import RunReader
 from .events import meta_fields
 from .jsonfmt import JSONParseError, parse_json_bytes
 from .textsafe import without_surrogates
+from .write_behind import WriteBehind
 
 BLOCK_TOKENS = 1024
 INT64 = (-(2**63), 2**63 - 1)
@@ -235,5 +236,8 @@ def export_v02(reader: RunReader, partial: Path, run_id: str, result: Any) -> No
     # writing time and a larger file (benchmarks/bench_commands.py, 50,000 tokens: 1.49 s,
     # 236 MB with them; 0.73 s, 206 MB without)
     text_columns = [f.name for f in schema if pa.types.is_string(f.type)]
-    with pq.ParquetWriter(partial, schema, compression="zstd", use_dictionary=text_columns) as writer:
-        write_v02_rows(reader, writer, run_id, result)
+    with (
+        pq.ParquetWriter(partial, schema, compression="zstd", use_dictionary=text_columns) as writer,
+        WriteBehind(writer) as behind,  # a row group is written while the next one is made
+    ):
+        write_v02_rows(reader, behind, run_id, result)
