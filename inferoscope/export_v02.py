@@ -12,14 +12,17 @@ model's order), ``weights`` (null where not recorded), ``top1_expert`` (the firs
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 
+from .bundle.lines import line_chunks
 from .bundle.reader import RunReader
 from .events import meta_fields
-from .jsonfmt import JSONParseError, parse_json_bytes
+from .jsonfmt import DECODE_FAILURES, JSONParseError, parse_json_bytes
 from .textsafe import without_surrogates
 from .write_behind import WriteBehind
 
@@ -61,13 +64,13 @@ def write_v02_rows(reader: RunReader, writer: Any, run_id: str, result: Any) -> 
 
     assert reader.routing is not None
     sidecar = reader.sidecar()
-    count = len(reader)
     experts = {g.num_experts for g in reader.routing.groups}
     fixed = next(iter(experts)) if len(experts) == 1 else None
     schema = v02_schema(fixed)
-    for start in range(0, count, BLOCK_TOKENS):
-        stop = min(count, start + BLOCK_TOKENS)
-        metas = _metas(reader, start, stop, result)
+    start = 0
+    for lines in _token_lines(reader.raw_path, BLOCK_TOKENS):
+        stop = start + len(lines)
+        metas = _metas(lines, start, result)
         parts: list[dict[str, Any]] = []
         for group in reader.routing.groups:
             t, lg = stop - start, len(group.layers)
@@ -93,14 +96,70 @@ def write_v02_rows(reader: RunReader, writer: Any, run_id: str, result: Any) -> 
         if table.num_rows:
             writer.write_table(table)
             result.rows += table.num_rows
+        start = stop
     if result.rows == 0:
         writer.write_table(pa.Table.from_pylist([], schema=schema))
 
 
-def _metas(reader: RunReader, start: int, stop: int, result: Any) -> list[dict[str, Any]]:
-    """The per-token fields of tokens ``start .. stop - 1``, their lines read in one go."""
+class _Timing(msgspec.Struct):
+    decode_start: float | None = None
+    decode_end: float | None = None
+    decode_duration: float | None = None
+
+
+class _Meta(msgspec.Struct):
+    """The per-token fields, typed: a line any field of which has another type fails the block's
+    decode, and the block is read line by line (``meta_fields``, tolerant of any type)."""
+
+    token_index: int | None = None
+    token_id: int | None = None
+    token_text: str | None = None
+    context_length: int | None = None
+    timing_ms: _Timing | None = None
+    document_index: int | None = None
+    source: str | None = None
+
+
+_META_LINES = msgspec.json.Decoder(_Meta)
+_META_KEYS = ("token_index", "token_id", "token_text", "context_length", "document_index", "source")
+
+
+def _token_lines(path: Path, count: int) -> Iterator[list[bytes]]:
+    """The raw trace's non-blank lines (as stored, without the newline), ``count`` at a time, read
+    in order (no line index is built)."""
+    block: list[bytes] = []
+    for chunk in line_chunks(path):
+        for line in chunk.split(b"\n"):
+            if line.strip(b" \t\r\n"):
+                block.append(line)
+                if len(block) == count:
+                    yield block
+                    block = []
+    if block:
+        yield block
+
+
+def _metas(lines: list[bytes], start: int, result: Any) -> dict[str, list[Any]]:
+    """The per-token fields of the tokens from ``start`` whose lines are ``lines``, as columns
+    (``duration``: the decode duration where the timing has all three numbers)."""
+    try:
+        typed = _META_LINES.decode_lines(b"\n".join(lines))
+    except DECODE_FAILURES:
+        typed = None
+    if typed is not None and len(typed) == len(lines):
+        columns = {key: [getattr(m, key) for m in typed] for key in _META_KEYS}
+        columns["duration"] = [
+            None
+            if (t := m.timing_ms) is None
+            or t.decode_start is None
+            or t.decode_end is None
+            or t.decode_duration is None
+            else t.decode_duration
+            for m in typed
+        ]
+        return columns
     metas: list[dict[str, Any]] = []
-    for i, line in enumerate(reader.raw_lines(start, stop), start):
+    for i, line in enumerate(lines, start):
         try:
             obj = parse_json_bytes(line)
         except JSONParseError:
@@ -108,7 +167,9 @@ def _metas(reader: RunReader, start: int, stop: int, result: Any) -> list[dict[s
             metas.append({})
             continue
         metas.append(meta_fields(obj) if isinstance(obj, dict) else {})
-    return metas
+    columns = {key: [m.get(key) for m in metas] for key in _META_KEYS}
+    columns["duration"] = [None if m.get("timing") is None else m["timing"][2] for m in metas]
+    return columns
 
 
 def _entropy(scores: np.ndarray, function: str) -> np.ndarray | None:
@@ -121,15 +182,16 @@ def _entropy(scores: np.ndarray, function: str) -> np.ndarray | None:
         rows = np.where(total > 0, rows / np.where(total > 0, total, 1.0), 0.0)
     elif function != "softmax":
         return None
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logs = np.where(rows > 0, np.log(np.where(rows > 0, rows, 1.0)), 0.0)
-    result: np.ndarray = -(rows * logs).sum(axis=1)
+    logs = np.zeros_like(rows)  # log p where p > 0, else 0 (the same floats, in one buffer)
+    np.log(rows, out=logs, where=rows > 0)
+    logs *= rows
+    result: np.ndarray = -logs.sum(axis=1)
     return result
 
 
 def _table(
     parts: list[dict[str, Any]],
-    metas: list[dict[str, Any]],
+    metas: dict[str, list[Any]],
     start: int,
     run_id: str,
     schema: Any,
@@ -145,24 +207,23 @@ def _table(
     columns: dict[str, Any] = {}
     # each token's fields made once, then taken for each of its layer rows
     rows = pa.array((token[order] - start).astype(np.int64))
-    ids = [m.get("token_id") for m in metas]
+    ids = metas["token_id"]
     per_token = {
-        "token_index": pa.array([m.get("token_index") for m in metas], pa.int64()),
+        "token_index": pa.array(metas["token_index"], pa.int64()),
         "token_id": pa.array(
             [i if i is not None and INT64[0] <= i <= INT64[1] else None for i in ids], pa.int64()
         ),
         "token_id_text": pa.array([None if i is None else str(i) for i in ids], pa.string()),
         "token_text": pa.array(
-            [None if m.get("token_text") is None else without_surrogates(m["token_text"]) for m in metas],
-            pa.string(),
+            [None if t is None else without_surrogates(t) for t in metas["token_text"]], pa.string()
         ),
-        "context_length": pa.array([m.get("context_length") for m in metas], pa.int64()),
+        "context_length": pa.array(metas["context_length"], pa.int64()),
         "decode_duration_ms": pa.array(
-            [None if m.get("timing") is None else _finite(m["timing"][2]) for m in metas], pa.float64()
+            [None if d is None else _finite(d) for d in metas["duration"]], pa.float64()
         ),
-        "document_index": pa.array([m.get("document_index") for m in metas], pa.int64()),
+        "document_index": pa.array(metas["document_index"], pa.int64()),
         "source": pa.array(
-            [None if m.get("source") is None else without_surrogates(m["source"]) for m in metas], pa.string()
+            [None if t is None else without_surrogates(t) for t in metas["source"]], pa.string()
         ),
     }
     columns["run_id"] = pa.array([run_id], pa.string()).take(pa.array(np.zeros(order.size, dtype=np.int64)))

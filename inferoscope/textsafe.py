@@ -17,6 +17,7 @@ import re
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _CONTROL = "\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff"
 _SURROGATE = "\ud800-\udfff"
+_SURROGATES = re.compile(f"[{_SURROGATE}]")
 _COMBINING = (
     "\u0300-\u036f\u0483-\u0489\u0591-\u05bd\u0610-\u061a\u064b-\u065f"
     "\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f"
@@ -75,4 +76,6 @@ def visible_value(value: object, max_chars: int | None = 200) -> str:
 
 def without_surrogates(text: str) -> str:
     """``text`` as valid Unicode: each lone surrogate written as its escape (``\\ud800``)."""
-    return re.sub(f"[{_SURROGATE}]", lambda m: _code(m.group(0)), text)
+    if text.isascii():  # most text, and it holds no surrogate: one C call, not a search
+        return text
+    return _SURROGATES.sub(lambda m: _code(m.group(0)), text)

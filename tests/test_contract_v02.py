@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -332,6 +333,49 @@ def test_export_writes_the_recorded_selection_weights_and_scores(tmp_path: Path)
     assert np.allclose(row["weights"], weights[5, 1]) and np.allclose(row["scores"], scores[5, 1])
     share = scores[5, 1] / scores[5, 1].sum()
     assert row["entropy"] == pytest.approx(float(-(share * np.log(share)).sum()), rel=1e-5)
+
+
+def test_export_reads_token_fields_typed_a_block_at_a_time_and_odd_ones_line_by_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A block of token lines is decoded in one typed call; a block holding a field of another
+    type (or a lone surrogate, or a blank line between tokens) is read line by line, tolerant of
+    any type. Both give the same rows: forcing every block line by line changes no byte."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    import inferoscope.export_v02 as export_v02
+    from inferoscope.export import export_parquet
+
+    run = make(tmp_path, "softmax")
+    lines = (run / "raw_trace.ndjson").read_text().splitlines()
+    odd = json.loads(lines[3])
+    odd["token_id"], odd["token_text"] = "seven", "caf\u00e9 \ud800"
+    odd["timing_ms"] = {"decode_start": 1, "decode_end": 2}
+    lines[3] = json.dumps(odd, sort_keys=True)
+    lines[4] = lines[4].replace('"token_text": ', '"token_text": "na\\u00efve", "x": ', 1)
+    (run / "raw_trace.ndjson").write_text("\n".join(lines[:6]) + "\n  \n" + "\n".join(lines[6:]) + "\n")
+    monkeypatch.setattr(export_v02, "BLOCK_TOKENS", 3)  # blocks 0-2 typed, 3-5 line by line
+    decoded: list[int] = []
+    real = export_v02._META_LINES
+
+    class Counting:
+        def decode_lines(self, data: bytes) -> list[object]:
+            out: list[object] = real.decode_lines(data)
+            decoded.append(len(out))
+            return out
+
+    monkeypatch.setattr(export_v02, "_META_LINES", Counting())
+    typed = export_parquet(run, tmp_path / "typed.parquet")  # unchecked, as --force
+    assert decoded and sum(decoded) < TOKENS  # some blocks typed, the odd ones line by line
+    monkeypatch.setattr(export_v02, "_META_LINES", msgspec.json.Decoder(list))  # never fits
+    export_parquet(run, tmp_path / "lines.parquet")
+    assert (tmp_path / "typed.parquet").read_bytes() == (tmp_path / "lines.parquet").read_bytes()
+    rows = pq.read_table(tmp_path / "typed.parquet").to_pylist()
+    assert typed.rows == len(rows) == TOKENS * LAYERS
+    row = rows[3 * LAYERS]
+    assert row["token_id"] is None and row["token_id_text"] is None
+    assert row["token_text"] == "caf\u00e9 \\ud800" and row["decode_duration_ms"] is None
+    assert rows[4 * LAYERS]["token_text"] == "na\u00efve"
+    assert rows[6 * LAYERS]["token_index"] == 6  # after the blank line
 
 
 @pytest.mark.parametrize("variant", ["tokens", "experts"])
