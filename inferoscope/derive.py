@@ -189,6 +189,7 @@ def derive_events(
         derivation = Derivation(manifest, threshold, cap=cap, config_id=config_id)
         for block in blocks_from_events(events):
             lines.append(derivation.lines(block))
+        lines.append(derivation.flush())
     except Irregular:
         derivation = Derivation(manifest, threshold, cap=cap, config_id=config_id, one_by_one=True)
         lines = [derivation.event_line(event) for event in events]
@@ -232,6 +233,7 @@ class Derivation:
         # per token; counted and ordered only when written
         self.text_ids: dict[str, int] = {}
         self.pairs: list[np.ndarray] = []
+        self.pending: tuple[InputBlock, list[int], dict[Any, BlockDecisions]] | None = None
         self._head = (
             '{"derivation_config_id": '
             + json.dumps(self.config_id)
@@ -271,7 +273,8 @@ class Derivation:
             self.helper = None
 
     def lines(self, block: InputBlock) -> str:
-        """Match one block of tokens; the derived events' lines."""
+        """Match one block of tokens; the derived events' lines of the block before it (a block's
+        lines are made while the helper matches the next one; ``flush`` gives the last)."""
         indices = list(block.layers)
         if self.layer_order is None:
             self.layer_order = indices
@@ -292,8 +295,18 @@ class Derivation:
                 decided[index] = clusters.assign(*fingerprints_of(index, probs), block.tokens)
         if GLOBAL not in remote:
             decided[GLOBAL] = self.global_clusters.assign(*fingerprints_of(GLOBAL, vectors), block.tokens)
+        text = self.flush()  # the block before, while the helper matches this one
         if self.helper is not None:
             decided.update(self.helper.receive())
+        self.pending = (block, indices, decided)
+        return text
+
+    def flush(self) -> str:
+        """The lines of the block matched last and not yet given (empty if none)."""
+        if self.pending is None:
+            return ""
+        block, indices, decided = self.pending
+        self.pending = None
         per_layer = [(f"l{index:02d}_", index, decided[index]) for index in indices]
         glob = decided[GLOBAL]
         layer_parts = [
@@ -594,8 +607,9 @@ def _stream_derived(
         derivation = Derivation(manifest, threshold, cap=cap, parallel=True)
         first: list[dict[str, Any]] = []
         try:
-            for block in reader_blocks(reader):
-                text = derivation.lines(block)
+            for text in itertools.chain(map(derivation.lines, reader_blocks(reader)), [None]):
+                if text is None:  # every block matched: the last one's lines
+                    text = derivation.flush()
                 if not first:
                     first = [json.loads(line) for line in text.splitlines()]
                 handle.write(text.encode("ascii"))
