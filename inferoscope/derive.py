@@ -496,11 +496,20 @@ _BOOL = {True: "true}", False: "false}"}
 
 
 def _fits(decisions: BlockDecisions) -> list[float]:
-    """Fits as written: 1.0 for a founder, else rounded to six decimals (Python's round)."""
-    return [
-        1.0 if v else round(f, 6)
-        for f, v in zip(decisions.fits.tolist(), decisions.novel.tolist(), strict=True)
-    ]
+    """Fits as written: 1.0 for a founder, else rounded to six decimals as Python's ``round``
+    does. A fit lies in [-1, 1], so ``x * 1e6`` is within 1.2e-10 of the exact product: rounding
+    it to an integer picks Python's digits unless it lies near a half, and the integer over 1e6
+    is then the float ``round`` returns; the few near a half are rounded by ``round`` itself."""
+    fits = decisions.fits
+    scaled = fits * 1e6
+    whole = np.rint(scaled)
+    rounded = whole / 1e6
+    near_half = np.abs(np.abs(scaled - whole) - 0.5) < 1e-6
+    rounded = np.where(decisions.novel, 1.0, rounded)
+    out: list[float] = rounded.tolist()
+    for i in np.flatnonzero(near_half & ~decisions.novel).tolist():
+        out[i] = round(float(fits[i]), 6)
+    return out
 
 
 class DeriveError(ValueError):
