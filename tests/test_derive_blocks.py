@@ -145,3 +145,24 @@ def test_derive_cli_cap_is_refused_with_exact_and_below_one(tmp_path: Path) -> N
         check=True,
     )
     assert json.loads(done.stdout)["matcher"] == "motifs/online-cosine-0.90-cap8"
+
+
+def test_fits_are_written_with_the_digits_pythons_round_gives() -> None:
+    """A block's fits are rounded at once; every one has round(fit, 6)'s digits, including
+    those exactly at a half and those that round to minus zero; founders are written 1.0."""
+    from inferoscope.derive import _fits
+    from inferoscope.motif_blocks import BlockDecisions
+
+    rng = np.random.default_rng(5)
+    fits = np.concatenate(
+        [
+            rng.uniform(-1, 1, 50_000),
+            rng.integers(-(10**6), 10**6, 5_000) / 1e6,
+            (rng.integers(-(10**6), 10**6, 5_000) + 0.5) / 1e6,
+            [0.0078125, -0.0, 1.0, -1.0, 4e-7, -4e-7, 5e-7, 0.9999995, 0.1234565],
+        ]
+    )
+    novel = rng.random(fits.size) < 0.1
+    written = _fits(BlockDecisions(np.zeros(fits.size, dtype=np.int64), fits, novel))
+    expected = [1.0 if v else round(f, 6) for f, v in zip(fits.tolist(), novel.tolist(), strict=True)]
+    assert [repr(x) for x in written] == [repr(x) for x in expected]
