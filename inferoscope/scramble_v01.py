@@ -44,6 +44,7 @@ from .bundle.lines import iter_lines
 from .bundle.loader import ValidationBeside
 from .bundle.reader import RunReader
 from .bundle.writer import write_prepared_bundle
+from .jsonfmt import JSONParseError, parse_json_bytes
 
 LAYER_KEYS = frozenset(
     (
@@ -145,13 +146,15 @@ class _Shape(NamedTuple):
 
 class _Entry(NamedTuple):
     """A layer entry of a line: its byte range, its text if it was written anew (None: the
-    source's text, widened if ``narrow``), and its router's width."""
+    source's text, widened if ``narrow``), its router's width and its layer index (read from
+    the text only for a known shape, whose keys are in the contract's order)."""
 
     start: int
     end: int
     written: bytes | None
     narrow: bool
     experts: int
+    layer_index: int
 
 
 class _Entries:
@@ -168,7 +171,8 @@ class _Entries:
         skeleton = text.translate(None, _NUMBER_BYTES)
         shape = self.known.get(skeleton)
         if shape is not None and _numbers_as_repr(text):
-            return _Entry(start, end, None, shape.narrow, shape.experts)
+            at = text.find(b'"layer_index":') + 14  # a known shape: the contract's key order
+            return _Entry(start, end, None, shape.narrow, shape.experts, int(text[at : text.find(b",", at)]))
         try:
             layer = _DECODE.decode(text)
         except msgspec.DecodeError:
@@ -177,15 +181,15 @@ class _Entries:
             return None
         if self.integers_refused and _ints_in_floats(layer):
             raise Unusual
-        careful = layer_text(layer).encode("ascii")
-        experts = len(layer["router_probs"])
+        careful = layer_text(layer).encode("ascii")  # Unusual unless layer_index is an int
+        experts, index = len(layer["router_probs"]), layer["layer_index"]
         narrow = text != careful
         if narrow and _widen(text) != careful:
-            return _Entry(start, end, careful, False, experts)
+            return _Entry(start, end, careful, False, experts, index)
         floats = experts + len(layer["topk_probs"]) + len(FLOAT_SCALARS)
         if shape is None and _points_where_floats(text, floats) and _numbers_as_repr(text):
             self.known[skeleton] = _Shape(narrow, experts)
-        return _Entry(start, end, None, narrow, experts)
+        return _Entry(start, end, None, narrow, experts, index)
 
 
 #: exponents ``repr`` never writes: without a sign, of one digit, or where it writes no exponent
@@ -194,9 +198,10 @@ _NOT_REPR_EXPONENT = re.compile(rb"e\d|e[-+]\d(?!\d)|e-0[0-4]|e\+(?:0|1[0-5](?!\
 
 def _numbers_as_repr(text: bytes) -> bool:
     """Whether an entry's numbers are written as ``repr`` writes them, as far as a cheap look
-    can tell: no number below 1e-4 without an exponent, and every exponent in repr's form.
-    (Where the points lie, one in every float and none in an integer, is part of its shape.)"""
-    if b"0.0000" in text:
+    can tell: no number below 1e-4 without an exponent, every exponent in repr's form, and no
+    integer written ``-0`` (the shape deletes signs). Where the points lie, one in every float
+    and none in an integer, is part of its shape."""
+    if b"0.0000" in text or b"-0," in text or b"-0]" in text:  # the last two: an integer -0
         return False
     return text.count(b"e") == _KEY_ES or _NOT_REPR_EXPONENT.search(text) is None
 
@@ -287,7 +292,12 @@ def _line_parts(line: bytes, entries: _Entries, new_id: str) -> tuple[bytes, byt
 
 
 def _decoded_event(data: bytes | memoryview | None) -> dict[str, Any]:
-    event = _DECODE.decode(data) if data is not None else None
+    """A whole line decoded as the reader decodes it (the standard library where msgspec refuses,
+    as for a lone surrogate escape); Unusual for anything but an event of the contract's keys."""
+    try:
+        event = parse_json_bytes(bytes(data)) if data is not None else None
+    except JSONParseError:
+        raise Unusual from None
     if not isinstance(event, dict) or event.keys() != EVENT_KEYS:
         raise Unusual
     for layer in event["layers"]:
@@ -380,9 +390,7 @@ class _Spill:
             else:
                 head, tail, found = parts
                 indices = []
-                for start, end, written, narrow, _experts in found:
-                    at = data.find(b'"layer_index":', start, end) + 14
-                    index = int(data[at : data.find(b",", at, end)])
+                for start, end, written, narrow, _experts, index in found:
                     if written is not None:
                         self._spilled(index, written)
                     else:

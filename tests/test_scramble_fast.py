@@ -223,3 +223,44 @@ def test_a_number_with_a_trailing_zero_keeps_its_text_and_its_value(
     theirs = (by_event / "raw_trace.ndjson").read_text().splitlines()
     assert [json.loads(a) for a in ours] == [json.loads(b) for b in theirs]
     assert ours != theirs
+
+
+def _relaid(event: dict[str, Any]) -> str:
+    """An event whose first layer entry has its keys sorted but "layer_index" last."""
+    layer = event["layers"][0]
+    keys = [k for k in sorted(layer) if k != "layer_index"] + ["layer_index"]
+    text = "{" + ", ".join(f'"{k}": {json.dumps(layer[k])}' for k in keys) + "}"
+    return json.dumps(event, sort_keys=True).replace(json.dumps(layer, sort_keys=True), text)
+
+
+ODD_LINES = {
+    "layer_index last": lambda lines, events: {3: _relaid(events[3])},
+    "layer_index twice (the last counts)": lambda lines, events: {
+        3: lines[3].replace('{"entropy"', '{"layer_index": 1, "entropy"', 1)
+    },
+    "a lone surrogate escape in token_text": lambda lines, events: {
+        2: lines[2].replace('" tok2"', '"\\ud800x"')
+    },
+    "integers written -0": lambda lines, events: {
+        i: line.replace('"layer_index": 0,', '"layer_index": -0,') for i, line in enumerate(lines)
+    },
+}
+
+
+@pytest.mark.parametrize("variant", ["tokens", "experts"])
+@pytest.mark.parametrize("odd", sorted(ODD_LINES))
+def test_entries_the_text_cannot_vouch_for_are_written_as_the_event_by_event_scramble_writes_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variant: str, odd: str
+) -> None:
+    """Valid runs a text look could misread (found by review): the index is taken from the
+    decoded entry, a line msgspec refuses is read as the reader reads it, and an integer -0 is
+    written 0: the twin is the event-by-event twin byte for byte, and valid."""
+    manifest, events, layout = make_bundle_parts(tokens=8, layers=2, experts=4, top_k=2, seed=2)
+    lines = [json.dumps(e, sort_keys=True) for e in events]
+    for i, line in ODD_LINES[odd](lines, events).items():
+        lines[i] = line
+    run = write_raw_bundle(tmp_path / "odd", manifest, events, layout, lines)
+    assert RunReader(run).validate().ok
+    streamed, by_event = _both(run, tmp_path, variant, 4, monkeypatch)
+    assert _files(streamed) == _files(by_event)
+    assert RunReader(streamed).validate().ok
