@@ -201,7 +201,9 @@ def _numbers_as_repr(text: bytes) -> bool:
     can tell: no number below 1e-4 without an exponent, every exponent in repr's form, and no
     integer written ``-0`` (the shape deletes signs). Where the points lie, one in every float
     and none in an integer, is part of its shape."""
-    if b"0.0000" in text or b"-0," in text or b"-0]" in text:  # the last two: an integer -0
+    if b"0.0000" in text:
+        return False
+    if b"-" in text and (b"-0," in text or b"-0]" in text):  # an integer -0 (one byte is memchr)
         return False
     return text.count(b"e") == _KEY_ES or _NOT_REPR_EXPONENT.search(text) is None
 
