@@ -51,13 +51,9 @@ def _both(
     return streamed, by_event
 
 
-def _compact_copy(tmp_path: Path) -> Path:
-    """A run written by another writer (msgspec: no spaces, probabilities below 1e-4 written
-    positionally), so the twin must be re-encoded, not copied."""
-    manifest, events, layout = make_bundle_parts(tokens=60, layers=3, experts=64, top_k=4, seed=4)
-    rng = np.random.default_rng(9)
-    for event in events:  # peaked routers: many probabilities below 1e-4
-        logits = rng.standard_normal((3, 64)) * 4
+def _route(events: list[Any], logits: np.ndarray, top_k: int) -> None:
+    """Every event's layers routed anew from ``logits`` ``[tokens, layers, experts]``."""
+    for t, event in enumerate(events):
         event["layers"] = build_token_complete_event(
             run_id=event["run_id"],
             token_index=event["token_index"],
@@ -66,8 +62,17 @@ def _compact_copy(tmp_path: Path) -> Path:
             context_length=event["context_length"],
             decode_start_ms=event["timing_ms"]["decode_start"],
             decode_end_ms=event["timing_ms"]["decode_end"],
-            layer_inputs=[MoELayerCaptureInput(i, logits[i].tolist(), 4) for i in range(3)],
+            layer_inputs=[
+                MoELayerCaptureInput(i, logits[t, i].tolist(), top_k) for i in range(logits.shape[1])
+            ],
         )["layers"]
+
+
+def _compact_copy(tmp_path: Path) -> Path:
+    """A run written by another writer (msgspec: no spaces, probabilities below 1e-4 written
+    positionally), so the twin must be re-encoded, not copied."""
+    manifest, events, layout = make_bundle_parts(tokens=60, layers=3, experts=64, top_k=4, seed=4)
+    _route(events, np.random.default_rng(9).standard_normal((60, 3, 64)) * 4, 4)  # peaked routers
     assert any(p < 1e-4 for e in events for la in e["layers"] for p in la["router_probs"])
     lines = [msgspec.json.encode(e).decode() for e in events]
     return write_raw_bundle(tmp_path / "compact", manifest, events, layout, lines)
@@ -167,18 +172,7 @@ def test_a_layer_is_written_as_json_dumps_writes_it_whatever_its_numbers() -> No
 def _peaked_parts(tokens: int, seed: int) -> tuple[Any, list[Any], Any]:
     """A run of sharply peaked routers: many probabilities below 1e-4, in exponent form."""
     manifest, events, layout = make_bundle_parts(tokens=tokens, layers=3, experts=16, top_k=2, seed=seed)
-    logits = np.random.default_rng(seed).standard_normal((tokens, 3, 16)) * 5
-    for t, event in enumerate(events):
-        event["layers"] = build_token_complete_event(
-            run_id=event["run_id"],
-            token_index=event["token_index"],
-            token_id=event["token_id"],
-            token_text=event["token_text"],
-            context_length=event["context_length"],
-            decode_start_ms=event["timing_ms"]["decode_start"],
-            decode_end_ms=event["timing_ms"]["decode_end"],
-            layer_inputs=[MoELayerCaptureInput(i, logits[t, i].tolist(), 2) for i in range(3)],
-        )["layers"]
+    _route(events, np.random.default_rng(seed).standard_normal((tokens, 3, 16)) * 5, 2)
     return manifest, events, layout
 
 
