@@ -340,14 +340,11 @@ class _Arrays:
         out = cls.__new__(cls)
         size = rows * columns * 8
         region = -(-max(size, 1) // mmap.PAGESIZE) * mmap.PAGESIZE
-        with tempfile.TemporaryFile() as handle:  # the mapping outlives the name and the handle
-            nan = np.full(min(rows * columns, 1 << 17), np.nan).tobytes()
-            for _ in cls.NAMES:
-                left = region
-                while left:
-                    left -= handle.write(nan[: min(len(nan), left)])
-            handle.flush()
-            mapped = mmap.mmap(handle.fileno(), region * len(cls.NAMES))
+        try:
+            mapped = _nan_file(region * len(cls.NAMES))
+        except OSError:  # no room for the file: shared memory, as the arrays were before
+            mapped = mmap.mmap(-1, region * len(cls.NAMES))
+            np.frombuffer(mapped, dtype=np.float64).fill(np.nan)
         for place, name in enumerate(cls.NAMES):
             array = np.frombuffer(mapped, dtype=np.float64, count=rows * columns, offset=place * region)
             setattr(out, name, array.reshape(rows, columns))
@@ -376,6 +373,18 @@ class _Arrays:
             for name in cls.NAMES:
                 setattr(out, name, np.concatenate([getattr(part, name) for part in parts]))
         return out
+
+
+def _nan_file(size: int) -> mmap.mmap:
+    """A shared mapping of an unlinked temporary file of ``size`` bytes of NaN (written through
+    the file, not the mapping, so no page of it is in this process yet)."""
+    with tempfile.TemporaryFile() as handle:  # the mapping outlives the name and the handle
+        nan = np.full(1 << 17, np.nan).tobytes()
+        left = size
+        while left:
+            left -= handle.write(nan[: min(len(nan), left)])
+        handle.flush()
+        return mmap.mmap(handle.fileno(), size)
 
 
 class _Spill:

@@ -301,3 +301,11 @@ def test_a_long_v02_pair_split_between_two_processes_into_a_file_gives_the_same_
     for name in ("jaccard", "jsd", "top1_agree", "same_set", "same_order", "flip_margin", "boundary_gap"):
         assert np.array_equal(getattr(split, name), getattr(alone, name), equal_nan=True), name
     assert split.aligned == 85 and np.isfinite(split.jaccard).all()
+
+    def full(size: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(compare_module, "usable_cores", lambda: 2)
+    monkeypatch.setattr(compare_module, "_nan_file", full)  # no room for the file: shared memory
+    in_memory = compare_runs(a, b)
+    assert json.dumps(in_memory.to_dict()) == json.dumps(alone.to_dict())
