@@ -184,12 +184,9 @@ def derive_events(
     ``matching_rule`` always names the matcher.
     """
     events = raw_events if isinstance(raw_events, (list, tuple)) else list(raw_events)
-    lines: list[str] = []
     try:
         derivation = Derivation(manifest, threshold, cap=cap, config_id=config_id)
-        for block in blocks_from_events(events):
-            lines.append(derivation.lines(block))
-        lines.append(derivation.flush())
+        lines: list[str] = list(derivation.texts(blocks_from_events(events)))
     except Irregular:
         derivation = Derivation(manifest, threshold, cap=cap, config_id=config_id, one_by_one=True)
         lines = [derivation.event_line(event) for event in events]
@@ -300,6 +297,12 @@ class Derivation:
             decided.update(self.helper.receive())
         self.pending = (block, indices, decided)
         return text
+
+    def texts(self, blocks: Iterable[InputBlock]) -> Iterator[str]:
+        """The derived lines of ``blocks``, a text a block (the last block's once all are matched)."""
+        for block in blocks:
+            yield self.lines(block)
+        yield self.flush()
 
     def flush(self) -> str:
         """The lines of the block matched last and not yet given (empty if none)."""
@@ -616,9 +619,7 @@ def _stream_derived(
         derivation = Derivation(manifest, threshold, cap=cap, parallel=True)
         first: list[dict[str, Any]] = []
         try:
-            for text in itertools.chain(map(derivation.lines, reader_blocks(reader)), [None]):
-                if text is None:  # every block matched: the last one's lines
-                    text = derivation.flush()
+            for text in derivation.texts(reader_blocks(reader)):
                 if not first:
                     first = [json.loads(line) for line in text.splitlines()]
                 handle.write(text.encode("ascii"))

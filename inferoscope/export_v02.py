@@ -12,14 +12,13 @@ model's order), ``weights`` (null where not recorded), ``top1_expert`` (the firs
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import numpy as np
 
-from .bundle.lines import line_chunks
+from .bundle.lines import line_blocks
 from .bundle.reader import RunReader
 from .events import meta_fields
 from .jsonfmt import DECODE_FAILURES, JSONParseError, parse_json_bytes
@@ -68,7 +67,7 @@ def write_v02_rows(reader: RunReader, writer: Any, run_id: str, result: Any) -> 
     fixed = next(iter(experts)) if len(experts) == 1 else None
     schema = v02_schema(fixed)
     start = 0
-    for lines in _token_lines(reader.raw_path, BLOCK_TOKENS):
+    for lines in line_blocks(reader.raw_path, BLOCK_TOKENS):
         stop = start + len(lines)
         metas = _metas(lines, start, result)
         parts: list[dict[str, Any]] = []
@@ -122,21 +121,6 @@ class _Meta(msgspec.Struct):
 
 _META_LINES = msgspec.json.Decoder(_Meta)
 _META_KEYS = ("token_index", "token_id", "token_text", "context_length", "document_index", "source")
-
-
-def _token_lines(path: Path, count: int) -> Iterator[list[bytes]]:
-    """The raw trace's non-blank lines (as stored, without the newline), ``count`` at a time, read
-    in order (no line index is built)."""
-    block: list[bytes] = []
-    for chunk in line_chunks(path):
-        for line in chunk.split(b"\n"):
-            if line.strip(b" \t\r\n"):
-                block.append(line)
-                if len(block) == count:
-                    yield block
-                    block = []
-    if block:
-        yield block
 
 
 def _metas(lines: list[bytes], start: int, result: Any) -> dict[str, list[Any]]:

@@ -181,14 +181,8 @@ def scramble_bundle(
         from .bundle.loader import ValidationBeside
         from .scramble_v02 import scramble_v02
 
-        check = ValidationBeside(run_dir)
-        try:
+        with ValidationBeside(run_dir) as check:
             return scramble_v02(reader, manifest, Path(out_root), variant, seed, new_id, verify=check.wait)
-        except Exception:
-            check.wait()  # a source that is not clean: its issues, not where the writer stumbled
-            raise
-        finally:
-            check.cancel()
 
     layout = copy.deepcopy(reader.layout or {})
     layout["run_id"] = new_id

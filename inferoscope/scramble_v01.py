@@ -98,17 +98,8 @@ def scramble_v01_fast(
     seed: int,
 ) -> Path:
     """The twin under ``out_root``; Unusual (nothing written) for a run the templates cannot write."""
-    check = ValidationBeside(reader.run_dir)
-    new_id = manifest["run_id"]
-    try:
-        return _write(reader, manifest, layout, out_root, variant, seed, new_id, check)
-    except Unusual:
-        raise
-    except Exception:
-        check.wait()  # a source that is not clean: its issues, not where the writer stumbled
-        raise
-    finally:
-        check.cancel()
+    with ValidationBeside(reader.run_dir, passing=(Unusual,)) as check:
+        return _write(reader, manifest, layout, out_root, variant, seed, manifest["run_id"], check)
 
 
 def _write(

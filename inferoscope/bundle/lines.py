@@ -195,3 +195,18 @@ def line_chunks(path: Path, chunk_bytes: int = 4 << 20) -> Iterator[bytes]:
                 yield block
             if not data:
                 return
+
+
+def line_blocks(path: Path, count: int) -> Iterator[list[bytes]]:
+    """The non-blank lines of ``path`` (as stored, without the newline), ``count`` at a time, in
+    order: the lines ``iter_lines`` finds (each whole, however long), without a tuple a line."""
+    block: list[bytes] = []
+    for chunk in line_chunks(path):
+        for line in chunk.split(b"\n"):
+            if line.strip(_WHITESPACE):
+                block.append(line)
+                if len(block) == count:
+                    yield block
+                    block = []
+    if block:
+        yield block

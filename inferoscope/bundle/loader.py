@@ -76,14 +76,24 @@ class ValidationBeside:
     """``open_valid_reader``'s check run in a forked process, so work on the bundle can go on
     beside it; ``wait()`` raises what ``open_valid_reader`` would have raised. Where a process
     cannot be forked (threads running, not Linux), the check runs at once, before anything else.
+
+    As a context manager: an error in the block waits for the check first, so a source that is
+    not clean gets its issues rather than where the work stumbled (errors of the types in
+    ``passing`` go through as they are); the check never outlives the block.
     """
 
-    def __init__(self, run_dir: Path | str, *, derived: bool = True) -> None:
+    def __init__(
+        self,
+        run_dir: Path | str,
+        *,
+        derived: bool = True,
+        passing: tuple[type[BaseException], ...] = (),
+    ) -> None:
         import multiprocessing
 
         from .pipe import can_fork
 
-        self.run_dir, self.derived = run_dir, derived
+        self.run_dir, self.derived, self.passing = run_dir, derived, passing
         self._conn: Any = None
         self._process: Any = None
         if not can_fork():
@@ -120,6 +130,16 @@ class ValidationBeside:
         if outcome is not True:
             issues, counts = outcome
             raise bundle_error(str(self.run_dir), issues, counts)
+
+    def __enter__(self) -> ValidationBeside:
+        return self
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        try:
+            if isinstance(error, Exception) and not isinstance(error, self.passing):
+                self.wait()  # the source's issues, if it is not clean
+        finally:
+            self.cancel()
 
     def cancel(self) -> None:
         if self._conn is not None:
