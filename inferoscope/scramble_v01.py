@@ -33,7 +33,8 @@ import os
 import re
 import tempfile
 from array import array
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
@@ -42,8 +43,10 @@ import numpy as np
 
 from .bundle.lines import iter_lines
 from .bundle.loader import ValidationBeside
+from .bundle.pipe import can_fork, usable_cores
 from .bundle.reader import RunReader
 from .bundle.writer import write_prepared_bundle
+from .forked_call import ForkedCall
 from .jsonfmt import JSONParseError, parse_json_bytes
 
 LAYER_KEYS = frozenset(
@@ -112,19 +115,21 @@ def _write(
     new_id: str,
     check: ValidationBeside,
 ) -> Path:
-    if variant == "experts":
-        lines = _experts(reader.raw_path, new_id, np.random.default_rng(seed))
-        return write_prepared_bundle(out_root, manifest, lines, layout, check.wait)
     with (
         tempfile.TemporaryDirectory(
             prefix=".scramble-", dir=out_root if out_root.is_dir() else None
         ) as spill,
         reader.raw_path.open("rb") as source,
     ):
+        if variant == "experts":
+            with closing(
+                _experts(reader.raw_path, new_id, np.random.default_rng(seed), Path(spill))
+            ) as lines:
+                return write_prepared_bundle(out_root, manifest, lines, layout, check.wait)
         columns = _Spill(Path(spill), source)
         columns.gather(reader.raw_path, new_id)  # Unusual before anything is written
-        lines = columns.assemble(np.random.default_rng(seed))
-        return write_prepared_bundle(out_root, manifest, lines, layout, check.wait)
+        assembled = columns.assemble(np.random.default_rng(seed))
+        return write_prepared_bundle(out_root, manifest, assembled, layout, check.wait)
 
 
 class _Shape(NamedTuple):
@@ -299,25 +304,150 @@ def _decoded_event(data: bytes | memoryview | None) -> dict[str, Any]:
     return event
 
 
-def _experts(path: Path, new_id: str, rng: np.random.Generator) -> Iterator[bytes]:
+#: a run from this size on is written in two halves, the second by a forked process
+HALVES_FROM_BYTES = 64 * 1024 * 1024
+
+
+def _experts(
+    path: Path, new_id: str, rng: np.random.Generator, spill: Path
+) -> Generator[bytes | Path, None, None]:
+    """The twin's lines. A large run is cut in two at a line: a forked process writes the second
+    half to a file, its generator advanced past the draws of the first half (made in bulk, on
+    the assumption that every event draws what the first one does); the first half, written
+    here, tells whether that held. If not, this process writes the second half itself."""
+    split = _split_point(path)
+    shape = _draw_shape(path) if split is not None else None
+    if split is None or shape is None:
+        yield from _experts_range(path, new_id, rng, 0, None, _Drawn(None))
+        return
+    part = spill / "second-half"
+    helper = ForkedCall(_experts_second_half, path, split, new_id, rng, shape, part)
+    try:
+        drawn = _Drawn(shape)
+        yield from _experts_range(path, new_id, rng, 0, split, drawn)
+        if drawn.uniform:
+            try:
+                assumed = helper.result()
+            except ChildProcessError:  # the helper died: this process writes its half
+                assumed = -1
+            if assumed == drawn.lines:
+                yield part  # its bytes, copied by the kernel
+                return
+    finally:
+        helper.close()
+    yield from _experts_range(path, new_id, rng, split, None, _Drawn(None))
+
+
+def _experts_second_half(
+    path: Path, split: int, new_id: str, rng: np.random.Generator, shape: tuple[int, int], part: Path
+) -> int:
+    """(In the forked process.) The second half written to ``part``; returns the number of lines
+    before ``split`` whose draws it skipped."""
+    before = _newlines(path, split)
+    _skip_draws(rng, before * shape[0], shape[1])
+    with part.open("wb", buffering=1 << 20) as out:
+        for text in _experts_range(path, new_id, rng, split, None, _Drawn(None)):
+            out.write(text)
+    return before
+
+
+class _Drawn:
+    """The lines of a range and whether each drew ``shape`` (L permutations of W experts): what
+    the forked half assumed when it skipped their draws."""
+
+    def __init__(self, shape: tuple[int, int] | None) -> None:
+        self.shape = shape
+        self.lines = 0
+        self.uniform = shape is not None
+
+    def note(self, layers: int, width: int | None) -> None:
+        """One line drew ``layers`` permutations, each of ``width`` experts (None: not all alike)."""
+        self.lines += 1
+        if self.uniform and (layers, width) != self.shape:
+            self.uniform = False
+
+
+def _split_point(path: Path) -> int | None:
+    """The start of the line nearest the middle of a run worth two processes, else None."""
+    size = path.stat().st_size
+    if size < HALVES_FROM_BYTES or usable_cores() < 2 or not can_fork():
+        return None
+    with path.open("rb") as handle:
+        handle.seek(size // 2)
+        offset = size // 2
+        while chunk := handle.read(1 << 20):
+            at = chunk.find(b"\n")
+            if at >= 0:
+                split = offset + at + 1
+                return split if split < size else None
+            offset += len(chunk)
+    return None
+
+
+def _draw_shape(path: Path) -> tuple[int, int] | None:
+    """(layers, experts) of the first event where every layer has one router width, else None."""
+    first = next(iter_lines(path), None)
+    if first is None or first.data is None:
+        return None
+    try:
+        event = parse_json_bytes(bytes(first.data))
+    except JSONParseError:
+        return None
+    layers = event.get("layers") if isinstance(event, dict) else None
+    if not isinstance(layers, list) or not layers:
+        return None
+    widths = {
+        len(v["router_probs"]) if isinstance(v, dict) and isinstance(v.get("router_probs"), list) else -1
+        for v in layers
+    }
+    width = widths.pop()
+    return (len(layers), width) if not widths and width > 0 else None
+
+
+def _newlines(path: Path, stop: int) -> int:
+    """How many line ends lie before byte ``stop``."""
+    count = 0
+    with path.open("rb") as handle:
+        while stop > 0 and (chunk := handle.read(min(1 << 24, stop))):
+            count += chunk.count(b"\n")
+            stop -= len(chunk)
+    return count
+
+
+def _skip_draws(rng: np.random.Generator, rows: int, width: int) -> None:
+    """Advance ``rng`` past ``rows`` permutations of ``width`` drawn one after another, in bulk
+    (a row-wise shuffle draws the same numbers whatever the rows' type or how many go in a call)."""
+    kind = np.int16 if width < 2**15 else np.int64
+    chunk = max(1, (1 << 22) // width)
+    while rows > 0:
+        count = min(rows, chunk)
+        rng.permuted(np.tile(np.arange(width, dtype=kind), (count, 1)), axis=1)
+        rows -= count
+
+
+def _experts_range(
+    path: Path, new_id: str, rng: np.random.Generator, start: int, end: int | None, drawn: _Drawn
+) -> Iterator[bytes]:
     entries = _Entries(integers_refused=False)
     bases: dict[tuple[int, int], np.ndarray] = {}
-    for line in iter_lines(path):
+    for line in iter_lines(path, start_offset=start, end_offset=end):
         data = bytes(line.data) if line.data is not None else b""
         parts = _line_parts(data, entries, new_id) if line.data is not None else None
         if parts is None:
-            yield _experts_decoded(_decoded_event(line.data), new_id, rng)
+            yield _experts_decoded(_decoded_event(line.data), new_id, rng, drawn)
             continue
         head, tail, found = parts
         widths = {entry.experts for entry in found}
         if len(widths) == 1:  # one call draws what one call per layer would, in order
             width = widths.pop()
+            drawn.note(len(found), width)
             base = bases.get((len(found), width))
             if base is None:
                 base = bases[len(found), width] = np.tile(np.arange(width), (len(found), 1))
-            drawn = rng.permuted(base, axis=1)
-            new_labels, places = drawn.tolist(), np.argsort(drawn, axis=1).tolist()
+            drawn_labels = rng.permuted(base, axis=1)
+            new_labels, places = drawn_labels.tolist(), np.argsort(drawn_labels, axis=1).tolist()
         else:
+            drawn.note(len(found), None)
             each = [rng.permutation(entry.experts) for entry in found]
             new_labels, places = [d.tolist() for d in each], [np.argsort(d).tolist() for d in each]
         texts = []
@@ -343,7 +473,9 @@ def _relabelled(text: bytes, labels: list[int], place: list[int]) -> bytes:
     return b"".join((text[:probs], moved, text[probs_end:picks], renamed, text[picks_end:]))
 
 
-def _experts_decoded(event: dict[str, Any], new_id: str, rng: np.random.Generator) -> bytes:
+def _experts_decoded(event: dict[str, Any], new_id: str, rng: np.random.Generator, drawn: _Drawn) -> bytes:
+    widths = {len(layer["router_probs"]) for layer in event["layers"]}
+    drawn.note(len(event["layers"]), widths.pop() if len(widths) == 1 else None)
     texts = []
     for layer in event["layers"]:
         probs, picks = layer["router_probs"], layer["topk_indices"]

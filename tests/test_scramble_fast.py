@@ -258,3 +258,54 @@ def test_entries_the_text_cannot_vouch_for_are_written_as_the_event_by_event_scr
     streamed, by_event = _both(run, tmp_path, variant, 4, monkeypatch)
     assert _files(streamed) == _files(by_event)
     assert RunReader(streamed).validate().ok
+
+
+def _split_everything(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every run is written in two halves; returns the forked helpers started."""
+    started: list[object] = []
+    real = fast_module.ForkedCall
+
+    def counted(*args: Any) -> Any:
+        helper = real(*args)
+        started.append(helper)
+        return helper
+
+    monkeypatch.setattr(fast_module, "HALVES_FROM_BYTES", 1)
+    monkeypatch.setattr(fast_module, "ForkedCall", counted)
+    return started
+
+
+@pytest.mark.parametrize("source", ["demo", "compact"])
+def test_a_run_written_in_two_halves_is_the_one_process_twin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    run = EXAMPLE_RUN if source == "demo" else _compact_copy(tmp_path)
+    started = _split_everything(monkeypatch)
+    streamed, by_event = _both(run, tmp_path, "experts", 6, monkeypatch)
+    assert len(started) == 1, "the second half was written by a forked process"
+    assert _files(streamed) == _files(by_event)
+    assert not list((tmp_path / "streamed").glob(".*")), "no spill or staging folder is left"
+
+
+def test_when_the_first_half_is_not_what_the_second_assumed_this_process_writes_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blank line in the first half: the forked half skipped one line's draws too many, so its
+    text is dropped and the second half is written here, from the right draws."""
+    manifest, events, layout = make_bundle_parts(tokens=40, layers=3, experts=16, top_k=2, seed=2)
+    lines = [json.dumps(e, sort_keys=True) for e in events]
+    lines.insert(3, "")
+    run = write_raw_bundle(tmp_path / "blank", manifest, events, layout, lines)
+    started = _split_everything(monkeypatch)
+    streamed, by_event = _both(run, tmp_path, "experts", 2, monkeypatch)
+    assert len(started) == 1
+    assert _files(streamed) == _files(by_event)
+
+
+def test_draws_skipped_in_bulk_leave_the_generator_where_drawing_them_one_by_one_does() -> None:
+    one_by_one, bulk = np.random.default_rng(11), np.random.default_rng(11)
+    base = np.tile(np.arange(64), (16, 1))
+    for _ in range(4400):  # 70,400 permutations: more than one bulk call holds
+        one_by_one.permuted(base, axis=1)
+    fast_module._skip_draws(bulk, 4400 * 16, 64)
+    assert np.array_equal(one_by_one.permuted(base, axis=1), bulk.permuted(base, axis=1))

@@ -67,7 +67,7 @@ def write_run_bundle(
 def write_prepared_bundle(
     root_dir: Path | str,
     manifest: Mapping[str, Any],
-    raw_lines: Iterable[bytes],
+    raw_lines: Iterable[bytes | Path],
     layout: Mapping[str, Any],
     verify: Callable[[], None],
 ) -> Path:
@@ -76,6 +76,8 @@ def write_prepared_bundle(
     For a bundle made from a valid one by a transformation that keeps every rule (a scrambled
     twin): ``verify`` checks the source (it raises if the source is not clean) instead of the
     result being validated again; nothing appears under the target name unless it passes.
+    A Path among the lines stands for that file's bytes (lines another process wrote), copied
+    by the kernel where it can.
     """
     run_id = manifest.get("run_id") if isinstance(manifest, Mapping) else None
 
@@ -83,11 +85,30 @@ def write_prepared_bundle(
         _write_json(staging / MANIFEST_FILE, manifest, "manifest")
         with (staging / RAW_TRACE_FILE).open("wb") as handle:
             for text in raw_lines:
-                handle.write(text)
+                if isinstance(text, Path):
+                    _append_file(handle, text)
+                else:
+                    handle.write(text)
             _sync(handle)
         _write_json(staging / LAYOUT_FILE, layout, "layout")
 
     return _publish(root_dir, run_id, fill, lambda _staging: verify())
+
+
+def _append_file(handle: IO[bytes], path: Path) -> None:
+    """``path``'s bytes after what ``handle`` holds: copied inside the kernel, else (not Linux, or
+    a file system that cannot) read and written from where the kernel's copy stopped."""
+    handle.flush()
+    with path.open("rb") as source:
+        left = os.fstat(source.fileno()).st_size
+        try:
+            while left > 0 and (copied := os.copy_file_range(source.fileno(), handle.fileno(), left)):
+                left -= copied
+        except (AttributeError, OSError):
+            handle.seek(0, os.SEEK_END)
+            source.seek(os.lseek(source.fileno(), 0, os.SEEK_CUR))
+            shutil.copyfileobj(source, handle, 1 << 23)
+    handle.seek(0, os.SEEK_END)
 
 
 def _publish(
