@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 from array import array
 from collections.abc import Generator, Iterator
@@ -127,9 +128,9 @@ def _write(
             ) as lines:
                 return write_prepared_bundle(out_root, manifest, lines, layout, check.wait)
         columns = _Spill(Path(spill), source)
-        columns.gather(reader.raw_path, new_id)  # Unusual before anything is written
-        assembled = columns.assemble(np.random.default_rng(seed))
-        return write_prepared_bundle(out_root, manifest, assembled, layout, check.wait)
+        columns.gather_all(reader.raw_path, new_id)  # Unusual before anything is written
+        with closing(columns.assemble(np.random.default_rng(seed))) as assembled:
+            return write_prepared_bundle(out_root, manifest, assembled, layout, check.wait)
 
 
 class _Shape(NamedTuple):
@@ -494,20 +495,51 @@ class _Spill:
     negative length: widen it) or in the spill file (``starts`` = -1 - offset); and each event's
     text around its layers."""
 
-    def __init__(self, folder: Path, source: BinaryIO) -> None:
+    def __init__(self, folder: Path, source: BinaryIO, name: str = "") -> None:
+        self.folder = folder
         self.source = source
         self.starts: dict[int, array[int]] = {}
         self.lengths: dict[int, array[int]] = {}
-        self.written = (folder / "layers").open("w+b")
+        self.written = (folder / f"layers{name}").open("w+b")
         self.written_size = 0
-        self.events = (folder / "events").open("w+b")
+        self.events = (folder / f"events{name}").open("w+b")
         self.event_offsets = array("q", [0])
         self.layer_orders: list[tuple[int, ...]] = []
 
-    def gather(self, path: Path, new_id: str) -> None:
+    def gather_all(self, path: Path, new_id: str) -> None:
+        """Every line gathered; a large run in two halves, the second by a forked process."""
+        split = _split_point(path)
+        if split is None:
+            self.gather(path, new_id, 0, None)
+            return
+        helper = ForkedCall(_gather_half, self.folder, path, new_id, split)
+        try:
+            self.gather(path, new_id, 0, split)
+            half = helper.result()
+        finally:
+            helper.close()
+        self._append(half)
+
+    def _append(self, half: dict[str, Any]) -> None:
+        """The forked half's columns after this one's (its spilled texts moved to this file)."""
+        shift = self.written_size
+        for index, starts in half["starts"].items():
+            self._column(index)
+            self.starts[index].extend(s if s >= 0 else s - shift for s in starts)
+            self.lengths[index].extend(half["lengths"][index])
+        for handle, name in ((self.written, "layers"), (self.events, "events")):
+            handle.seek(0, os.SEEK_END)
+            with (self.folder / f"{name}-half").open("rb") as part:
+                shutil.copyfileobj(part, handle, 1 << 22)
+        self.written_size += half["written_size"]
+        base = self.event_offsets[-1]
+        self.event_offsets.extend(base + offset for offset in half["event_offsets"][1:])
+        self.layer_orders.extend(half["layer_orders"])
+
+    def gather(self, path: Path, new_id: str, start: int, end: int | None) -> None:
         orders: dict[tuple[int, ...], tuple[int, ...]] = {}
         entries = _Entries(integers_refused=True)
-        for line in iter_lines(path):
+        for line in iter_lines(path, start_offset=start, end_offset=end):
             data = bytes(line.data) if line.data is not None else b""
             parts = _line_parts(data, entries, new_id) if line.data is not None else None
             if parts is None:
@@ -552,17 +584,43 @@ class _Spill:
         head, tail = _around_layers(event)
         return indices, head.encode("ascii"), tail.encode("ascii")
 
-    def assemble(self, rng: np.random.Generator) -> Iterator[bytes]:
-        """The twin's lines: each event's own text, its layers' entries permuted per layer."""
+    def assemble(self, rng: np.random.Generator) -> Generator[bytes | Path, None, None]:
+        """The twin's lines: each event's own text, its layers' entries permuted per layer. A
+        large run's second half is written by a forked process (a Path: its file)."""
         for handle in (self.written, self.events):
             handle.flush()
         permutations = {index: rng.permutation(len(self.starts[index])) for index in sorted(self.starts)}
+        count = len(self.layer_orders)
+        half = count // 2
+        if (
+            count < 2
+            or os.fstat(self.source.fileno()).st_size < HALVES_FROM_BYTES
+            or usable_cores() < 2
+            or not can_fork()
+        ):
+            yield from self.lines(permutations, 0, count)
+            return
+        part = self.folder / "second-half"
+        helper = ForkedCall(_assemble_half, self, permutations, half, part)
+        try:
+            yield from self.lines(permutations, 0, half)
+            helper.result()
+        finally:
+            helper.close()
+        yield part  # its bytes, copied by the kernel
+
+    def lines(self, permutations: dict[int, np.ndarray], first: int, stop: int) -> Iterator[bytes]:
+        """The twin's lines of events ``first`` to ``stop``."""
         starts, lengths = self.starts, self.lengths
         slots = dict.fromkeys(self.starts, 0)
+        for order in self.layer_orders[:first]:
+            for index in order:
+                slots[index] += 1
         event_offsets = self.event_offsets
         pread, source = os.pread, self.source.fileno()
         written, events = self.written.fileno(), self.events.fileno()
-        for position, order in enumerate(self.layer_orders):
+        for position in range(first, stop):
+            order = self.layer_orders[position]
             texts = []
             for index in order:
                 row = int(permutations[index][slots[index]])
@@ -577,6 +635,29 @@ class _Spill:
             first, stop = event_offsets[position], event_offsets[position + 1]
             head, tail = pread(events, stop - first, first).split(b"\0", 1)
             yield b"".join((head, b"[", b", ".join(texts), b"]", tail))
+
+
+def _gather_half(folder: Path, path: Path, new_id: str, split: int) -> dict[str, Any]:
+    """(In the forked process.) The second half gathered; its columns (spilled texts in files)."""
+    with path.open("rb") as source:
+        half = _Spill(folder, source, "-half")
+        half.gather(path, new_id, split, None)
+        half.written.close()
+        half.events.close()
+    return {
+        "starts": half.starts,
+        "lengths": half.lengths,
+        "written_size": half.written_size,
+        "event_offsets": half.event_offsets,
+        "layer_orders": half.layer_orders,
+    }
+
+
+def _assemble_half(spill: _Spill, permutations: dict[int, np.ndarray], first: int, part: Path) -> None:
+    """(In the forked process.) The twin's lines from event ``first`` on, written to ``part``."""
+    with part.open("wb", buffering=1 << 20) as out:
+        for text in spill.lines(permutations, first, len(spill.layer_orders)):
+            out.write(text)
 
 
 def _ints_in_floats(layer: dict[str, Any]) -> bool:
