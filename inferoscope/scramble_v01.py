@@ -36,6 +36,7 @@ import tempfile
 from array import array
 from collections.abc import Generator, Iterator
 from contextlib import closing
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
@@ -152,15 +153,69 @@ class _Entry(NamedTuple):
     narrow: bool
     experts: int
     layer_index: int
+    known: bool  # read as a known shape
+
+
+class _LinePlan(NamedTuple):
+    """A line's layers whose shapes are all known: whether their separators are narrow, and
+    each one's router width."""
+
+    narrow: bool
+    widths: tuple[int, ...]
+
+
+#: line plans kept at most (a key is the layers' skeleton, a line's length)
+MAX_LINE_PLANS = 16
 
 
 class _Entries:
     """Reads layer entries, using the source's text where its shape is known to be the
-    contract's (learned from the first entry of each shape, written anew and compared)."""
+    contract's (learned from the first entry of each shape, written anew and compared).
 
-    def __init__(self, integers_refused: bool) -> None:
+    A line whose layers' skeleton is that of a line whose every entry was of a known shape has
+    entries of the same known shapes (the skeleton keeps every brace), and the cheap look of
+    ``_numbers_as_repr`` over all of them is the look at each; such a line is read whole
+    (``plan``), with no entry looked at on its own."""
+
+    def __init__(self, integers_refused: bool, indices: bool = True) -> None:
         self.known: dict[bytes, _Shape] = {}
+        self.plans: dict[bytes, _LinePlan] = {}
         self.integers_refused = integers_refused  # the token scramble: see _ints_in_floats
+        self.indices = indices  # whether layer indices are read (-1 where not)
+
+    def line(
+        self, line: bytes, head_end: int, ranges: list[tuple[int, int]], tail_start: int
+    ) -> list[_Entry] | None:
+        """Every layer entry of a line, or None if one is not an entry with the contract's keys."""
+        region = line[head_end:tail_start]
+        skeleton = region.translate(None, _NUMBER_BYTES)
+        plan = self.plans.get(skeleton)
+        if plan is not None and _numbers_as_repr(region, len(ranges)):
+            return self._planned(line, ranges, plan)
+        found = []
+        read = self.read
+        for start, end in ranges:
+            entry = read(line, start, end)
+            if entry is None:
+                return None
+            found.append(entry)
+        narrow = {entry.narrow for entry in found}
+        if len(self.plans) < MAX_LINE_PLANS and len(narrow) == 1 and all(entry.known for entry in found):
+            self.plans[skeleton] = _LinePlan(narrow.pop(), tuple(entry.experts for entry in found))
+        return found
+
+    def _planned(self, line: bytes, ranges: list[tuple[int, int]], plan: _LinePlan) -> list[_Entry]:
+        narrow = plan.narrow
+        if not self.indices:
+            return [
+                _Entry(start, end, None, narrow, width, -1, True)
+                for (start, end), width in zip(ranges, plan.widths, strict=True)
+            ]
+        find, found = line.find, []
+        for (start, end), width in zip(ranges, plan.widths, strict=True):
+            at = find(b'"layer_index":', start) + 14  # a known shape: the contract's key order
+            found.append(_Entry(start, end, None, narrow, width, int(line[at : find(b",", at)]), True))
+        return found
 
     def read(self, line: bytes, start: int, end: int) -> _Entry | None:
         """The entry at ``line[start:end]``, or None if it is not one with the contract's keys."""
@@ -169,7 +224,8 @@ class _Entries:
         shape = self.known.get(skeleton)
         if shape is not None and _numbers_as_repr(text):
             at = text.find(b'"layer_index":') + 14  # a known shape: the contract's key order
-            return _Entry(start, end, None, shape.narrow, shape.experts, int(text[at : text.find(b",", at)]))
+            index = int(text[at : text.find(b",", at)])
+            return _Entry(start, end, None, shape.narrow, shape.experts, index, True)
         try:
             layer = _DECODE.decode(text)
         except msgspec.DecodeError:
@@ -182,18 +238,18 @@ class _Entries:
         experts, index = len(layer["router_probs"]), layer["layer_index"]
         narrow = text != careful
         if narrow and _widen(text) != careful:
-            return _Entry(start, end, careful, False, experts, index)
+            return _Entry(start, end, careful, False, experts, index, False)
         floats = experts + len(layer["topk_probs"]) + len(FLOAT_SCALARS)
         if shape is None and _points_where_floats(text, floats) and _numbers_as_repr(text):
             self.known[skeleton] = _Shape(narrow, experts)
-        return _Entry(start, end, None, narrow, experts, index)
+        return _Entry(start, end, None, narrow, experts, index, False)
 
 
 #: exponents ``repr`` never writes: without a sign, of one digit, or where it writes no exponent
 _NOT_REPR_EXPONENT = re.compile(rb"e\d|e[-+]\d(?!\d)|e-0[0-4]|e\+(?:0|1[0-5](?!\d))")
 
 
-def _numbers_as_repr(text: bytes) -> bool:
+def _numbers_as_repr(text: bytes, entries: int = 1) -> bool:
     """Whether an entry's numbers are written as ``repr`` writes them, as far as a cheap look
     can tell: no number below 1e-4 without an exponent, every exponent in repr's form, and no
     integer written ``-0`` (the shape deletes signs). Where the points lie, one in every float
@@ -202,7 +258,7 @@ def _numbers_as_repr(text: bytes) -> bool:
         return False
     if b"-" in text and (b"-0," in text or b"-0]" in text):  # an integer -0 (one byte is memchr)
         return False
-    return text.count(b"e") == _KEY_ES or _NOT_REPR_EXPONENT.search(text) is None
+    return text.count(b"e") == _KEY_ES * entries or _NOT_REPR_EXPONENT.search(text) is None
 
 
 def _points_where_floats(text: bytes, floats: int) -> bool:
@@ -277,13 +333,9 @@ def _line_parts(line: bytes, entries: _Entries, new_id: str) -> tuple[bytes, byt
     if cut is None:
         return None
     head_end, ranges, tail_start = cut
-    found = []
-    read = entries.read
-    for start, end in ranges:
-        entry = read(line, start, end)
-        if entry is None:
-            return None
-        found.append(entry)
+    found = entries.line(line, head_end, ranges, tail_start)
+    if found is None:
+        return None
     around = _event_text(line, head_end, tail_start, new_id)
     if around is None:
         return None
@@ -429,7 +481,7 @@ def _skip_draws(rng: np.random.Generator, rows: int, width: int) -> None:
 def _experts_range(
     path: Path, new_id: str, rng: np.random.Generator, start: int, end: int | None, drawn: _Drawn
 ) -> Iterator[bytes]:
-    entries = _Entries(integers_refused=False)
+    entries = _Entries(integers_refused=False, indices=False)
     bases: dict[tuple[int, int], np.ndarray] = {}
     for line in iter_lines(path, start_offset=start, end_offset=end):
         data = bytes(line.data) if line.data is not None else b""
@@ -451,24 +503,57 @@ def _experts_range(
             drawn.note(len(found), None)
             each = [rng.permutation(entry.experts) for entry in found]
             new_labels, places = [d.tolist() for d in each], [np.argsort(d).tolist() for d in each]
-        texts = []
-        for entry, labels, place in zip(found, new_labels, places, strict=True):
-            text = entry.written or data[entry.start : entry.end]
-            texts.append(_relabelled(_widen(text) if entry.narrow else text, labels, place))
-        yield b"".join((head, b"[", b", ".join(texts), b"]", tail, b"\n"))
+        if found and all(entry.narrow and entry.written is None for entry in found):  # widened once
+            texts = [
+                _relabelled(data[entry.start : entry.end], labels, place, _NARROW)
+                for entry, labels, place in zip(found, new_labels, places, strict=True)
+            ]
+            layers = _widen(b",".join(texts))
+        else:
+            texts = []
+            for entry, labels, place in zip(found, new_labels, places, strict=True):
+                text = entry.written or data[entry.start : entry.end]
+                texts.append(_relabelled(_widen(text) if entry.narrow else text, labels, place, _WIDE))
+            layers = b", ".join(texts)
+        yield b"".join((head, b"[", layers, b"]", tail, b"\n"))
 
 
-def _relabelled(text: bytes, labels: list[int], place: list[int]) -> bytes:
-    """A layer entry (the contract's text) with expert i called labels[i] (``place`` is its
-    inverse: new label j is old expert place[j])."""
-    probs = text.find(b'"router_probs": [') + 17
+class _Separators(NamedTuple):
+    between: bytes
+    probs: bytes  # the key and the list's opening
+    picks: bytes
+
+
+_WIDE = _Separators(b", ", b'"router_probs": [', b'"topk_indices": [')
+_NARROW = _Separators(b",", b'"router_probs":[', b'"topk_indices":[')
+
+
+class _Indices(dict[bytes, int]):
+    """An expert id's text to its number, a table for the usual ones and ``int`` for the rest."""
+
+    def __missing__(self, text: bytes) -> int:
+        return int(text)
+
+
+_NAMES = [b"%d" % n for n in range(1024)]
+_INDEX = _Indices((name, n) for n, name in enumerate(_NAMES))
+
+
+def _relabelled(text: bytes, labels: list[int], place: list[int], separators: _Separators) -> bytes:
+    """A layer entry (the contract's text, or that text with narrow separators) with expert i
+    called labels[i] (``place`` is its inverse: new label j is old expert place[j])."""
+    between = separators.between
+    probs = text.find(separators.probs) + len(separators.probs)
     probs_end = text.find(b"]", probs)
-    values = text[probs:probs_end].split(b", ")
-    moved = b", ".join([values[i] for i in place])
-    picks = text.find(b'"topk_indices": [', probs_end) + 17
+    if len(place) > 1:  # (itemgetter of one key gives the item, not a tuple)
+        moved = between.join(itemgetter(*place)(text[probs:probs_end].split(between)))
+    else:
+        moved = text[probs:probs_end]
+    picks = text.find(separators.picks, probs_end) + len(separators.picks)
     picks_end = text.find(b"]", picks)
     if picks_end > picks:
-        renamed = b", ".join([b"%d" % labels[int(i)] for i in text[picks:picks_end].split(b", ")])
+        names = _NAMES if len(labels) <= len(_NAMES) else [b"%d" % n for n in range(len(labels))]
+        renamed = between.join([names[labels[_INDEX[i]]] for i in text[picks:picks_end].split(between)])
     else:
         renamed = b""
     return b"".join((text[:probs], moved, text[probs_end:picks], renamed, text[picks_end:]))
@@ -547,7 +632,7 @@ class _Spill:
             else:
                 head, tail, found = parts
                 indices = []
-                for start, end, written, narrow, _experts, index in found:
+                for start, end, written, narrow, _experts, index, _known in found:
                     if written is not None:
                         self._spilled(index, written)
                     else:
