@@ -11,6 +11,7 @@ contract v0.1.0). Prompt (prefill) arrays are not carried: a twin scrambles the 
 
 from __future__ import annotations
 
+import multiprocessing
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .bundle.pipe import can_fork, forked_child, usable_cores
 from .bundle.reader import RunReader
 from .bundle.writer_v02 import RunWriter
 from .jsonfmt import parse_json_bytes
@@ -113,13 +115,15 @@ def scramble_v02(
                     }
                     writer.add_tokens(_metas(reader, start, stop, new_id), routed)
         else:
-            for start in range(0, count, BLOCK_TOKENS):
-                stop = min(count, start + BLOCK_TOKENS)
-                routed = {
-                    group.name: _relabelled(sidecar, group, plans[group.name], start, stop, rng)
-                    for group in reader.routing.groups
-                }
-                writer.add_tokens(_metas(reader, start, stop, new_id), routed)
+            drawn = [g for g in reader.routing.groups if plans[g.name] is None]
+            with _Labels(rng, count, drawn) as source:
+                for start in range(0, count, BLOCK_TOKENS):
+                    stop = min(count, start + BLOCK_TOKENS)
+                    routed = {
+                        group.name: _relabelled(sidecar, group, plans[group.name], start, stop, source)
+                        for group in reader.routing.groups
+                    }
+                    writer.add_tokens(_metas(reader, start, stop, new_id), routed)
         return writer.close(layout, bias=biases or None, verify=verify)
     except BaseException:
         writer.abort()
@@ -194,20 +198,80 @@ class _Buckets:
         return out.reshape((stop - start, lg, *shape))
 
 
+class _Labels:
+    """The per-row relabellings of the expert scramble, block by block and group by group, in
+    the order ``_relabelled`` asks for them (the generator's draws are the same either way).
+
+    Drawing them is a third of the scramble's time and strictly sequential, so on a long run a
+    forked process draws them beside this one, which does the rest (reading, moving, writing),
+    and sends each block's labels through a pipe in the smallest integer type that holds them."""
+
+    def __init__(self, rng: np.random.Generator, count: int, groups: list[RoutingGroup]) -> None:
+        self.rng = rng
+        self.receiver: Any = None
+        self.helper: Any = None
+        if groups and count >= LABELS_BESIDE_FROM and usable_cores() >= 2 and can_fork():
+            ctx = multiprocessing.get_context("fork")
+            self.receiver, sender = ctx.Pipe(duplex=False)
+            self.helper = ctx.Process(target=_draw_labels, args=(sender, rng, count, groups), daemon=True)
+            self.helper.start()
+            sender.close()
+
+    def next(self, rows: int, group: RoutingGroup) -> np.ndarray:
+        """``[rows, E]`` int64: the next relabelling of ``group``'s rows."""
+        if self.receiver is None:
+            return _labels(self.rng, rows, group)
+        kind = _label_type(group.num_experts)
+        data = self.receiver.recv_bytes()
+        if len(data) != rows * group.num_experts * kind.itemsize:  # the helper failed: never expected
+            raise RuntimeError(
+                f"the label helper sent {len(data)} bytes for {rows} rows of group {group.name!r}"
+            )
+        return np.frombuffer(data, dtype=kind).reshape(rows, group.num_experts).astype(np.int64)
+
+    def __enter__(self) -> _Labels:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.helper is not None:
+            if self.helper.is_alive():
+                self.helper.terminate()
+            self.helper.join()
+            self.receiver.close()
+
+
+#: a run this long (tokens) has its expert relabellings drawn by a forked process
+LABELS_BESIDE_FROM = 16 * BLOCK_TOKENS
+
+
+def _label_type(experts: int) -> np.dtype[Any]:
+    return np.dtype(np.int8 if experts <= 128 else np.int16 if experts <= 2**15 else np.int64)
+
+
+def _draw_labels(conn: Any, rng: np.random.Generator, count: int, groups: list[RoutingGroup]) -> None:
+    """(In the forked process.) Every block's relabellings, in the order they are asked for."""
+    with forked_child(conn):
+        for start in range(0, count, BLOCK_TOKENS):
+            rows_per_layer = min(count, start + BLOCK_TOKENS) - start
+            for group in groups:
+                labels = _labels(rng, rows_per_layer * len(group.layers), group)
+                conn.send_bytes(labels.astype(_label_type(group.num_experts)).reshape(-1).data)
+
+
 def _relabelled(
     sidecar: Any,
     group: RoutingGroup,
     plan: Any,
     start: int,
     stop: int,
-    rng: np.random.Generator,
+    labels: _Labels,
 ) -> dict[str, np.ndarray]:
     roles = _roles(group)
     lg, t = len(group.layers), stop - start
     values = {role: sidecar.rows(group, role, start, stop) for role in roles}
     rows = t * lg
     # one relabelling per row, or the layer's one relabelling repeated for every token
-    per_row = _labels(rng, rows, group) if plan is None else np.tile(plan, (t, 1))
+    per_row = labels.next(rows, group) if plan is None else np.tile(plan, (t, 1))
     out = {}
     selected = values["selected"].reshape(rows, -1).astype(np.int64)
     out["selected"] = np.take_along_axis(per_row, selected, axis=1).reshape(t, lg, -1)

@@ -396,6 +396,33 @@ def test_scrambled_twins_of_v02_runs_obey_their_declared_rule(
             assert sorted(map(tuple, original[:, slot])) == sorted(map(tuple, shuffled[:, slot]))
 
 
+def test_an_expert_twin_is_the_same_whether_its_labels_are_drawn_beside_or_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import inferoscope.scramble_v02 as v02
+    from inferoscope.scramble import scramble_bundle
+
+    run = make(tmp_path)
+    here = scramble_bundle(run, tmp_path / "here", "experts", seed=4)
+    helpers: list[object] = []
+    real = v02._Labels.__init__
+
+    def spy(self: Any, *args: Any) -> None:
+        real(self, *args)
+        helpers.append(self.helper)
+
+    monkeypatch.setattr(v02._Labels, "__init__", spy)
+    monkeypatch.setattr(v02, "BLOCK_TOKENS", 5)  # three blocks, the last one short
+    monkeypatch.setattr(v02, "LABELS_BESIDE_FROM", 1)
+    beside = scramble_bundle(run, tmp_path / "beside", "experts", seed=4)
+    assert len(helpers) == 1 and helpers[0] is not None, "a forked process drew the labels"
+
+    def files(folder: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    assert files(here) == files(beside)
+
+
 def test_inspect_json_states_the_contract_and_the_routing(tmp_path: Path) -> None:
     import subprocess
     import sys
