@@ -150,7 +150,7 @@ class NpyAppender:
             data = data[None]
         if data.shape[1:] != self.row_shape:
             raise ValueError(f"{self.path.name}: rows of shape {data.shape[1:]}, expected {self.row_shape}")
-        self._handle.write(to_disk(data, self.dtype).tobytes())
+        self._handle.write(to_disk(data, self.dtype).data)  # its buffer, not a copy
         self.rows += int(data.shape[0])
 
     def close(self) -> None:
