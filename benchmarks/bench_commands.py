@@ -10,7 +10,9 @@ generators and never checked in: 5,000 and 50,000 tokens as v0.1.0 NDJSON
 (``inferoscope.synthetic.write_synthetic_v02``, opt in with ``--sizes``). Run B of ``compare`` is
 a second run of the same shape and length (another seed). Each command runs in a fresh process;
 the table gives its wall time, the ratio to ``validate`` of run A in the same table, and the peak
-RSS of the command's own process and of its largest worker process.
+RSS of the command's own process and of its largest worker process. Before each command the
+files written so far are synced to disk, so no command pays for an earlier one's writeback (a
+twin is 1.4 GB at 50,000 tokens).
 
     python benchmarks/bench_commands.py [--sizes 5000,50000] [--commands validate,compare,export]
     python benchmarks/bench_commands.py --sizes 500000   # v0.2, about 4.5 GB on disk
@@ -19,6 +21,7 @@ RSS of the command's own process and of its largest worker process.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -127,6 +130,7 @@ def main() -> None:
                 plans.append(("derive --cap 1024", ["derive", str(copy), "--cap", "1024"]))
             base = None
             for label, command in plans:
+                os.sync()  # the last command's written files go to disk before this one is timed
                 if command[0] == SCRAMBLE:
                     seconds, own, child = timed(*command[1:], code=SCRAMBLE)
                 else:
