@@ -916,13 +916,22 @@ def _vectorised(
     ia = [wa.layers.index(layer) for layer in common]
     ib = [wb.layers.index(layer) for layer in common]
     cols = np.array([layers.index(layer) for layer in common])
-    px, py = wa.probs[rows][:, ia], wb.probs[rows][:, ib]
+    px, tx = _picked(wa, rows, ia)
+    py, ty = _picked(wb, rows, ib)
     for r in rows:
         if wa.token_ids[r] != wb.token_ids[r]:
             found.differs.append(wa.start + int(r))
-    _fill(arr, np.ix_(rows, cols), wa.topk[rows][:, ia], wb.topk[rows][:, ib], (px, py), px, True)
+    _fill(arr, np.ix_(rows, cols), tx, ty, (px, py), px, True)
     filled: np.ndarray = done
     return filled
+
+
+def _picked(window: RoutingBlock, rows: np.ndarray, columns: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, top-k ids) of ``rows`` and layer ``columns`` of a window: the arrays
+    themselves where that is all of them (the usual case), else copies."""
+    if rows.size == window.count and columns == list(range(len(window.layers))):
+        return window.probs, window.topk
+    return window.probs[rows][:, columns], window.topk[rows][:, columns]
 
 
 def _fill(

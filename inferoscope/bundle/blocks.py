@@ -116,14 +116,24 @@ def decode_range(
     count = len(token_ids)
     columns, experts, k = shape if shape is not None else ((), 0, 0)
     mask = np.array(regular, dtype=bool)
-    probs = np.zeros((count, len(columns), experts), dtype=np.float64)
-    topk = np.zeros((count, len(columns), k), dtype=np.int64)
+    every = count > 0 and bool(mask.all())  # the usual block: the arrays are made as they are
+    probs = np.zeros((0 if every else count, len(columns), experts), dtype=np.float64)
+    topk = np.zeros((0 if every else count, len(columns), k), dtype=np.int64)
     if mask.any():
-        probs[mask] = np.array(floats, dtype=np.float64).reshape(-1, len(columns), experts)
+        values = np.array(floats, dtype=np.float64).reshape(-1, len(columns), experts)
+        if every:
+            probs = values
+        else:
+            probs[mask] = values
         try:
-            topk[mask] = np.array(ints, dtype=np.int64).reshape(-1, len(columns), k)
+            picks = np.array(ints, dtype=np.int64).reshape(-1, len(columns), k)
+            if every:
+                topk = picks
+            else:
+                topk[mask] = picks
         except OverflowError:  # an id past int64: every row of the block goes the careful way
             mask[:] = False
+            topk = np.zeros((count, len(columns), k), dtype=np.int64)
         sound = np.isfinite(probs).all(axis=(1, 2)) & ((topk >= 0) & (topk < experts)).all(axis=(1, 2))
         ordered = np.sort(topk, axis=-1)
         sound &= ~(np.diff(ordered, axis=-1) == 0).any(axis=(1, 2))  # repeated ids: the careful way
