@@ -579,6 +579,8 @@ def _compare_blocks(a: RunReader, b: RunReader, layers: list[int], found: _Found
 READ_BY_BLOCKS = True
 #: tokens of two v0.2 runs compared at a time from their array files
 V02_BLOCK = 256  # x 16 layers x 64 experts: the temporaries stay in cache
+#: a v0.2 pair this long (tokens) is compared into file-backed arrays even in one process
+FILE_BACKED_FROM = 8 * V02_BLOCK
 
 
 class _Meta(msgspec.Struct, gc=False):
@@ -744,7 +746,22 @@ def _compare_v02(a: RunReader, b: RunReader, layers: list[int], found: _Found) -
     one process makes, block for block."""
     split = _v02_split(a, b)
     if split is None:
-        return _v02_range(a, b, layers, found, 0, None, None)
+        count = min(len(a), len(b))
+        if count < FILE_BACKED_FROM:
+            return _v02_range(a, b, layers, found, 0, None, None)
+        # one process (threads running, one core): still into the file-backed arrays, a block at
+        # a time, so memory stays flat and nothing is joined at the end
+        arr, na, nb = _v02_range(a, b, layers, found, 0, None, _Arrays.shared(count, len(layers)))
+        if min(na, nb) == count:
+            return arr, na, nb
+        fresh = _Found()  # never expected: fewer tokens read than the runs hold
+        result = _v02_range(a, b, layers, fresh, 0, None, None)
+        found.differs[:], found.mismatched, found.unreadable[:] = (
+            fresh.differs,
+            fresh.mismatched,
+            fresh.unreadable,
+        )
+        return result
     count, half = split
     arr = _Arrays.shared(count, len(layers))
     ctx = multiprocessing.get_context("fork")

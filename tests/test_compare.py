@@ -277,12 +277,12 @@ def test_v02_runs_compared_from_their_arrays_give_the_token_by_token_numbers(
     assert any("token 13" in note for note in result.notes)
 
 
-def test_a_long_v02_pair_split_between_two_processes_into_a_file_gives_the_same_numbers(
+def test_a_long_v02_pair_compared_into_a_file_gives_the_same_numbers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Halves compared in two processes land in arrays of one unlinked file whose pages are given
-    back as rows are done and as the summaries read them: every number and the JSON are those of
-    one process in memory."""
+    """Halves compared in two processes (or the whole pair in one, where it cannot fork) land in
+    arrays of one unlinked file whose pages are given back as rows are done and as the summaries
+    read them: every number and the JSON are those of one process in memory."""
     import inferoscope.compare as compare_module
     from inferoscope.synthetic import write_synthetic_v02
 
@@ -294,9 +294,16 @@ def test_a_long_v02_pair_split_between_two_processes_into_a_file_gives_the_same_
     split = compare_runs(a, b)
     assert split.release.__self__.spill is not None  # type: ignore[attr-defined]  # the file
     monkeypatch.setattr(compare_module, "usable_cores", lambda: 1)
+    monkeypatch.setattr(compare_module, "FILE_BACKED_FROM", 10**9)
     alone = compare_runs(a, b)
     assert alone.release.__self__.spill is None  # type: ignore[attr-defined]  # in memory
     assert json.dumps(split.to_dict()) == json.dumps(alone.to_dict())
+    monkeypatch.setattr(compare_module, "FILE_BACKED_FROM", 32)  # one process, into the file
+    one_file = compare_runs(a, b)
+    assert one_file.release.__self__.spill is not None  # type: ignore[attr-defined]
+    assert json.dumps(one_file.to_dict()) == json.dumps(alone.to_dict())
+    for name in ("jaccard", "jsd", "top1_agree", "flip_margin", "boundary_gap"):
+        assert np.array_equal(getattr(one_file, name), getattr(alone, name), equal_nan=True), name
     assert split.usual_gap(1) == alone.usual_gap(1)
     for name in ("jaccard", "jsd", "top1_agree", "same_set", "same_order", "flip_margin", "boundary_gap"):
         assert np.array_equal(getattr(split, name), getattr(alone, name), equal_nan=True), name
