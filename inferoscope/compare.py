@@ -214,8 +214,12 @@ def _kl_rows(a: np.ndarray, m: np.ndarray) -> np.ndarray:
     """Per row, the sum of a * log2(a / m) over a > 0, in one buffer: each term is the same
     float as written out in full (where a > 0, m >= a / 2 > 0; elsewhere log2(1) * 0 = 0)."""
     term = _scratch(a.shape, a.dtype)
-    term.fill(1.0)
-    np.divide(a, m, out=term, where=a > 0)
+    positive = a > 0
+    if positive.all():  # every term divides (a masked divide is the slower loop)
+        np.divide(a, m, out=term)
+    else:
+        term.fill(1.0)
+        np.divide(a, m, out=term, where=positive)
     np.log2(term, out=term)
     term *= a
     sums: np.ndarray = term.sum(axis=1)
