@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from inferoscope import RunReader, write_run_bundle
-from inferoscope.compare import compare_runs, jensen_shannon_bits
+from inferoscope.compare import compare_runs, jensen_shannon_bits, jensen_shannon_rows
 from inferoscope.extraction import MoELayerCaptureInput, build_token_complete_event
 
 from .conftest import VALID, make_bundle_parts, write_raw_bundle
@@ -60,6 +60,20 @@ def test_jensen_shannon_is_bounded_and_zero_on_equal() -> None:
     p = np.array([1.0, 0.0])
     assert jensen_shannon_bits(p, p) == 0.0
     assert jensen_shannon_bits(p, np.array([0.0, 1.0])) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("zeros", [False, True])
+def test_the_divergence_of_many_rows_is_that_of_each_row_alone(zeros: bool) -> None:
+    """Rows with zero probabilities (a one-hot router, disjoint supports) and rows without."""
+    rng = np.random.default_rng(3)
+    p, q = rng.dirichlet(np.ones(8), size=50), rng.dirichlet(np.ones(8), size=50)
+    if zeros:
+        p[::3, :4] = 0.0
+        q[1::3] = np.eye(8)[rng.integers(0, 8, size=q[1::3].shape[0])]
+    rows = jensen_shannon_rows(p, q)
+    alone = [jensen_shannon_bits(a, b) for a, b in zip(p, q, strict=True)]
+    assert rows.tolist() == pytest.approx(alone, rel=1e-12, abs=1e-15)  # sums grouped otherwise
+    assert np.isfinite(rows).all() and ((rows >= 0) & (rows <= 1)).all()
 
 
 def test_different_lengths_and_shapes_are_reported_not_crashed_on(tmp_path: Path) -> None:
