@@ -758,14 +758,7 @@ def _compare_v02(a: RunReader, b: RunReader, layers: list[int], found: _Found) -
         arr, na, nb = _v02_range(a, b, layers, found, 0, None, _Arrays.shared(count, len(layers)))
         if min(na, nb) == count:
             return arr, na, nb
-        fresh = _Found()  # never expected: fewer tokens read than the runs hold
-        result = _v02_range(a, b, layers, fresh, 0, None, None)
-        found.differs[:], found.mismatched, found.unreadable[:] = (
-            fresh.differs,
-            fresh.mismatched,
-            fresh.unreadable,
-        )
-        return result
+        return _v02_in_memory(a, b, layers, found)  # never expected: fewer tokens than the runs hold
     count, half = split
     arr = _Arrays.shared(count, len(layers))
     ctx = multiprocessing.get_context("fork")
@@ -783,19 +776,24 @@ def _compare_v02(a: RunReader, b: RunReader, layers: list[int], found: _Found) -
         receiver.close()
         child.join()
     if not isinstance(outcome, tuple) or min(outcome[0], outcome[1]) != count:  # never expected
-        fresh = _Found()
-        result = _v02_range(a, b, layers, fresh, 0, None, None)
-        found.differs[:], found.mismatched, found.unreadable[:] = (
-            fresh.differs,
-            fresh.mismatched,
-            fresh.unreadable,
-        )
-        return result
+        return _v02_in_memory(a, b, layers, found)
     na, nb, rest = outcome
     found.differs += rest.differs
     found.mismatched |= rest.mismatched
     found.unreadable += rest.unreadable
     return arr, na, nb
+
+
+def _v02_in_memory(a: RunReader, b: RunReader, layers: list[int], found: _Found) -> tuple[_Arrays, int, int]:
+    """The whole pair again in one process and in memory, ``found`` replaced by what it finds."""
+    fresh = _Found()
+    result = _v02_range(a, b, layers, fresh, 0, None, None)
+    found.differs[:], found.mismatched, found.unreadable[:] = (
+        fresh.differs,
+        fresh.mismatched,
+        fresh.unreadable,
+    )
+    return result
 
 
 def _v02_split(a: RunReader, b: RunReader) -> tuple[int, int] | None:

@@ -78,13 +78,18 @@ def _compact_copy(tmp_path: Path) -> Path:
     return write_raw_bundle(tmp_path / "compact", manifest, events, layout, lines)
 
 
+@pytest.mark.parametrize("halves", [False, True])
 @pytest.mark.parametrize("variant", ["tokens", "experts"])
 @pytest.mark.parametrize("source", ["demo", "compact"])
 def test_the_streamed_twin_is_the_event_by_event_twin_byte_for_byte(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variant: str, source: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variant: str, source: str, halves: bool
 ) -> None:
+    """In one process, or in two halves (the second written by a forked process)."""
     run = EXAMPLE_RUN if source == "demo" else _compact_copy(tmp_path)
+    started = _split_everything(monkeypatch) if halves else []
     streamed, by_event = _both(run, tmp_path, variant, 5, monkeypatch)
+    # tokens: one forked process gathers the second half, one assembles it
+    assert len(started) == (0 if not halves else 2 if variant == "tokens" else 1)
     assert _files(streamed) == _files(by_event)
     assert RunReader(streamed).validate().ok
     assert not list((tmp_path / "streamed").glob(".*")), "no spill or staging folder is left"
@@ -273,20 +278,6 @@ def _split_everything(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     monkeypatch.setattr(fast_module, "HALVES_FROM_BYTES", 1)
     monkeypatch.setattr(fast_module, "ForkedCall", counted)
     return started
-
-
-@pytest.mark.parametrize("variant", ["tokens", "experts"])
-@pytest.mark.parametrize("source", ["demo", "compact"])
-def test_a_run_written_in_two_halves_is_the_one_process_twin(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variant: str, source: str
-) -> None:
-    run = EXAMPLE_RUN if source == "demo" else _compact_copy(tmp_path)
-    started = _split_everything(monkeypatch)
-    streamed, by_event = _both(run, tmp_path, variant, 6, monkeypatch)
-    # tokens: one forked process gathers the second half, one assembles it
-    assert len(started) == (2 if variant == "tokens" else 1), "a forked process wrote a half"
-    assert _files(streamed) == _files(by_event)
-    assert not list((tmp_path / "streamed").glob(".*")), "no spill or staging folder is left"
 
 
 def test_when_the_first_half_is_not_what_the_second_assumed_this_process_writes_both(
