@@ -180,6 +180,7 @@ class _Entries:
     def __init__(self, integers_refused: bool, indices: bool = True) -> None:
         self.known: dict[bytes, _Shape] = {}
         self.plans: dict[bytes, _LinePlan] = {}
+        self.last: tuple[bytes, _LinePlan | None] = (b"", None)
         self.integers_refused = integers_refused  # the token scramble: see _ints_in_floats
         self.indices = indices  # whether layer indices are read (-1 where not)
 
@@ -189,8 +190,11 @@ class _Entries:
         """Every layer entry of a line, or None if one is not an entry with the contract's keys."""
         region = line[head_end:tail_start]
         skeleton = region.translate(None, _NUMBER_BYTES)
-        plan = self.plans.get(skeleton)
+        last_skeleton, last_plan = self.last
+        # the last line's plan is compared byte for byte first (hashing a line's skeleton costs more)
+        plan = last_plan if skeleton == last_skeleton else self.plans.get(skeleton)
         if plan is not None and _numbers_as_repr(region, len(ranges)):
+            self.last = (skeleton, plan)
             return self._planned(line, ranges, plan)
         found = []
         read = self.read
