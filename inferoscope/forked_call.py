@@ -44,10 +44,18 @@ class ForkedCall:
         if self._process is None:
             return
         process, self._process = self._process, None
-        if process.is_alive():
-            process.terminate()
-        process.join()
+        stop(process)
         self._conn.close()
+
+
+def stop(process: Any) -> None:
+    """End a forked helper: asked first (SIGTERM), killed if it does not go within 2 s."""
+    if process.is_alive():
+        process.terminate()
+        process.join(2.0)
+        if process.is_alive():
+            process.kill()
+    process.join()
 
 
 def _run(conn: Any, function: Callable[..., Any], args: tuple[Any, ...]) -> None:

@@ -32,7 +32,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from array import array
 from collections.abc import Generator, Iterator
 from contextlib import closing
@@ -47,7 +46,7 @@ from .bundle.lines import iter_lines
 from .bundle.loader import ValidationBeside
 from .bundle.pipe import can_fork, usable_cores
 from .bundle.reader import RunReader
-from .bundle.writer import write_prepared_bundle
+from .bundle.writer import spill_folder, write_prepared_bundle
 from .forked_call import ForkedCall
 from .jsonfmt import JSONParseError, parse_json_bytes
 
@@ -117,18 +116,11 @@ def _write(
     new_id: str,
     check: ValidationBeside,
 ) -> Path:
-    with (
-        tempfile.TemporaryDirectory(
-            prefix=".scramble-", dir=out_root if out_root.is_dir() else None
-        ) as spill,
-        reader.raw_path.open("rb") as source,
-    ):
+    with spill_folder(out_root, "scramble") as spill, reader.raw_path.open("rb") as source:
         if variant == "experts":
-            with closing(
-                _experts(reader.raw_path, new_id, np.random.default_rng(seed), Path(spill))
-            ) as lines:
+            with closing(_experts(reader.raw_path, new_id, np.random.default_rng(seed), spill)) as lines:
                 return write_prepared_bundle(out_root, manifest, lines, layout, check.wait)
-        columns = _Spill(Path(spill), source)
+        columns = _Spill(spill, source)
         columns.gather_all(reader.raw_path, new_id)  # Unusual before anything is written
         with closing(columns.assemble(np.random.default_rng(seed))) as assembled:
             return write_prepared_bundle(out_root, manifest, assembled, layout, check.wait)
@@ -240,13 +232,22 @@ class _Entries:
             raise Unusual
         careful = layer_text(layer).encode("ascii")  # Unusual unless layer_index is an int
         experts, index = len(layer["router_probs"]), layer["layer_index"]
-        narrow = text != careful
-        if narrow and _widen(text) != careful:
+        careful_skeleton = careful.translate(None, _NUMBER_BYTES)
+        if skeleton == careful_skeleton:
+            narrow = False
+        elif _widen(skeleton) == careful_skeleton:
+            narrow = True
+        else:  # not the contract's text even with its digits aside: written anew
             return _Entry(start, end, careful, False, experts, index, False)
         floats = experts + len(layer["topk_probs"]) + len(FLOAT_SCALARS)
-        if shape is None and _points_where_floats(text, floats) and _numbers_as_repr(text):
-            self.known[skeleton] = _Shape(narrow, experts)
-        return _Entry(start, end, None, narrow, experts, index, False)
+        if _points_where_floats(text, floats) and _numbers_as_repr(text):
+            # the contract's text, digits that repr would not write aside: kept as every later
+            # entry of this shape is, so what is kept never depends on which entry came first
+            self.known.setdefault(skeleton, _Shape(narrow, experts))
+            return _Entry(start, end, None, narrow, experts, index, True)
+        if text == careful or (narrow and _widen(text) == careful):
+            return _Entry(start, end, None, narrow, experts, index, False)
+        return _Entry(start, end, careful, False, experts, index, False)
 
 
 #: exponents ``repr`` never writes: without a sign, of one digit, or where it writes no exponent
@@ -608,9 +609,14 @@ class _Spill:
         try:
             self.gather(path, new_id, 0, split)
             half = helper.result()
+        except ChildProcessError:  # the helper died: this process gathers its half
+            half = None
         finally:
             helper.close()
-        self._append(half)
+        if half is None:
+            self.gather(path, new_id, split, None)
+        else:
+            self._append(half)
 
     def _append(self, half: dict[str, Any]) -> None:
         """The forked half's columns after this one's (its spilled texts moved to this file)."""
@@ -694,12 +700,18 @@ class _Spill:
             return
         part = self.folder / "second-half"
         helper = ForkedCall(_assemble_half, self, permutations, half, part)
+        written: Path | None = part
         try:
             yield from self.lines(permutations, 0, half)
             helper.result()
+        except ChildProcessError:  # the helper died: this process writes its half
+            written = None
         finally:
             helper.close()
-        yield part  # its bytes, copied by the kernel
+        if written is None:
+            yield from self.lines(permutations, half, count)
+        else:
+            yield written  # its bytes, copied by the kernel
 
     def lines(self, permutations: dict[int, np.ndarray], first: int, stop: int) -> Iterator[bytes]:
         """The twin's lines of events ``first`` to ``stop``."""

@@ -12,7 +12,6 @@ contract v0.1.0). Prompt (prefill) arrays are not carried: a twin scrambles the 
 from __future__ import annotations
 
 import multiprocessing
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,9 @@ import numpy as np
 
 from .bundle.pipe import can_fork, forked_child, usable_cores
 from .bundle.reader import RunReader
+from .bundle.writer import spill_folder
 from .bundle.writer_v02 import RunWriter
+from .forked_call import stop
 from .jsonfmt import parse_json_bytes
 from .routing import PROMPT_ROLES, RoutingGroup
 
@@ -102,8 +103,8 @@ def scramble_v02(
     writer = RunWriter(out_root, manifest)
     try:
         if variant == "tokens":
-            with tempfile.TemporaryDirectory(prefix=".scramble-", dir=writer.staging.parent) as spill:
-                buckets = _Buckets(Path(spill), count)
+            with spill_folder(writer.staging.parent, "scramble") as spill:
+                buckets = _Buckets(spill, count)
                 for group in reader.routing.groups:
                     for role in _roles(group):
                         buckets.scatter(sidecar, group, role, plans[group.name])
@@ -234,9 +235,7 @@ class _Labels:
 
     def __exit__(self, *exc: Any) -> None:
         if self.helper is not None:
-            if self.helper.is_alive():
-                self.helper.terminate()
-            self.helper.join()
+            stop(self.helper)
             self.receiver.close()
 
 

@@ -3,9 +3,13 @@ cannot write that way goes event by event; a source that is not clean leaves not
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import multiprocessing
+import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +228,91 @@ def test_a_number_with_a_trailing_zero_keeps_its_text_and_its_value(
     assert ours != theirs
 
 
+@pytest.mark.parametrize("variant", ["tokens", "experts"])
+@pytest.mark.parametrize("first", [True, False])
+def test_what_is_kept_does_not_depend_on_which_entry_came_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variant: str, first: bool
+) -> None:
+    """Entries with digits repr would not write keep them wherever they lie in the run (before or
+    after entries that teach the shape), so a twin written in two halves, whose second half
+    learns anew, is the twin of one process."""
+    manifest, events, layout = make_bundle_parts(tokens=30, layers=2, experts=4, top_k=1, seed=3)
+    lines = [json.dumps(e, sort_keys=True) for e in events]
+    odd = range(0, 12) if first else range(18, 30)
+    for i in odd:
+        lines[i] = re.sub(r'("entropy": [0-9]+\.[0-9]+),', r"\g<1>0,", lines[i])
+    run = write_raw_bundle(tmp_path / "zeros", manifest, events, layout, lines)
+    one = scramble_bundle(run, tmp_path / "one", variant, seed=1)
+    _split_everything(monkeypatch)
+    two = scramble_bundle(run, tmp_path / "two", variant, seed=1)
+    assert _files(one) == _files(two)
+    kept = (one / "raw_trace.ndjson").read_text().count('0, "layer_index"')
+    assert kept == sum(line.count('0, "layer_index"') for line in lines) > 0
+
+
+def test_a_helper_that_dies_leaves_its_half_to_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = _compact_copy(tmp_path)
+    reference = {
+        v: _files(scramble_bundle(run, tmp_path / f"ref-{v}", v, seed=2)) for v in ("tokens", "experts")
+    }
+    _split_everything(monkeypatch)
+
+    def die(*_args: object) -> None:
+        os._exit(9)  # no word sent back
+
+    for name in ("_gather_half", "_assemble_half", "_experts_second_half"):
+        with monkeypatch.context() as patched:
+            patched.setattr(fast_module, name, die)
+            variant = "experts" if name == "_experts_second_half" else "tokens"
+            made = scramble_bundle(run, tmp_path / name, variant, seed=2)
+            assert _files(made) == reference[variant], name
+    assert not multiprocessing.active_children()
+
+
+def test_a_killed_scramble_leaves_a_spill_the_next_one_sweeps(tmp_path: Path) -> None:
+    out = tmp_path / "twins"
+    stale = out / ".scramble-999999999-abc"  # no such process
+    stale.mkdir(parents=True)
+    (stale / "layers").write_bytes(b"x")
+    os.utime(stale, (0, 0))
+    live = out / f".scramble-{os.getpid()}-def"  # a writer still at work
+    live.mkdir()
+    scramble_bundle(EXAMPLE_RUN, out, "tokens", seed=0)
+    assert not stale.exists() and live.is_dir()
+
+
+def test_a_twin_spills_beside_itself_even_where_its_folder_is_new(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not in the system's temporary folder (often memory); a failed scramble removes the folders
+    it made."""
+    import inferoscope.bundle.writer as writer_module
+
+    seen: list[Path] = []
+    real = writer_module.spill_folder
+
+    @contextlib.contextmanager
+    def spy(root: Path, name: str) -> Iterator[Path]:
+        with real(root, name) as folder:
+            seen.append(folder)
+            yield folder
+
+    monkeypatch.setattr(fast_module, "spill_folder", spy)
+    out = tmp_path / "new" / "twins"
+    made = scramble_bundle(EXAMPLE_RUN, out, "tokens", seed=0)
+    assert seen[0].parent == out == made.parent and not seen[0].exists()
+
+    def refuse(*_args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fast_module, "write_prepared_bundle", refuse)
+    with pytest.raises(OSError):
+        scramble_bundle(EXAMPLE_RUN, tmp_path / "other" / "twins", "experts", seed=0)
+    assert not (tmp_path / "other").exists()
+
+
 def _relaid(event: dict[str, Any]) -> str:
     """An event whose first layer entry has its keys sorted but "layer_index" last."""
     layer = event["layers"][0]
@@ -302,3 +391,36 @@ def test_draws_skipped_in_bulk_leave_the_generator_where_drawing_them_one_by_one
         one_by_one.permuted(base, axis=1)
     fast_module._skip_draws(bulk, 4400 * 16, 64)
     assert np.array_equal(one_by_one.permuted(base, axis=1), bulk.permuted(base, axis=1))
+
+
+@pytest.mark.parametrize("kernel", ["copies", "stops short", "refuses midway", "missing"])
+def test_a_half_written_elsewhere_is_appended_whole_whatever_the_kernel_copy_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel: str
+) -> None:
+    import errno
+
+    import inferoscope.bundle.writer as writer_module
+
+    part = tmp_path / "part"
+    part.write_bytes(bytes(range(256)) * 300)
+    real = os.copy_file_range
+    calls: list[int] = []
+
+    def copy(source: int, target: int, count: int, *rest: Any) -> int:
+        calls.append(count)
+        if kernel == "stops short":
+            return 0 if len(calls) > 1 else real(source, target, 100)
+        if kernel == "refuses midway" and len(calls) > 1:
+            raise OSError(errno.EXDEV, "cross-device")
+        return real(source, target, min(count, 1000))
+
+    if kernel == "missing":
+        monkeypatch.delattr(os, "copy_file_range")
+    else:
+        monkeypatch.setattr(os, "copy_file_range", copy)
+    target = tmp_path / "trace"
+    with target.open("wb") as handle:
+        handle.write(b"head")
+        writer_module._append_file(handle, part)
+        handle.write(b"tail")
+    assert target.read_bytes() == b"head" + part.read_bytes() + b"tail"

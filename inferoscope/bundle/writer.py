@@ -8,12 +8,14 @@ removed, so a half-written bundle is never visible under its final name.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
+import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -96,19 +98,46 @@ def write_prepared_bundle(
 
 
 def _append_file(handle: IO[bytes], path: Path) -> None:
-    """``path``'s bytes after what ``handle`` holds: copied inside the kernel, else (not Linux, or
-    a file system that cannot) read and written from where the kernel's copy stopped."""
+    """``path``'s bytes after what ``handle`` holds: copied inside the kernel; where that cannot
+    go on (not Linux, a file system that cannot, a copy that stops short) read and written from
+    where it stopped. OSError unless every byte arrived."""
     handle.flush()
+    before = handle.tell()
     with path.open("rb") as source:
-        left = os.fstat(source.fileno()).st_size
+        size = left = os.fstat(source.fileno()).st_size
         try:
             while left > 0 and (copied := os.copy_file_range(source.fileno(), handle.fileno(), left)):
                 left -= copied
         except (AttributeError, OSError):
-            handle.seek(0, os.SEEK_END)
-            source.seek(os.lseek(source.fileno(), 0, os.SEEK_CUR))
+            pass
+        handle.seek(0, os.SEEK_END)
+        if left > 0:
+            source.seek(size - left)
             shutil.copyfileobj(source, handle, 1 << 23)
-    handle.seek(0, os.SEEK_END)
+            handle.flush()
+    if handle.tell() - before != size:
+        raise OSError(f"{path.name}: {handle.tell() - before} of {size} bytes appended")
+
+
+@contextlib.contextmanager
+def spill_folder(root: Path, name: str) -> Iterator[Path]:
+    """A temporary folder ``root/.<name>-<pid>-…`` for what a writer spills before the bundle is
+    written: on the bundle's own disk (``root`` is made if missing, and folders made here are
+    removed again if the work fails), named so that a killed writer's leftovers are swept by the
+    next one (``sweep_stale``)."""
+    created = _make_parents(root)
+    prefix = f".{name}-"
+    sweep_stale(root, prefix)
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-", dir=root) as spill:
+            yield Path(spill)
+    except BaseException:
+        for folder in reversed(created):
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def _publish(
