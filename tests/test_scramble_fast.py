@@ -366,6 +366,8 @@ def _split_everything(monkeypatch: pytest.MonkeyPatch) -> list[object]:
 
     monkeypatch.setattr(fast_module, "HALVES_FROM_BYTES", 1)
     monkeypatch.setattr(fast_module, "ForkedCall", counted)
+    monkeypatch.setattr(fast_module, "usable_cores", lambda: 2)
+    monkeypatch.setattr(fast_module, "can_fork", lambda: True)  # threads other tests left
     return started
 
 
