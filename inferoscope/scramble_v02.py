@@ -168,22 +168,32 @@ class _Buckets:
         destination = np.empty(plan.shape, dtype=np.int32 if small else np.int64)  # output row per source row
         for slot in range(lg):
             destination[plan[:, slot], slot] = np.arange(self.count)
-        for start in range(0, self.count, self.size):
-            stop = min(self.count, start + self.size)
-            rows = sidecar.rows(group, role, start, stop)  # [c, Lg, ...] in order
-            self.shapes[(group.name, role)] = (rows.shape[2:], rows.dtype)
-            keys = (destination[start:stop].astype(np.int64) * lg + np.arange(lg)).ravel()  # row * Lg + slot
-            values = rows.reshape(keys.size, -1)
-            bucket = keys // (self.size * lg)
-            order = np.argsort(bucket, kind="stable")
-            bounds = np.searchsorted(bucket[order], np.arange(bucket.max() + 2))
-            for number in range(int(bucket.max()) + 1):
-                part = order[bounds[number] : bounds[number + 1]]
-                if part.size:
-                    with self._path(group, role, number, "keys").open("ab") as handle:
-                        handle.write(keys[part].tobytes())
-                    with self._path(group, role, number, "rows").open("ab") as handle:
-                        handle.write(np.ascontiguousarray(values[part]).tobytes())
+        handles: dict[tuple[int, str], Any] = {}
+        try:
+            for start in range(0, self.count, self.size):
+                stop = min(self.count, start + self.size)
+                rows = sidecar.rows(group, role, start, stop)  # [c, Lg, ...] in order
+                self.shapes[(group.name, role)] = (rows.shape[2:], rows.dtype)
+                keys = (
+                    destination[start:stop].astype(np.int64) * lg + np.arange(lg)
+                ).ravel()  # row * Lg + slot
+                bucket = keys // (self.size * lg)
+                order = np.argsort(bucket, kind="stable")
+                keys, values = keys[order], _as_rows(rows.reshape(keys.size, -1))[order]  # bucket by bucket
+                bounds = np.searchsorted(bucket[order], np.arange(bucket.max() + 2))
+                for number in range(int(bucket.max()) + 1):
+                    first, last = int(bounds[number]), int(bounds[number + 1])
+                    if last > first:
+                        for kind, part in (("keys", keys), ("rows", values)):
+                            handle = handles.get((number, kind))
+                            if handle is None:
+                                handle = handles[number, kind] = self._path(group, role, number, kind).open(
+                                    "ab"
+                                )
+                            handle.write(part[first:last].data)
+        finally:
+            for handle in handles.values():
+                handle.close()
 
     def gather(self, group: RoutingGroup, role: str, start: int, stop: int) -> np.ndarray:
         """Output rows ``start .. stop - 1`` (a whole bucket) of one array."""
@@ -193,10 +203,20 @@ class _Buckets:
         keys = np.fromfile(self._path(group, role, number, "keys"), dtype=np.int64)
         values = np.fromfile(self._path(group, role, number, "rows"), dtype=dtype).reshape(keys.size, -1)
         out = np.empty(((stop - start) * lg, values.shape[1]), dtype=dtype)
-        out[keys - start * lg] = values
+        _as_rows(out)[keys - start * lg] = _as_rows(values)
         for kind in ("keys", "rows"):
             self._path(group, role, number, kind).unlink()
         return out.reshape((stop - start, lg, *shape))
+
+
+def _as_rows(array: np.ndarray) -> np.ndarray:
+    """A C-contiguous ``[rows, width]`` array as one opaque item a row: numpy moves rows of
+    those twice as fast as rows of numbers (the same bytes)."""
+    data = np.ascontiguousarray(array)
+    width = data.shape[1] * data.itemsize if data.ndim == 2 else 0
+    if width == 0:
+        return data
+    return data.view(np.dtype((np.void, width))).reshape(data.shape[0])
 
 
 class _Labels:
