@@ -725,20 +725,23 @@ class _Spill:
         written, events = self.written.fileno(), self.events.fileno()
         for position in range(first, stop):
             order = self.layer_orders[position]
-            texts = []
+            texts, narrow = [], []
             for index in order:
                 row = int(permutations[index][slots[index]])
                 slots[index] += 1
                 start, length = starts[index][row], lengths[index][row]
                 if start < 0:
                     texts.append(pread(written, length, -1 - start))
-                elif length < 0:
-                    texts.append(_widen(pread(source, -length, start)))
                 else:
-                    texts.append(pread(source, length, start))
-            first, stop = event_offsets[position], event_offsets[position + 1]
-            head, tail = pread(events, stop - first, first).split(b"\0", 1)
-            yield b"".join((head, b"[", b", ".join(texts), b"]", tail))
+                    texts.append(pread(source, abs(length), start))
+                narrow.append(start >= 0 and length < 0)
+            if all(narrow):  # the usual line: widened once
+                layers = _widen(b",".join(texts))
+            else:
+                layers = b", ".join([_widen(t) if n else t for t, n in zip(texts, narrow, strict=True)])
+            begin, end = event_offsets[position], event_offsets[position + 1]
+            head, tail = pread(events, end - begin, begin).split(b"\0", 1)
+            yield b"".join((head, b"[", layers, b"]", tail))
 
 
 def _gather_half(folder: Path, path: Path, new_id: str, split: int) -> dict[str, Any]:
