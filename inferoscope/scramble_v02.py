@@ -231,6 +231,7 @@ class _Labels:
         self.rng = rng
         self.receiver: Any = None
         self.helper: Any = None
+        self.taken: list[tuple[int, RoutingGroup]] = []  # what the helper has drawn so far
         if groups and count >= LABELS_BESIDE_FROM and usable_cores() >= 2 and can_fork():
             ctx = multiprocessing.get_context("fork")
             self.receiver, sender = ctx.Pipe(duplex=False)
@@ -240,23 +241,36 @@ class _Labels:
 
     def next(self, rows: int, group: RoutingGroup) -> np.ndarray:
         """``[rows, E]`` int64: the next relabelling of ``group``'s rows."""
-        if self.receiver is None:
-            return _labels(self.rng, rows, group)
-        kind = _label_type(group.num_experts)
-        data = self.receiver.recv_bytes()
-        if len(data) != rows * group.num_experts * kind.itemsize:  # the helper failed: never expected
-            raise RuntimeError(
-                f"the label helper sent {len(data)} bytes for {rows} rows of group {group.name!r}"
-            )
-        return np.frombuffer(data, dtype=kind).reshape(rows, group.num_experts).astype(np.int64)
+        if self.receiver is not None:
+            kind = _label_type(group.num_experts)
+            try:
+                data = self.receiver.recv_bytes()
+            except (EOFError, OSError):
+                data = b""
+            if len(data) == rows * group.num_experts * kind.itemsize:
+                self.taken.append((rows, group))
+                return np.frombuffer(data, dtype=kind).reshape(rows, group.num_experts).astype(np.int64)
+            self._draw_here()  # the helper failed (it died, or sent its error): draw here from now on
+        return _labels(self.rng, rows, group)
+
+    def _draw_here(self) -> None:
+        """Stop the helper and bring this process's generator to where the helper's stood."""
+        self.close()
+        for rows, group in self.taken:
+            _labels(self.rng, rows, group)
+        self.taken = []
+
+    def close(self) -> None:
+        if self.helper is not None:
+            stop(self.helper)
+            self.receiver.close()
+            self.helper = self.receiver = None
 
     def __enter__(self) -> _Labels:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.helper is not None:
-            stop(self.helper)
-            self.receiver.close()
+        self.close()
 
 
 #: a run this long (tokens) has its expert relabellings drawn by a forked process

@@ -7,6 +7,7 @@ checksums right unless the checksum is the point), and asserts the code and its 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -423,6 +424,15 @@ def test_an_expert_twin_is_the_same_whether_its_labels_are_drawn_beside_or_here(
         return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
     assert files(here) == files(beside)
+
+    def two_then_die(conn: Any, rng: Any, count: int, groups: Any) -> None:
+        for _ in range(2):  # two blocks' labels, then the helper is gone
+            conn.send_bytes(v02._labels(rng, 5 * LAYERS, groups[0]).astype(np.int8).reshape(-1).data)
+        os._exit(9)
+
+    monkeypatch.setattr(v02, "_draw_labels", two_then_die)
+    orphaned = scramble_bundle(run, tmp_path / "orphaned", "experts", seed=4)
+    assert files(orphaned) == files(here)
 
 
 def test_inspect_json_states_the_contract_and_the_routing(tmp_path: Path) -> None:
