@@ -8,22 +8,28 @@ source passes).
 A layer entry is moved (``tokens``) or edited (``experts``) as text, never decoded and encoded
 again, when its text is already the contract's (sorted keys, default separators, ASCII escapes,
 floats as Python's ``repr``) or that text with its separators narrowed. Which texts qualify is
-learned: the first entry of each shape (its text with every digit, sign, point and ``e``
-deleted) is decoded and written field by field, and the shape is trusted only if that equals
-its own text; later entries of a known shape must also hold a point in every float and none in
-any integer, so a float written as an integer or the reverse goes the careful way. The one
-thing not re-checked after the first entry of a shape is that each number is written as
-``repr`` would (a number written ``0.50`` keeps that text; the float is the same); every writer
-of the contract writes ``repr``. A line whose layers cannot be cut cleanly is decoded whole and
-written by templates (float lists by msgspec where its text equals ``repr``); an event or layer
-with any other field, or any integer where a float column would make the event-by-event scramble
-write a float, is left to that scramble (``Unusual``), so the bytes never differ.
+learned: the first entry of each shape (its text with every digit, sign and ``e`` deleted; the
+points stay) is decoded and written field by field, and the shape is trusted only if that has the
+same shape, with a point in every float and none in any integer. Every entry of a trusted shape
+that passes a cheap look at its numbers (``_numbers_as_repr``) keeps its text, the first of its
+shape included, so what is kept never depends on the order of the run or where it was cut. The
+one thing the look cannot tell is a number whose digits ``repr`` would not write (``0.50`` keeps
+that text; the float is the same); every writer of the contract writes ``repr``. A line whose
+layers have the skeleton of a line of trusted entries is looked at whole (``_Entries.line``). A
+line whose layers cannot be cut cleanly is decoded whole and written by templates (float lists
+by msgspec where its text equals ``repr``); an event or layer with any other field, or any
+integer where a float column would make the event-by-event scramble write a float, is left to
+that scramble (``Unusual``), so the bytes never differ.
 
 ``tokens``: the first pass keeps, for each layer index, where each entry's text lies (in the
 source, or in a spill file for an entry written the careful way; 16 bytes an entry) and each
 event's text around its layers in a spill file; the second pass assembles each event from its
 own text and the permuted entries, read back by offset. ``experts``: one pass; the expert
 permutations of an event are drawn in one call (the same draws as one call per layer).
+
+A run of ``HALVES_FROM_BYTES`` or more is written in two halves where a process may be forked:
+each pass of ``tokens`` and the one pass of ``experts`` give their second half to a forked
+process (``ForkedCall``), whose output file is appended by the kernel.
 """
 
 from __future__ import annotations
@@ -162,7 +168,8 @@ MAX_LINE_PLANS = 16
 
 class _Entries:
     """Reads layer entries, using the source's text where its shape is known to be the
-    contract's (learned from the first entry of each shape, written anew and compared).
+    contract's (learned from the first entry of each shape, written anew and compared shape to
+    shape).
 
     A line whose layers' skeleton is that of a line whose every entry was of a known shape has
     entries of the same known shapes (the skeleton keeps every brace), and the cheap look of
