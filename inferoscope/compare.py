@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import mmap
-import multiprocessing
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -23,9 +22,10 @@ import numpy as np
 
 from .bundle.blocks import ROUTING_DECODER, RoutingBlock, aligned, routing_blocks
 from .bundle.lines import line_chunks
-from .bundle.pipe import can_fork, forked_child, usable_cores
+from .bundle.pipe import can_fork, usable_cores
 from .bundle.reader import EventReadError, RunReader
 from .events import LayerEvent
+from .forked_call import ForkedCall
 from .jsonfmt import DECODE_FAILURES
 
 
@@ -761,20 +761,15 @@ def _compare_v02(a: RunReader, b: RunReader, layers: list[int], found: _Found) -
         return _v02_in_memory(a, b, layers, found)  # never expected: fewer tokens than the runs hold
     count, half = split
     arr = _Arrays.shared(count, len(layers))
-    ctx = multiprocessing.get_context("fork")
-    receiver, sender = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_v02_half, args=(sender, a, b, layers, half, arr), daemon=True)
-    child.start()
-    sender.close()
+    helper = ForkedCall(_v02_half, a, b, layers, half, arr)
     try:
         _v02_range(a, b, layers, found, 0, half, arr)
         try:
-            outcome = receiver.recv()
-        except EOFError:
+            outcome = helper.result()
+        except Exception:  # the helper failed or died: this process compares the whole pair
             outcome = None
     finally:
-        receiver.close()
-        child.join()
+        helper.close()
     if not isinstance(outcome, tuple) or min(outcome[0], outcome[1]) != count:  # never expected
         return _v02_in_memory(a, b, layers, found)
     na, nb, rest = outcome
@@ -805,11 +800,13 @@ def _v02_split(a: RunReader, b: RunReader) -> tuple[int, int] | None:
     return (count, half) if half >= 8 * V02_BLOCK else None
 
 
-def _v02_half(conn: Any, a: RunReader, b: RunReader, layers: list[int], first: int, arr: _Arrays) -> None:
-    with forked_child(conn):  # on an error the parent compares the whole pair itself
-        found = _Found()
-        _, na, nb = _v02_range(a, b, layers, found, first, None, arr)
-        conn.send((na, nb, found))
+def _v02_half(
+    a: RunReader, b: RunReader, layers: list[int], first: int, arr: _Arrays
+) -> tuple[int, int, _Found]:
+    """(In the forked process.) The pair from token ``first`` into the shared arrays."""
+    found = _Found()
+    _, na, nb = _v02_range(a, b, layers, found, first, None, arr)
+    return na, nb, found
 
 
 def _v02_range(

@@ -48,7 +48,7 @@ from typing import Any, BinaryIO, NamedTuple
 import msgspec
 import numpy as np
 
-from .bundle.lines import iter_lines
+from .bundle.lines import iter_lines, next_line_start
 from .bundle.loader import ValidationBeside
 from .bundle.pipe import can_fork, usable_cores
 from .bundle.reader import RunReader
@@ -214,11 +214,10 @@ class _Entries:
                 _Entry(start, end, None, narrow, width, -1, True)
                 for (start, end), width in zip(ranges, plan.widths, strict=True)
             ]
-        find, found = line.find, []
-        for (start, end), width in zip(ranges, plan.widths, strict=True):
-            at = find(b'"layer_index":', start) + 14  # a known shape: the contract's key order
-            found.append(_Entry(start, end, None, narrow, width, int(line[at : find(b",", at)]), True))
-        return found
+        return [
+            _Entry(start, end, None, narrow, width, _layer_index(line, start), True)
+            for (start, end), width in zip(ranges, plan.widths, strict=True)
+        ]
 
     def read(self, line: bytes, start: int, end: int) -> _Entry | None:
         """The entry at ``line[start:end]``, or None if it is not one with the contract's keys."""
@@ -226,9 +225,7 @@ class _Entries:
         skeleton = text.translate(None, _NUMBER_BYTES)
         shape = self.known.get(skeleton)
         if shape is not None and _numbers_as_repr(text):
-            at = text.find(b'"layer_index":') + 14  # a known shape: the contract's key order
-            index = int(text[at : text.find(b",", at)])
-            return _Entry(start, end, None, shape.narrow, shape.experts, index, True)
+            return _Entry(start, end, None, shape.narrow, shape.experts, _layer_index(text, 0), True)
         try:
             layer = _DECODE.decode(text)
         except msgspec.DecodeError:
@@ -255,6 +252,13 @@ class _Entries:
         if text == careful or (narrow and _widen(text) == careful):
             return _Entry(start, end, None, narrow, experts, index, False)
         return _Entry(start, end, careful, False, experts, index, False)
+
+
+def _layer_index(text: bytes, start: int) -> int:
+    """The layer index of the entry of a known shape at ``text[start:]`` (the contract's key
+    order: the number after the first ``"layer_index":``)."""
+    at = text.find(b'"layer_index":', start) + 14
+    return int(text[at : text.find(b",", at)])
 
 
 #: exponents ``repr`` never writes: without a sign, of one digit, or where it writes no exponent
@@ -441,15 +445,8 @@ def _split_point(path: Path, share: float = 0.5) -> int | None:
     if size < HALVES_FROM_BYTES or usable_cores() < 2 or not can_fork():
         return None
     with path.open("rb") as handle:
-        offset = int(size * share)
-        handle.seek(offset)
-        while chunk := handle.read(1 << 20):
-            at = chunk.find(b"\n")
-            if at >= 0:
-                split = offset + at + 1
-                return split if split < size else None
-            offset += len(chunk)
-    return None
+        split = next_line_start(handle, int(size * share))
+    return split if split < size else None
 
 
 def _draw_shape(path: Path) -> tuple[int, int] | None:

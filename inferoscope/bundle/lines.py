@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -157,18 +157,19 @@ def split_points(path: Path, parts: int) -> list[int]:
     cuts = [0]
     with path.open("rb") as handle:
         for part in range(1, parts):
-            handle.seek(max(size * part // parts, cuts[-1]))
-            while True:
-                chunk = handle.read(1 << 16)
-                if not chunk:
-                    cuts.append(size)
-                    break
-                found = chunk.find(b"\n")
-                if found >= 0:
-                    cuts.append(handle.tell() - len(chunk) + found + 1)
-                    break
+            cuts.append(next_line_start(handle, max(size * part // parts, cuts[-1])))
     cuts.append(size)
     return sorted(set(cuts)) if len(set(cuts)) > 1 else [0, size]
+
+
+def next_line_start(handle: BinaryIO, offset: int) -> int:
+    """The offset just after the first ``\\n`` at or after ``offset`` (the file's end if none)."""
+    handle.seek(offset)
+    while chunk := handle.read(1 << 16):
+        found = chunk.find(b"\n")
+        if found >= 0:
+            return handle.tell() - len(chunk) + found + 1
+    return handle.tell()
 
 
 def build_line_index(path: Path, progress: ProgressFn | None = None) -> LineIndex:

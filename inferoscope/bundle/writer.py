@@ -132,11 +132,7 @@ def spill_folder(root: Path, name: str) -> Iterator[Path]:
         with tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-", dir=root) as spill:
             yield Path(spill)
     except BaseException:
-        for folder in reversed(created):
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        _remove_made(created)
         raise
 
 
@@ -165,11 +161,7 @@ def _publish(
         _fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        for folder in reversed(created):
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        _remove_made(created)
         raise
     return target
 
@@ -214,6 +206,15 @@ def process_alive(pid: int) -> bool:
     except (PermissionError, OverflowError, ValueError):
         return True  # another user's process, or not a pid we can ask about: leave it
     return True
+
+
+def _remove_made(created: list[Path]) -> None:
+    """Remove the folders ``_make_parents`` made (innermost first), as far as they are empty."""
+    for folder in reversed(created):
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def _make_parents(folder: Path) -> list[Path]:
