@@ -23,7 +23,7 @@ import numpy as np
 from .bundle.blocks import ROUTING_DECODER, RoutingBlock, aligned, routing_blocks
 from .bundle.lines import line_chunks
 from .bundle.pipe import can_fork, usable_cores
-from .bundle.reader import EventReadError, RunReader
+from .bundle.reader import BundleOpenError, EventReadError, RunReader
 from .events import LayerEvent
 from .forked_call import ForkedCall
 from .jsonfmt import DECODE_FAILURES
@@ -494,7 +494,8 @@ def _token_by_token(
 
 
 def compare_runs(run_a: Path | str | RunReader, run_b: Path | str | RunReader) -> RunComparison:
-    """Compare two bundles event by event (BundleOpenError if either cannot be opened).
+    """Compare two bundles event by event (BundleOpenError if either cannot be opened or has no
+    readable raw trace).
 
     Readers already open (with their offset index built) are used as they are, so a caller that
     has both runs open does not scan either file again. Two v0.1.0 runs are read a block of
@@ -502,6 +503,8 @@ def compare_runs(run_a: Path | str | RunReader, run_b: Path | str | RunReader) -
     """
     a = run_a if isinstance(run_a, RunReader) else RunReader(run_a)
     b = run_b if isinstance(run_b, RunReader) else RunReader(run_b)
+    _refuse_without_trace(a, "A")
+    _refuse_without_trace(b, "B")
     fast = READ_BY_BLOCKS
     by_blocks = fast and all(
         r.profile == "v0.1" and r.raw_problem is None and not r.index_ready for r in (a, b)
@@ -562,6 +565,14 @@ def compare_runs(run_a: Path | str | RunReader, run_b: Path | str | RunReader) -
         boundary_gap=arr.boundary_gap,
         release=arr.release,
     )
+
+
+def _refuse_without_trace(reader: RunReader, label: str) -> None:
+    """A run whose raw trace is missing or cannot be read has no tokens to compare: comparing it
+    would report zero aligned tokens as if that were a finding."""
+    problem = reader.raw_problem
+    if problem is not None:
+        raise BundleOpenError(f"run {label} ({reader.run_dir}): {problem.specific}; nothing to compare")
 
 
 def _compare_blocks(a: RunReader, b: RunReader, layers: list[int], found: _Found) -> tuple[_Arrays, int, int]:

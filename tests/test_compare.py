@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inferoscope import RunReader, write_run_bundle
+from inferoscope import BundleOpenError, RunReader, write_run_bundle
 from inferoscope.compare import compare_runs, jensen_shannon_bits, jensen_shannon_rows
 from inferoscope.extraction import MoELayerCaptureInput, build_token_complete_event
 
@@ -109,6 +109,29 @@ def test_compare_cli_prints_a_summary_and_json(tmp_path: Path) -> None:
         check=False,
     )
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
+
+
+@pytest.mark.parametrize("trace", ["missing", "a folder"])
+def test_a_run_without_a_readable_raw_trace_is_refused_not_compared_as_empty(
+    tmp_path: Path, trace: str
+) -> None:
+    a, _ = _pair(tmp_path)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text('{"run_id": 3')  # an invalid manifest, as in a half-copied run
+    if trace == "a folder":
+        (broken / "raw_trace.ndjson").mkdir()
+    for first, second, label in ((broken, a, "run A"), (a, broken, "run B")):
+        with pytest.raises(BundleOpenError, match=f"{label} .*raw_trace.ndjson.*nothing to compare"):
+            compare_runs(first, second)
+        done = subprocess.run(
+            [sys.executable, "-m", "inferoscope", "compare", "--json", str(first), str(second)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 2 and done.stdout == "" and "Traceback" not in done.stderr
+        assert done.stderr.count("\n") == 1 and "nothing to compare" in done.stderr
 
 
 def _broken_b(tmp_path: Path, how: str) -> tuple[Path, Path]:
