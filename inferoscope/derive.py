@@ -39,6 +39,7 @@ from .bundle.reader import RunReader
 from .bundle.swap import bundle_lock, exchange, staging_copy
 from .bundle.writer import sweep_stale
 from .derive_inputs import InputBlock, Irregular, NoDistribution, blocks_from_events, reader_blocks
+from .derived_lines import LineMaker
 from .json_stream import Streamed, materialised, sampled, write_json_file
 from .jsonfmt import dumps_ndjson_line
 from .motif_blocks import BlockClusters, BlockDecisions, ExactClusters, named
@@ -231,6 +232,8 @@ class Derivation:
         self.text_ids: dict[str, int] = {}
         self.pairs: list[np.ndarray] = []
         self.pending: tuple[InputBlock, list[int], dict[Any, BlockDecisions]] | None = None
+        self.line_maker: LineMaker | None = None
+        self.awaiting = False  # the pending block's helper decisions are still to be received
         self._head = (
             '{"derivation_config_id": '
             + json.dumps(self.config_id)
@@ -259,6 +262,7 @@ class Derivation:
 
     def finish(self) -> None:
         """Every token is matched: collect the helper's ledgers and let it end."""
+        self._collect()
         if self.helper is not None:
             self.remote = self.helper.finish()
             self.helper = None
@@ -270,18 +274,24 @@ class Derivation:
             self.helper = None
 
     def lines(self, block: InputBlock) -> str:
-        """Match one block of tokens; the derived events' lines of the block before it (a block's
-        lines are made while the helper matches the next one; ``flush`` gives the last)."""
+        """Match one block of tokens; the derived events' lines of the block before it (``flush``
+        gives the last).
+
+        With a helper, the helper's decisions for the block before are collected first and this
+        block sent at once, so the helper matches it while this process matches its own
+        clusterings, writes the lines of the block before and reads the next block: the helper
+        never waits on this process's work, and at most one block is in the pipe."""
         indices = list(block.layers)
         if self.layer_order is None:
             self.layer_order = indices
             if self.parallel and can_fork():  # the global motifs and every other layer's, beside
-                self.helper = MatchHelper(self._make, [GLOBAL, *indices[1::2]])
+                self.helper = MatchHelper(self._make, [GLOBAL, *indices[3::4]])
         elif self.layer_order != indices:
             raise Irregular
         vectors = [block.layers[index] for index in indices]
         remote = set(self.helper.keys) if self.helper is not None else set()
         if self.helper is not None:
+            self._collect()
             self.helper.send(block.tokens, {k: vectors if k == GLOBAL else block.layers[k] for k in remote})
         decided: dict[Any, BlockDecisions] = {}
         for index, probs in zip(indices, vectors, strict=True):
@@ -293,10 +303,15 @@ class Derivation:
         if GLOBAL not in remote:
             decided[GLOBAL] = self.global_clusters.assign(*fingerprints_of(GLOBAL, vectors), block.tokens)
         text = self.flush()  # the block before, while the helper matches this one
-        if self.helper is not None:
-            decided.update(self.helper.receive())
         self.pending = (block, indices, decided)
+        self.awaiting = self.helper is not None
         return text
+
+    def _collect(self) -> None:
+        """The helper's decisions for the pending block, once (they complete its decisions)."""
+        if self.awaiting and self.pending is not None and self.helper is not None:
+            self.pending[2].update(self.helper.receive())
+        self.awaiting = False
 
     def texts(self, blocks: Iterable[InputBlock]) -> Iterator[str]:
         """The derived lines of ``blocks``, a text a block (the last block's once all are matched)."""
@@ -306,40 +321,50 @@ class Derivation:
 
     def flush(self) -> str:
         """The lines of the block matched last and not yet given (empty if none)."""
+        self._collect()
         if self.pending is None:
             return ""
         block, indices, decided = self.pending
         self.pending = None
-        per_layer = [(f"l{index:02d}_", index, decided[index]) for index in indices]
         glob = decided[GLOBAL]
-        layer_parts = [
-            (
-                [
-                    f'{{"fit": {fit!r}, "layer_index": {index}, "motif_id": "{prefix}{n:03d}", "novel": '
-                    for n, fit in zip(d.numbers.tolist(), _fits(d), strict=True)
-                ],
-                [_BOOL[v] for v in d.novel.tolist()],
-            )
-            for prefix, index, d in per_layer
-        ]
-        out = []
-        fits = _fits(glob)
         ids = self.text_ids
         texts = [ids.setdefault(text, len(ids)) for text in block.texts]
         self.pairs.append(
             np.stack([np.asarray(texts, dtype=np.int64), glob.numbers.astype(np.int64)], axis=1)
         )
+        every = [glob, *(decided[index] for index in indices)]
+        fits = [_fit_values(d) for d in every]
+        self.tokens += block.tokens.size
+        self.fits.append(fits[0])
+        if self.line_maker is None or self.line_maker.layers != indices:
+            self.line_maker = LineMaker(self._head, self._tail, indices)
+        made = self.line_maker.lines(block.tokens, [d.numbers for d in every], fits, [d.novel for d in every])
+        if made is not None:
+            return made.decode("ascii")
+        return self._one_by_one(block, indices, every, [f.tolist() for f in fits])
+
+    def _one_by_one(
+        self, block: InputBlock, indices: list[int], every: list[BlockDecisions], fits: list[list[float]]
+    ) -> str:
+        """A block's lines a token at a time (where ``LineMaker`` does not write the fits)."""
+        glob = every[0]
+        layer_parts = [
+            (
+                [
+                    f'{{"fit": {fit!r}, "layer_index": {index}, "motif_id": "l{index:02d}_{n:03d}", "novel": '
+                    for n, fit in zip(d.numbers.tolist(), layer_fits, strict=True)
+                ],
+                [_BOOL[v] for v in d.novel.tolist()],
+            )
+            for index, d, layer_fits in zip(indices, every[1:], fits[1:], strict=True)
+        ]
+        out = []
         for j, (number, novel, token) in enumerate(
             zip(glob.numbers.tolist(), glob.novel.tolist(), block.tokens.tolist(), strict=True)
         ):
-            motif = f"g_{number:03d}"
             layers = ", ".join(heads[j] + bools[j] for heads, bools in layer_parts)
-            out.append(
-                f'{self._head}{{"fit": {fits[j]!r}, "motif_id": "{motif}", "novel": {_BOOL[novel]}, '
-                f'"layer_motifs": [{layers}]}}{self._tail}{token}}}\n'
-            )
-        self.tokens += len(out)
-        self.fits.append(np.asarray(fits, dtype=np.float64))
+            motif = f'{{"fit": {fits[0][j]!r}, "motif_id": "g_{number:03d}", "novel": {_BOOL[novel]}'
+            out.append(f'{self._head}{motif}, "layer_motifs": [{layers}]}}{self._tail}{token}}}\n')
         return "".join(out)
 
     def event_line(self, event: dict[str, Any]) -> str:
@@ -498,21 +523,20 @@ def _contingency(text_ids: dict[str, int], pairs: list[np.ndarray], motifs: int)
 _BOOL = {True: "true}", False: "false}"}
 
 
-def _fits(decisions: BlockDecisions) -> list[float]:
+def _fit_values(decisions: BlockDecisions) -> np.ndarray:
     """Fits as written: 1.0 for a founder, else rounded to six decimals as Python's ``round``
     does. A fit lies in [-1, 1], so ``x * 1e6`` is within 1.2e-10 of the exact product: rounding
     it to an integer picks Python's digits unless it lies near a half, and the integer over 1e6
-    is then the float ``round`` returns; the few near a half are rounded by ``round`` itself."""
+    is then the float ``round`` returns; the few near a half are rounded by ``round`` itself.
+    Either way each is the float nearest to some ``k / 10**6`` (what ``LineMaker`` writes)."""
     fits = decisions.fits
     scaled = fits * 1e6
     whole = np.rint(scaled)
-    rounded = whole / 1e6
+    rounded: np.ndarray = np.where(decisions.novel, 1.0, whole / 1e6)
     near_half = np.abs(np.abs(scaled - whole) - 0.5) < 1e-6
-    rounded = np.where(decisions.novel, 1.0, rounded)
-    out: list[float] = rounded.tolist()
     for i in np.flatnonzero(near_half & ~decisions.novel).tolist():
-        out[i] = round(float(fits[i]), 6)
-    return out
+        rounded[i] = round(float(fits[i]), 6)
+    return rounded
 
 
 class DeriveError(ValueError):

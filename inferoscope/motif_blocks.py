@@ -28,6 +28,7 @@ memory stays ``O(cap)`` too. It is named in derivation_config_id (``-cap<N>``);
 
 from __future__ import annotations
 
+import functools
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -86,7 +87,7 @@ class BlockClusters:
         base_dots = fingerprints @ self.sums[candidates].T
         static = _similarity(base_dots, np.broadcast_to(self.norms[candidates], base_dots.shape), fnorm)
         gram = fingerprints @ fingerprints.T
-        lower = np.tril(gram, -1)
+        lower = np.where(_strictly_lower(count), gram, 0.0)
         width = candidates.size
         positions = np.arange(count)
         assigned = _decide(static_rows(static, count), self.threshold, width)
@@ -142,7 +143,7 @@ class BlockClusters:
         ``width + p``: founded by the token at position p), given the decisions ``assigned``."""
         count, width = static.shape
         positions = np.arange(count)
-        touched, member = np.unique(assigned, return_inverse=True)
+        touched, member = _touched(assigned, width + count)
         onehot = np.zeros((count, touched.size))
         onehot[positions, member] = 1.0
         dots = lower @ onehot  # [j, u]: G[j, i] summed over earlier members i of u
@@ -223,9 +224,9 @@ class BlockClusters:
         np.add.at(self.sums, rows[joined], fingerprints[joined])
         np.add.at(self.prob_sums, rows[joined], probs[joined])
         numbers = self.live[rows]
-        members, added = np.unique(numbers, return_counts=True)
-        self.counts[members] += added
-        changed = np.unique(rows)
+        added = np.bincount(rows, minlength=self.rows)  # tokens each row took, rows in any order
+        changed = np.flatnonzero(added)
+        self.counts[self.live[changed]] += added[changed]
         self.norms[changed] = np.sqrt(np.einsum("ij,ij->i", self.sums[changed], self.sums[changed]))
         self.rows = first_row + founded.size
         return BlockDecisions(numbers, np.where(novel, 1.0, fits), novel)
@@ -327,6 +328,23 @@ class ExactClusters:
             means = np.round(np.stack([self.prob_sums[n] for n in shared]) / sizes[:, None], 8)
             centroids = dict(zip(shared, means.tolist(), strict=True))
         return list(self.counts), centroids, list(self.founders)
+
+
+def _touched(assigned: np.ndarray, columns: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(assigned, return_inverse=True)`` for values below ``columns``, without a sort."""
+    present = np.zeros(columns, dtype=bool)
+    present[assigned] = True
+    touched = np.flatnonzero(present)
+    place = np.cumsum(present) - 1
+    return touched, place[assigned]
+
+
+@functools.cache
+def _strictly_lower(count: int) -> np.ndarray:
+    """True below the diagonal (what ``np.tril(x, -1)`` keeps), made once per block size."""
+    mask = np.tri(count, count, -1, dtype=bool)
+    mask.flags.writeable = False
+    return mask
 
 
 def static_rows(static: np.ndarray, count: int) -> np.ndarray:

@@ -150,7 +150,7 @@ def test_derive_cli_cap_is_refused_with_exact_and_below_one(tmp_path: Path) -> N
 def test_fits_are_written_with_the_digits_pythons_round_gives() -> None:
     """A block's fits are rounded at once; every one has round(fit, 6)'s digits, including
     those exactly at a half and those that round to minus zero; founders are written 1.0."""
-    from inferoscope.derive import _fits
+    from inferoscope.derive import _fit_values
     from inferoscope.motif_blocks import BlockDecisions
 
     rng = np.random.default_rng(5)
@@ -163,6 +163,65 @@ def test_fits_are_written_with_the_digits_pythons_round_gives() -> None:
         ]
     )
     novel = rng.random(fits.size) < 0.1
-    written = _fits(BlockDecisions(np.zeros(fits.size, dtype=np.int64), fits, novel))
+    written = _fit_values(BlockDecisions(np.zeros(fits.size, dtype=np.int64), fits, novel)).tolist()
     expected = [1.0 if v else round(f, 6) for f, v in zip(fits.tolist(), novel.tolist(), strict=True)]
     assert [repr(x) for x in written] == [repr(x) for x in expected]
+
+
+def test_every_fit_numpy_writes_has_the_digits_repr_gives() -> None:
+    """Every fit a line can hold with a point (|k| / 10**6 for 100 <= |k| <= 10**6) is written as
+    ``repr`` writes it; closer to zero ``repr`` switches to an exponent, and the block is left to
+    the line-by-line writer."""
+    from inferoscope.derived_lines import _fit_digits
+
+    k = np.arange(-(10**6), 10**6 + 1, dtype=np.int64)
+    k = k[np.abs(k) >= 100]
+    data, keep = _fit_digits(k)
+    made = data[keep].tobytes().decode("ascii")
+    lengths = keep.sum(axis=1)
+    expected = [repr(v) for v in (k / 1e6).tolist()]
+    assert lengths.tolist() == [len(e) for e in expected]
+    assert made == "".join(expected)
+
+
+def test_a_blocks_lines_made_at_once_are_its_lines_made_one_by_one() -> None:
+    """The numpy line maker writes the bytes of the per-token writer: wide motif numbers and
+    token indices, founders, layer indices of any width; a block it cannot write (a fit near
+    zero, a negative token index) is written line by line, with the same bytes."""
+    from inferoscope.derive import Derivation, _fit_values
+    from inferoscope.derive_inputs import InputBlock
+    from inferoscope.derived_lines import LineMaker
+    from inferoscope.motif_blocks import BlockDecisions
+
+    rng = np.random.default_rng(11)
+    manifest = {"run_id": 'r\u00e9n "x"', "derivation_version": "motifs/v0.1.0-alpha"}
+    layers = [0, 5, 17, 100]
+    for case in ("plain", "wide", "near zero", "negative token"):
+        count = 128
+        derivation = Derivation(manifest, 0.5)
+        top = 12_345 if case == "wide" else 90
+        every = []
+        for _ in range(len(layers) + 1):
+            raw = rng.uniform(-1, 1, count)
+            if case == "near zero":
+                raw[7] = 4e-5
+            novel = rng.random(count) < 0.2
+            every.append(BlockDecisions(rng.integers(0, top, count), raw, novel))
+        tokens = rng.integers(0, 10**12 if case == "wide" else 500, count)
+        if case == "negative token":
+            tokens[3] = -4
+        fits = [_fit_values(d) for d in every]
+        block = InputBlock(tokens, ["t"] * count, {})
+        maker = LineMaker(derivation._head, derivation._tail, layers)
+        made = maker.lines(tokens, [d.numbers for d in every], fits, [d.novel for d in every])
+        one_by_one = derivation._one_by_one(block, layers, every, [f.tolist() for f in fits])
+        if case in ("near zero", "negative token"):
+            assert made is None
+        else:
+            assert made is not None and made.decode("ascii") == one_by_one
+        for line in one_by_one.splitlines():
+            json.loads(line)
+    no_layers = LineMaker(derivation._head, derivation._tail, [])
+    one = BlockDecisions(np.array([3]), np.array([0.91]), np.array([False]))
+    made = no_layers.lines(np.array([9]), [one.numbers], [_fit_values(one)], [one.novel])
+    assert made is not None and json.loads(made)["derived_payload"]["layer_motifs"] == []
