@@ -43,7 +43,15 @@ from .derived_lines import LineMaker
 from .json_stream import Streamed, materialised, sampled, write_json_file
 from .jsonfmt import dumps_ndjson_line
 from .motif_blocks import BlockClusters, BlockDecisions, ExactClusters, named
-from .motif_helper import GLOBAL, MatchHelper, can_fork, fingerprints_of
+from .motif_helper import (
+    GLOBAL,
+    HELPER_SLOWDOWN,
+    MatchHelper,
+    SplitClock,
+    can_fork,
+    fingerprints_of,
+    split_clusterings,
+)
 from .versions import (
     CONTINGENCY_FILE,
     CONTINGENCY_SCHEMA_VERSION,
@@ -234,6 +242,7 @@ class Derivation:
         self.pending: tuple[InputBlock, list[int], dict[Any, BlockDecisions]] | None = None
         self.line_maker: LineMaker | None = None
         self.awaiting = False  # the pending block's helper decisions are still to be received
+        self.clock = SplitClock()
         self._head = (
             '{"derivation_config_id": '
             + json.dumps(self.config_id)
@@ -277,17 +286,24 @@ class Derivation:
         """Match one block of tokens; the derived events' lines of the block before it (``flush``
         gives the last).
 
-        With a helper, the helper's decisions for the block before are collected first and this
-        block sent at once, so the helper matches it while this process matches its own
-        clusterings, writes the lines of the block before and reads the next block: the helper
-        never waits on this process's work, and at most one block is in the pipe."""
+        The first ``MEASURED_BLOCKS`` blocks are matched here and timed; then a forked helper
+        takes over the clusterings that balance the two processes (``split_clusterings``: it
+        inherits their state as it stands). From then on the helper's decisions for the block
+        before are collected first and this block sent at once, so the helper matches it while
+        this process matches its own clusterings, writes the lines of the block before and reads
+        the next block: the helper never waits on this process's work."""
         indices = list(block.layers)
         if self.layer_order is None:
             self.layer_order = indices
-            if self.parallel and can_fork():  # the global motifs and every other layer's, beside
-                self.helper = MatchHelper(self._make, [GLOBAL, *indices[3::4]])
         elif self.layer_order != indices:
             raise Irregular
+        self.clock.block_starts()
+        if self.clock.measured and self.parallel and can_fork():
+            keys = split_clusterings(self.clock.costs, self.clock.fixed, HELPER_SLOWDOWN)
+            if keys:
+                self.helper = MatchHelper(self._existing, keys)
+                for key in keys:
+                    self.layer_clusters.pop(key, None)
         vectors = [block.layers[index] for index in indices]
         remote = set(self.helper.keys) if self.helper is not None else set()
         if self.helper is not None:
@@ -299,13 +315,19 @@ class Derivation:
                 clusters = self.layer_clusters.get(index)
                 if clusters is None:
                     clusters = self.layer_clusters[index] = self._make(index)
-                decided[index] = clusters.assign(*fingerprints_of(index, probs), block.tokens)
+                with self.clock.timing(index):
+                    decided[index] = clusters.assign(*fingerprints_of(index, probs), block.tokens)
         if GLOBAL not in remote:
-            decided[GLOBAL] = self.global_clusters.assign(*fingerprints_of(GLOBAL, vectors), block.tokens)
+            with self.clock.timing(GLOBAL):
+                decided[GLOBAL] = self.global_clusters.assign(*fingerprints_of(GLOBAL, vectors), block.tokens)
         text = self.flush()  # the block before, while the helper matches this one
         self.pending = (block, indices, decided)
         self.awaiting = self.helper is not None
         return text
+
+    def _existing(self, key: Any) -> Any:
+        """The clustering ``key`` as it stands (what a helper forked now carries on with)."""
+        return self.global_clusters if key == GLOBAL else self.layer_clusters[key]
 
     def _collect(self) -> None:
         """The helper's decisions for the pending block, once (they complete its decisions)."""

@@ -225,3 +225,60 @@ def test_a_blocks_lines_made_at_once_are_its_lines_made_one_by_one() -> None:
     one = BlockDecisions(np.array([3]), np.array([0.91]), np.array([False]))
     made = no_layers.lines(np.array([9]), [one.numbers], [_fit_values(one)], [one.novel])
     assert made is not None and json.loads(made)["derived_payload"]["layer_motifs"] == []
+
+
+def _repeated_demo(folder: Path, times: int) -> Path:
+    """The demo run's events repeated ``times`` times (token_index renumbered): a run long enough
+    for derive to hand clusterings to its helper."""
+    events = [json.loads(line) for line in (EXAMPLE_RUN / "raw_trace.ndjson").read_text().splitlines()]
+    shutil.copytree(EXAMPLE_RUN, folder)
+    for name in ("derived.ndjson", "motif_ledger.json", "contingency.json"):
+        (folder / name).unlink(missing_ok=True)
+    with (folder / "raw_trace.ndjson").open("w") as handle:
+        for t in range(times * len(events)):
+            event = dict(events[t % len(events)], token_index=t)
+            handle.write(json.dumps(event, sort_keys=True) + "\n")
+    return folder
+
+
+@pytest.mark.parametrize("keys", ["measured", "measured v0.2", "global", "global and a layer", "two layers"])
+def test_clusterings_handed_to_the_helper_mid_run_give_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keys: str
+) -> None:
+    """The helper is forked after the first blocks, carrying the state of the clusterings it takes
+    (whichever the measurement picks); the files are those of one process matching token by
+    token."""
+    import inferoscope.derive as derive_module
+    from inferoscope.motif_helper import GLOBAL, MEASURED_BLOCKS
+
+    run = _repeated_demo(tmp_path / "demo-run", 7)  # 1,400 tokens: 11 blocks
+    if keys == "measured v0.2":
+        run = convert_run(run, tmp_path / "v02", to="v0.2", dtype="float64").path
+    taken: list[list[object]] = []
+    if not keys.startswith("measured"):
+        forced = {"global": [GLOBAL], "global and a layer": [GLOBAL, 2], "two layers": [0, 3]}[keys]
+        monkeypatch.setattr(derive_module, "split_clusterings", lambda *_: forced)
+    real = derive_module.MatchHelper
+
+    def recorded(make: object, chosen: list[object]) -> object:
+        taken.append(list(chosen))
+        return real(make, chosen)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(derive_module, "MatchHelper", recorded)
+    expected = _one_by_one(run, 0.9)
+    summary = write_derived(run, 0.9)
+    assert _written(run) == expected and summary["tokens"] == 1400
+    if derive_module.can_fork():
+        assert len(taken) == 1 and taken[0]  # forked once, after the measured blocks
+    assert (MEASURED_BLOCKS + 1) * BLOCK_TOKENS < 1400
+    assert RunReader(run).validate().ok
+
+
+def test_the_split_moves_clusterings_while_it_lowers_the_busier_side() -> None:
+    from inferoscope.motif_helper import GLOBAL, split_clusterings
+
+    demo = {0: 0.42, 1: 0.42, 2: 0.37, 3: 0.54, GLOBAL: 0.56}  # ms a block, measured
+    assert split_clusterings(demo, 0.57, 1.25) == [GLOBAL, 3]
+    olmoe = {**{layer: 0.65 for layer in range(16)}, GLOBAL: 8.2}  # no structure, 64 experts
+    assert split_clusterings(olmoe, 2.4, 1.25)[0] == GLOBAL
+    assert split_clusterings({0: 1.0}, 0.1, 1.25) == []  # one clustering: nothing to gain
