@@ -286,12 +286,13 @@ class Derivation:
         """Match one block of tokens; the derived events' lines of the block before it (``flush``
         gives the last).
 
-        The first ``MEASURED_BLOCKS`` blocks are matched here and timed; then a forked helper
-        takes over the clusterings that balance the two processes (``split_clusterings``: it
-        inherits their state as it stands). From then on the helper's decisions for the block
-        before are collected first and this block sent at once, so the helper matches it while
-        this process matches its own clusterings, writes the lines of the block before and reads
-        the next block: the helper never waits on this process's work."""
+        The first ``MEASURED_BLOCKS`` blocks are matched here (all but the first timed); then a
+        forked helper takes over the clusterings that balance the two processes
+        (``split_clusterings``: it inherits their state as it stands). From then on the helper's
+        decisions for the block before are collected first and this block sent at once, so the
+        helper matches it while this process matches its own clusterings, writes the lines of the
+        block before and reads the next block: the helper waits only where this process is the
+        busier side."""
         indices = list(block.layers)
         if self.layer_order is None:
             self.layer_order = indices
@@ -302,8 +303,11 @@ class Derivation:
             keys = split_clusterings(self.clock.costs, self.clock.fixed, HELPER_SLOWDOWN)
             if keys:
                 self.helper = MatchHelper(self._existing, keys)
-                for key in keys:
-                    self.layer_clusters.pop(key, None)
+                for key in keys:  # the helper's now: this process's copies are never read again
+                    if key == GLOBAL:
+                        self.global_clusters = None
+                    else:
+                        del self.layer_clusters[key]
         vectors = [block.layers[index] for index in indices]
         remote = set(self.helper.keys) if self.helper is not None else set()
         if self.helper is not None:

@@ -11,8 +11,8 @@ The bytes are those of ``dumps_ndjson_line`` (sorted keys, default separators, `
 a fit as written is a float nearest to ``k / 10**6`` for an integer ``k`` (``derive._fit_values``),
 whose ``repr`` is the decimal ``k / 10**6`` without trailing zeros. That holds where ``repr``
 writes a point rather than an exponent, so a block with a fit in ``(-1e-4, 1e-4)`` (a threshold at
-or below it), a fit beyond ``[-1, 1]`` or a negative token index returns None: its lines are
-written one at a time.
+or below it), a fit beyond ``[-1, 1]`` or not finite, or a negative token index returns None: its
+lines are written one at a time.
 """
 
 from __future__ import annotations
@@ -87,9 +87,12 @@ class LineMaker:
         rows = tokens.size
         if rows == 0:
             return b""
-        micros = np.rint(np.stack(fits, axis=1) * 1e6).astype(np.int64)
+        scaled = np.rint(np.stack(fits, axis=1) * 1e6)
+        if not np.isfinite(scaled).all() or tokens.min() < 0:
+            return None
+        micros = scaled.astype(np.int64)
         size = np.abs(micros)
-        if size.min() < 100 or size.max() > 1_000_000 or tokens.min() < 0:
+        if size.min() < 100 or size.max() > 1_000_000:
             return None
         fit_bytes, fit_keep = _fit_digits(micros)
         number_bytes, number_keep = _digits(np.stack(numbers, axis=1).astype(np.int64), 3)

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -225,6 +226,10 @@ def test_a_blocks_lines_made_at_once_are_its_lines_made_one_by_one() -> None:
     one = BlockDecisions(np.array([3]), np.array([0.91]), np.array([False]))
     made = no_layers.lines(np.array([9]), [one.numbers], [_fit_values(one)], [one.novel])
     assert made is not None and json.loads(made)["derived_payload"]["layer_motifs"] == []
+    with warnings.catch_warnings():  # a fit that is not a number: no warning, the careful writer
+        warnings.simplefilter("error")
+        nan = [np.array([np.nan])]
+        assert no_layers.lines(np.array([1]), [np.array([0])], nan, [np.array([False])]) is None
 
 
 def _repeated_demo(folder: Path, times: int) -> Path:
