@@ -101,7 +101,6 @@ def export_parquet(
             if outer is not None:
                 outer()
 
-    count = 1 << 62 if by_blocks else len(reader)  # read by blocks: no index, no count first
     run_id = reader.manifest.get("run_id") if isinstance(reader.manifest, dict) else None
     run_id = without_surrogates(run_id) if isinstance(run_id, str) else ""
     result = ExportResult()
@@ -118,6 +117,7 @@ def export_parquet(
             partial.unlink(missing_ok=True)
             raise
         return result
+    count = 1 << 62 if by_blocks else len(reader)  # read by blocks: no index, no count first
     experts = _shared_expert_count(reader, count)
     probs_type = pa.list_(pa.float64(), experts) if experts else pa.list_(pa.float64())
     schema = pa.schema(

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from inferoscope import BundleOpenError, EventReadError, RunReader, load_run_bundle
 from inferoscope.bundle.scan import scan_raw_trace
@@ -341,3 +343,26 @@ def test_a_valid_json_line_past_the_cap_is_reported_not_parsed(tmp_path: Path) -
     report = RunReader(folder).validate()
     [issue] = [i for i in report.issues if i.location.line == 2]
     assert issue.code == "json_parse_error" and "over the reader's limit" in issue.message
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    pieces=st.lists(st.sampled_from([b"a", b"{}", b" ", b"\t", b"\r", b"\n", b"\n\n", b"xyz "]), max_size=60),
+    chunk=st.integers(1, 9),
+    block=st.integers(1, 9),
+)
+@example(pieces=[b"a\n", b" " * 10, b"\n", b"\t" * 8], chunk=3, block=4)  # long blank lines
+@example(pieces=[b"\r\n", b" " * 10, b"\n\n", b"{}"], chunk=9, block=2)
+def test_counting_lines_with_numpy_counts_what_the_reader_indexes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pieces: list[bytes], chunk: int, block: int
+) -> None:
+    """Blank and whitespace lines, CRLF, no final newline, lines across chunks and lines past the
+    cap (always lines): the fast count is the index's length."""
+    from inferoscope.bundle import lines
+
+    monkeypatch.setattr(lines, "MAX_LINE_BYTES", 6)
+    path = tmp_path / "trace.ndjson"
+    path.write_bytes(b"".join(pieces))
+    indexed = sum(1 for _ in lines.iter_lines(path, block_size=block))
+    assert lines.count_lines(path, chunk_bytes=chunk) == indexed
+    assert lines.count_lines(path) == indexed

@@ -19,6 +19,8 @@ BLOCK_SIZE = 1024 * 1024
 #: (no model comes near), while parsing a line costs about 15 times its size in memory
 MAX_LINE_BYTES = 32 * 1024 * 1024
 _WHITESPACE = b" \t\r\n"
+_WHITE_BYTE = np.zeros(256, dtype=bool)
+_WHITE_BYTE[list(_WHITESPACE)] = True
 
 ProgressFn = Callable[[int, int], None]
 
@@ -178,6 +180,39 @@ def build_line_index(path: Path, progress: ProgressFn | None = None) -> LineInde
     for line in iter_lines(path, progress=progress):
         builder.add(line)
     return builder.build()
+
+
+def count_lines(path: Path, chunk_bytes: int = 16 << 20) -> int:
+    """How many lines ``iter_lines`` yields for ``path``, found a chunk at a time with numpy
+    rather than a Python step per line (a 500,000-token v0.2 trace: 0.1 s against 1.1 s for its
+    index). Blank lines are not counted; a line past ``MAX_LINE_BYTES`` always is."""
+    count = 0
+    carried, carried_blank = 0, True  # the line begun in the chunks before: its length, blank so far
+    with path.open("rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            data = np.frombuffer(chunk, dtype=np.uint8)
+            ends = np.flatnonzero(data == 10)
+            if ends.size == 0:
+                carried += len(chunk)
+                carried_blank = carried_blank and _is_blank(chunk)
+                continue
+            first = int(ends[0])
+            blank = carried_blank and _is_blank(chunk[:first])
+            count += not blank or carried + first > MAX_LINE_BYTES
+            starts, stops = ends[:-1] + 1, ends[1:]
+            # a line whose first byte is not whitespace is not blank; only the others are read
+            looked = np.flatnonzero(_WHITE_BYTE[data[np.minimum(starts, len(chunk) - 1)]] | (stops == starts))
+            blanks = sum(
+                1
+                for s, e in zip(starts[looked].tolist(), stops[looked].tolist(), strict=True)
+                if e - s <= MAX_LINE_BYTES and _is_blank(chunk[s:e])
+            )
+            count += starts.size - blanks
+            rest = chunk[int(ends[-1]) + 1 :]
+            carried, carried_blank = len(rest), _is_blank(rest)
+    if carried and (not carried_blank or carried > MAX_LINE_BYTES):
+        count += 1
+    return count
 
 
 def line_chunks(path: Path, chunk_bytes: int = 4 << 20) -> Iterator[bytes]:
