@@ -12,12 +12,13 @@ contract v0.1.0). Prompt (prefill) arrays are not carried: a twin scrambles the 
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .bundle.lines import count_lines, line_blocks
 from .bundle.pipe import can_fork, forked_child, usable_cores
 from .bundle.reader import RunReader
 from .bundle.writer import spill_folder
@@ -65,7 +66,7 @@ def scramble_v02(
     assert reader.routing is not None
     rng = np.random.default_rng(seed)
     sidecar = reader.sidecar()
-    count = len(reader)
+    count = len(reader) if reader.index_ready else count_lines(reader.raw_path)  # no index needed
     groups = []
     for raw in manifest["routing"]["groups"]:
         raw = dict(raw)
@@ -108,32 +109,39 @@ def scramble_v02(
                 for group in reader.routing.groups:
                     for role in _roles(group):
                         buckets.scatter(sidecar, group, role, plans[group.name])
+                lines = line_blocks(reader.raw_path, buckets.size)
                 for start in range(0, count, buckets.size):
                     stop = min(count, start + buckets.size)
                     routed = {
                         group.name: {role: buckets.gather(group, role, start, stop) for role in _roles(group)}
                         for group in reader.routing.groups
                     }
-                    writer.add_tokens(_metas(reader, start, stop, new_id), routed)
+                    writer.add_tokens(_metas(lines, stop - start, new_id), routed)
         else:
             drawn = [g for g in reader.routing.groups if plans[g.name] is None]
             with _Labels(rng, count, drawn) as source:
+                lines = line_blocks(reader.raw_path, BLOCK_TOKENS)
                 for start in range(0, count, BLOCK_TOKENS):
                     stop = min(count, start + BLOCK_TOKENS)
                     routed = {
                         group.name: _relabelled(sidecar, group, plans[group.name], start, stop, source)
                         for group in reader.routing.groups
                     }
-                    writer.add_tokens(_metas(reader, start, stop, new_id), routed)
+                    writer.add_tokens(_metas(lines, stop - start, new_id), routed)
         return writer.close(layout, bias=biases or None, verify=verify)
     except BaseException:
         writer.abort()
         raise
 
 
-def _metas(reader: RunReader, start: int, stop: int, new_id: str) -> list[dict[str, Any]]:
+def _metas(lines: Iterator[list[bytes]], count: int, new_id: str) -> list[dict[str, Any]]:
+    """The next ``count`` token lines' objects, renamed to the twin (read in order, a block at a
+    time: no index of the trace is built)."""
+    block = next(lines, [])
+    if len(block) != count:  # never expected: the lines were just counted
+        raise RuntimeError(f"the raw trace changed while it was scrambled ({len(block)} lines, not {count})")
     metas = []
-    for line in reader.raw_lines(start, stop):
+    for line in block:
         meta = parse_json_bytes(line)
         meta["run_id"] = new_id
         metas.append(meta)
