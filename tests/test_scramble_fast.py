@@ -32,6 +32,15 @@ def _files(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
+def _tree(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (a v0.2 bundle's arrays included), by relative path."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
 def _both(
     run: Path, out: Path, variant: str, seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[Path, Path]:
@@ -147,14 +156,7 @@ def test_a_v02_token_scramble_is_the_same_whatever_its_spill_buckets(
     monkeypatch.setattr(v02, "BUCKET_TOKENS", 7)  # 43 buckets, the last one short
     many = scramble_bundle(run, tmp_path / "many", "tokens", seed=2)
 
-    def arrays(folder: Path) -> dict[str, str]:
-        return {
-            str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*"))
-            if p.is_file()
-        }
-
-    assert arrays(one) == arrays(many)
+    assert _tree(one) == _tree(many)
     assert RunReader(many).validate().ok
     assert not [p for p in (tmp_path / "many").iterdir() if p.name.startswith(".")]
 
@@ -246,15 +248,7 @@ def test_what_is_kept_does_not_depend_on_which_entry_came_first(
     one = scramble_bundle(run, tmp_path / "one", variant, seed=1)
     _split_everything(monkeypatch)
     two = scramble_bundle(run, tmp_path / "two", variant, seed=1)
-
-    def tree(folder: Path) -> dict[str, str]:
-        return {
-            str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*"))
-            if p.is_file()
-        }
-
-    assert tree(one) == tree(two)
+    assert _tree(one) == _tree(two)
     kept = (one / "raw_trace.ndjson").read_text().count('0, "layer_index"')
     assert kept == sum(line.count('0, "layer_index"') for line in lines) > 0
 
@@ -456,12 +450,4 @@ def test_a_v02_twin_reads_its_token_lines_in_order_past_blank_and_crlf_lines(
     assert RunReader(spaced).validate().ok
     one = scramble_bundle(plain, tmp_path / "one", variant, seed=2)
     two = scramble_bundle(spaced, tmp_path / "two", variant, seed=2)
-
-    def tree(folder: Path) -> dict[str, str]:
-        return {
-            str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*"))
-            if p.is_file()
-        }
-
-    assert tree(one) == tree(two)
+    assert _tree(one) == _tree(two)
