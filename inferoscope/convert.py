@@ -71,7 +71,7 @@ def convert_run(
     if dtype not in DTYPES:
         raise ConvertError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     reader = RunReader(source)
-    report = reader.validate()
+    report = reader.validate(series=False)
     if not report.ok:
         raise bundle_error(f"refusing to convert {source}", report.issues, report.counts_by_code())
     assert reader.manifest is not None and reader.layout is not None

@@ -510,3 +510,78 @@ def test_a_weight_that_is_not_finite_is_located(tmp_path: Path) -> None:
         9,
         1,
     )
+
+
+def _token_lines_edited(run: Path, how: str) -> None:
+    path = run / "raw_trace.ndjson"
+    lines = path.read_bytes().split(b"\n")[:-1]
+    if how == "blank line":
+        lines.insert(40, b"")
+    elif how == "crlf":
+        lines = [line + b"\r" for line in lines]
+    elif how == "no final newline":
+        path.write_bytes(b"\n".join(lines))
+        return
+    elif how == "another run_id late":
+        event = json.loads(lines[-3])
+        event["run_id"] = "other"
+        lines[-3] = json.dumps(event, sort_keys=True).encode()
+    elif how == "tokens out of order":
+        lines[50], lines[51] = lines[51], lines[50]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+
+
+@pytest.mark.parametrize(
+    "how", ["clean", "blank line", "crlf", "no final newline", "another run_id late", "tokens out of order"]
+)
+def test_token_lines_checked_a_chunk_at_a_time_give_the_report_of_one_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """The fast pass over the token lines decodes them a chunk at a time (memory flat in the run's
+    length): chunks that cut the run anywhere, or lines longer than a chunk, give the same report
+    as one chunk, and anything it does not vouch for goes to the line-by-line pass."""
+    from inferoscope.bundle import meta_fast
+    from inferoscope.bundle.lines import build_line_index
+
+    run = write_synthetic_v02(tmp_path, "syn", 120, layers=LAYERS, experts=EXPERTS, top_k=TOP_K)
+    if how != "clean":
+        _token_lines_edited(run, how)
+    whole = RunReader(run).validate().to_dict()
+    for size in (64, 333, 4096):
+        monkeypatch.setattr(meta_fast, "CHUNK_BYTES", size)
+        reader = RunReader(run)
+        assert reader.validate().to_dict() == whole
+        fast = meta_fast.fast_meta_scan(reader.raw_path, reader.manifest, 100)
+        assert (fast is not None) == (how == "clean")
+        if fast is not None:
+            assert fast.lines == 120 and fast.report.aggregates.duration_count == 120
+            index = build_line_index(reader.raw_path)
+            assert np.array_equal(fast.index.starts, index.starts)
+            assert np.array_equal(fast.index.ends, index.ends)
+    assert whole["ok"] == (how not in ("another run_id late", "tokens out of order"))  # the rest is allowed
+
+
+@pytest.mark.parametrize("contract", ["v0.1", "v0.2"])
+def test_a_check_that_keeps_no_series_counts_the_same_and_refuses_what_needs_them(
+    tmp_path: Path, contract: str
+) -> None:
+    """``validate(series=False)`` (the CLI's check and the check beside a command) gives the same
+    issues and counts; what needs the per-token series says so instead of answering wrongly."""
+    from inferoscope.cli import EXAMPLE_RUN
+
+    run = (
+        write_synthetic_v02(tmp_path, "syn", 300, layers=LAYERS, experts=EXPERTS, top_k=TOP_K)
+        if contract == "v0.2"
+        else EXAMPLE_RUN
+    )
+    kept, dropped = RunReader(run).validate(), RunReader(run).validate(series=False)
+    assert kept.to_dict() == dropped.to_dict() and kept.aggregates.events == dropped.aggregates.events
+    for index, layer in kept.aggregates.layers.items():
+        other = dropped.aggregates.layers[index]
+        assert layer.to_dict() == other.to_dict() and other.token_parts == []
+        layer.pair_counts()
+        with pytest.raises(RuntimeError, match="per-token series"):
+            other.token_series(kept.aggregates.events)
+        if other.pairs_from_parts:
+            with pytest.raises(RuntimeError, match="per-token series"):
+                other.pair_counts()

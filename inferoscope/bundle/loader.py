@@ -33,7 +33,7 @@ def open_valid_reader(run_dir: Path | str, *, derived: bool = True) -> RunReader
         reader = RunReader(run_dir)
     except BundleOpenError as exc:
         raise not_found(exc, run_dir) from None
-    report: ValidationReport = reader.validate(derived=derived)
+    report: ValidationReport = reader.validate(derived=derived, series=False)
     if not report.ok:
         raise bundle_error(str(run_dir), report.issues, report.counts_by_code())
     return reader
@@ -154,5 +154,5 @@ def _validate_into(conn: Any, run_dir: Path | str, derived: bool) -> None:
     from .pipe import forked_child
 
     with forked_child(conn):
-        report = RunReader(run_dir).validate(derived=derived)
+        report = RunReader(run_dir).validate(derived=derived, series=False)
         conn.send(True if report.ok else (report.issues, report.counts_by_code()))

@@ -24,11 +24,15 @@ from .lines import MAX_LINE_BYTES, LineIndex
 from .report import ValidationReport
 from .scan import SegmentResult
 
-MAX_FAST_BYTES = 256 * 1024 * 1024  # above this the streaming pass keeps memory flat
+CHUNK_BYTES = 8 * 1024 * 1024  # lines decoded per call: memory stays flat in the run's length
 
 
 def fast_meta_scan(path: Path, manifest: Mapping[str, Any] | None, max_kept: int) -> SegmentResult | None:
-    """A clean v0.2 raw trace's result in one pass over columns, or None to take the slow path."""
+    """A clean v0.2 raw trace's result in one pass over columns, or None to take the slow path.
+
+    The lines are decoded a chunk of about ``CHUNK_BYTES`` at a time (whole lines), so only the
+    per-token index and token numbers grow with the run (24 bytes a token); decoding the whole
+    trace at once held 2.5 times its size in objects (336 MB at 500,000 tokens)."""
     if not isinstance(manifest, Mapping):
         return None
     versions = manifest.get("artifact_versions")
@@ -38,13 +42,52 @@ def fast_meta_scan(path: Path, manifest: Mapping[str, Any] | None, max_kept: int
         or versions.get("raw_event_schema_version") != RAW_EVENT_V02_SCHEMA_VERSION
     ):
         return None
+    report = ValidationReport(max_kept=max_kept)
+    starts: list[np.ndarray] = []
+    ends: list[np.ndarray] = []
+    count = 0
     try:
-        if path.stat().st_size > MAX_FAST_BYTES:
-            return None
-        data = path.read_bytes()
+        with path.open("rb") as handle:
+            rest = b""
+            while True:
+                more = handle.read(CHUNK_BYTES)
+                data = rest + more if rest else more
+                if not more:
+                    if data:  # a last line without its newline
+                        return None
+                    break
+                cut = data.rfind(b"\n") + 1
+                if cut == 0:
+                    if len(data) > MAX_LINE_BYTES:
+                        return None
+                    rest = data
+                    continue
+                chunk, rest = data[:cut], data[cut:]
+                offset = handle.tell() - len(data)
+                found = _chunk(chunk, offset, count, run_id, report)
+                if found is None:
+                    return None
+                starts.append(found[0])
+                ends.append(found[1])
+                count += found[0].size
     except OSError:
         return None
-    if not data or not data.endswith(b"\n") or b"\r" in data:
+    if count == 0:
+        return None
+    report.aggregates.events = count
+    numbers = np.arange(1, count + 1, dtype=np.int64)
+    checks = RunChecks(manifest)
+    checks.observe_tokens(numbers - 1, numbers)
+    index = LineIndex(np.concatenate(starts), np.concatenate(ends), numbers)
+    return SegmentResult(report, checks, index, count)
+
+
+def _chunk(
+    data: bytes, offset: int, first: int, run_id: Any, report: ValidationReport
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(line starts, line ends) in the file of one chunk of whole lines, every rule met, its
+    durations added to ``report``; None at the first sign of anything else."""
+    if b"\r" in data:
         return None
     ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
     starts = np.empty_like(ends)
@@ -61,11 +104,10 @@ def fast_meta_scan(path: Path, manifest: Mapping[str, Any] | None, max_kept: int
     if count != ends.size:  # a whitespace-only line was skipped: let the line pass number them
         return None
     tokens = np.fromiter((meta.token_index for meta in metas), dtype=np.int64, count=count)
-    if not np.array_equal(tokens, np.arange(count, dtype=np.int64)):
+    if not np.array_equal(tokens, np.arange(first, first + count, dtype=np.int64)):
         return None
     if any(meta.run_id != run_id for meta in metas):
         return None
-    report = ValidationReport(max_kept=max_kept)
     timed = [meta.timing_ms for meta in metas if not isinstance(meta.timing_ms, msgspec.UnsetType)]
     if timed:
         start = np.fromiter((t.decode_start for t in timed), dtype=np.float64, count=len(timed))
@@ -75,8 +117,4 @@ def fast_meta_scan(path: Path, manifest: Mapping[str, Any] | None, max_kept: int
             if not (np.abs(duration - (end - start)) <= TOL).all():
                 return None
         report.aggregates.add_durations(duration)
-    report.aggregates.events = count
-    numbers = np.arange(1, count + 1, dtype=np.int64)
-    checks = RunChecks(manifest)
-    checks.observe_tokens(tokens, numbers)
-    return SegmentResult(report, checks, LineIndex(starts, ends, numbers), count)
+    return starts + offset, ends + offset

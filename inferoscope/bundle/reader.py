@@ -264,15 +264,18 @@ class RunReader:
         max_kept: int = DEFAULT_MAX_KEPT_ISSUES,
         derived: bool = True,
         raw_result: SegmentResult | None = None,
+        series: bool = True,
     ) -> ValidationReport:
         """Every issue of the bundle, with aggregates; never raises for bad content.
 
         ``derived=False`` leaves the three derived artifacts out (derive, about to replace them,
         checks only what it derives from, so it can repair a half-derived bundle).
         ``raw_result``: the raw trace's pass already made (export reads the trace once, checking
-        it as it writes); everything else is checked here as always.
+        it as it writes); everything else is checked here as always. ``series=False``: the
+        aggregates keep no per-token series (a check whose aggregates only count; memory flat).
         """
         report = ValidationReport(max_kept=max_kept)
+        report.aggregates.series = series
         report.add(self.manifest_issues)
         if self.manifest is not None:
             report.add(
@@ -364,6 +367,7 @@ class RunReader:
             workers=self.workers,
             offload=self.offload,
             profile=self.profile,
+            series=report.aggregates.series,
         )
         report.absorb(result.report, lambda issue: issue)
         checks.absorb(result.checks, 0)

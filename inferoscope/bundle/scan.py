@@ -70,6 +70,7 @@ class SegmentJob:
     chunk_events: int
     max_kept: int
     profile: str = "v0.1"  # the contract the lines follow (v0.2 lines are metadata only)
+    series: bool = True  # keep the per-token series in the aggregates (``RunAggregates.series``)
 
     def part(self, start: int, end: int | None) -> SegmentJob:
         return replace(self, start=start, end=end)
@@ -87,6 +88,7 @@ def scan_segment(
     """
     path, start, end, chunk_events = job.path, job.start, job.end, job.chunk_events
     report = ValidationReport(max_kept=job.max_kept)
+    report.aggregates.series = job.series
     checks = RunChecks(job.manifest)
     builder = LineIndexBuilder()
     views: list[EventView] = []
@@ -142,6 +144,7 @@ def scan_raw_trace(
     workers: int | None = None,
     offload: bool = False,
     profile: str = "v0.1",
+    series: bool = True,
 ) -> SegmentResult:
     """The whole file, split over ``workers`` processes (default: the usable cores).
 
@@ -152,7 +155,7 @@ def scan_raw_trace(
     if workers is None:
         big = size >= PARALLEL_MIN_BYTES or (offload and size >= OFFLOAD_MIN_BYTES)
         workers = usable_cores() if big else 1
-    job = SegmentJob(path, dict(manifest or {}), 0, None, chunk_events, max_kept, profile)
+    job = SegmentJob(path, dict(manifest or {}), 0, None, chunk_events, max_kept, profile, series)
     cuts = split_points(path, max(1, workers))
     if len(cuts) <= 2 and not (offload and size >= OFFLOAD_MIN_BYTES):
         return scan_segment(job, progress)

@@ -167,7 +167,7 @@ class RunWriter:
             if verify is not None:
                 verify()
             else:
-                report = RunReader(self.staging).validate()
+                report = RunReader(self.staging).validate(series=False)
                 if not report.ok:
                     raise bundle_error(
                         f"refusing to write {manifest.get('run_id')!r}",

@@ -143,10 +143,13 @@ class LayerAggregate:
     token_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
     #: pairs not counted during the pass (the v0.2 pass): counted from token_parts when first asked
     pairs_from_parts: bool = False
+    #: the pass kept no per-token parts (``RunAggregates.series`` False): what needs them refuses
+    without_series: bool = False
 
     def pair_counts(self) -> PairCounts:
         """Co-activation counts of this layer (counted now from the kept picks if the pass did not)."""
         if self.pairs_from_parts:
+            self._need_series()
             pairs = PairCounts(self.num_total_experts)
             for _positions, picks, _entropy in self.token_parts:
                 pairs.add_picks(picks)
@@ -173,6 +176,7 @@ class LayerAggregate:
 
         Positions without a usable entry for this layer (unreadable or flagged) stay -1 / NaN.
         """
+        self._need_series()
         topk = np.full((events, self.num_active_experts), -1, dtype=_index_dtype(self.num_total_experts))
         entropy = np.full(events, np.nan, dtype=np.float32)
         for positions, picks, values in self.token_parts:
@@ -181,6 +185,10 @@ class LayerAggregate:
                 topk[positions[inside]] = picks[inside]
             entropy[positions[inside]] = values[inside]
         return topk, entropy
+
+    def _need_series(self) -> None:
+        if self.without_series:
+            raise RuntimeError(f"layer {self.layer_index}: this check kept no per-token series")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -207,6 +215,10 @@ class RunAggregates:
     duration_max: float | None = None
     duration_sum: float = 0.0
     duration_count: int = 0
+    #: keep each layer's per-token parts (the app's run view and drill, v0.2's co-activation
+    #: counts); False for a check whose aggregates only count: its memory is then flat in the
+    #: run's length (a 500,000-token v0.2 check held 178 MB of them, and peaked at 480 MB)
+    series: bool = True
 
     def add_durations(self, durations: np.ndarray) -> None:
         if durations.size == 0:
@@ -263,6 +275,7 @@ class RunAggregates:
                     load=np.zeros(n, dtype=np.int64),
                     top1_load=np.zeros(n, dtype=np.int64),
                     pairs=PairCounts(n),
+                    without_series=not self.series,
                 )
                 self.layers[layer_index] = agg
             if agg.num_total_experts != n:
@@ -278,7 +291,7 @@ class RunAggregates:
                     agg.pairs.add_matrix(coact[u])
                 else:
                     agg.pairs.add_picks(topk[inverse == u])
-            if positions is not None:
+            if positions is not None and self.series:
                 mine = inverse == u
                 agg.token_parts.append(
                     (
@@ -305,6 +318,7 @@ class RunAggregates:
                     top1_load=np.zeros(n, dtype=np.int64),
                     pairs=PairCounts(0),
                     pairs_from_parts=True,
+                    without_series=not self.series,
                 )
                 self.layers[layer_index] = agg
             if agg.num_total_experts != n:
@@ -315,6 +329,8 @@ class RunAggregates:
             agg.entropy_tokens += int(part.entropy_tokens[slot])
             agg.entropy_sum += float(part.entropy_sums[slot])
             agg.normalized_entropy_sum += float(part.normalized_sums[slot])
+            if not self.series:
+                continue
             positions, picks, normalized = part.positions, part.picks[:, slot, :], part.normalized[:, slot]
             if part.usable is not None and not part.usable[:, slot].all():
                 keep = part.usable[:, slot]
@@ -343,6 +359,8 @@ class RunAggregates:
             self.duration_count += other.duration_count
         for index, theirs in other.layers.items():
             mine = self.layers.get(index)
+            if not self.series:  # a later part's series are not kept either
+                theirs.token_parts, theirs.without_series = [], True
             if mine is None:
                 self.layers[index] = theirs
             elif mine.num_total_experts == theirs.num_total_experts:
@@ -357,6 +375,7 @@ class RunAggregates:
                 else:
                     mine.pairs.absorb(theirs.pairs)
                 mine.token_parts.extend(theirs.token_parts)
+                mine.without_series = mine.without_series or theirs.without_series
 
     @property
     def duration_mean(self) -> float | None:
