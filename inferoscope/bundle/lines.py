@@ -239,7 +239,7 @@ def line_blocks(path: Path, count: int) -> Iterator[list[bytes]]:
     block: list[bytes] = []
     for chunk in line_chunks(path):
         for line in chunk.split(b"\n"):
-            if line.strip(_WHITESPACE):
+            if len(line) > MAX_LINE_BYTES or line.strip(_WHITESPACE):  # iter_lines keeps a line past the cap
                 block.append(line)
                 if len(block) == count:
                     yield block

@@ -89,12 +89,18 @@ def _chunk(
     durations added to ``report``; None at the first sign of anything else."""
     if b"\r" in data:
         return None
-    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+    view = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(view == 10)
     starts = np.empty_like(ends)
     starts[0] = 0
     starts[1:] = ends[:-1] + 1
     lengths = ends - starts
     if lengths.min() == 0 or lengths.max() > MAX_LINE_BYTES:
+        return None
+    # every line one object: `decode_lines` reads values, not lines, so `{A}{B}` on one line and a
+    # whitespace line would count right; a line that opens with `{` and closes with `}` cannot
+    # continue an object of the line before (in a container `}` is followed by `,` or `}`)
+    if (view[starts] != ord("{")).any() or (view[ends - 1] != ord("}")).any():
         return None
     try:
         metas = TOKEN_META_DECODER.decode_lines(data)
