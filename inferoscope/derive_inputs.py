@@ -116,8 +116,13 @@ class _TokenMeta(msgspec.Struct, gc=False):
 _META = msgspec.json.Decoder(_TokenMeta)
 
 
-def _v02_meta(reader: RunReader, chunk_bytes: int = 4 << 20) -> Iterator[tuple[Any, Any]]:
-    """(token_index, token_text) of every token line, in order (a valid run's lines all decode)."""
+def _v02_meta(
+    reader: RunReader, size: int, chunk_bytes: int = 4 << 20
+) -> Iterator[tuple[list[Any], list[Any]]]:
+    """(token_index, token_text) of the token lines ``size`` at a time, as two lists, in order
+    (a valid run's lines all decode; a chunk's lines are decoded in one call)."""
+    indices: list[Any] = []
+    texts: list[Any] = []
     for block in line_chunks(reader.raw_path, chunk_bytes):
         if not block.strip():
             continue
@@ -125,8 +130,14 @@ def _v02_meta(reader: RunReader, chunk_bytes: int = 4 << 20) -> Iterator[tuple[A
             decoded = _META.decode_lines(block)
         except DECODE_FAILURES as exc:
             raise Irregular from exc
-        for meta in decoded:
-            yield meta.token_index, meta.token_text
+        indices += [meta.token_index for meta in decoded]
+        texts += [meta.token_text for meta in decoded]
+        whole = len(indices) - len(indices) % size
+        for start in range(0, whole, size):
+            yield indices[start : start + size], texts[start : start + size]
+        del indices[:whole], texts[:whole]
+    if indices:
+        yield indices, texts
 
 
 def _v02_blocks(reader: RunReader) -> Iterator[InputBlock]:
@@ -139,10 +150,9 @@ def _v02_blocks(reader: RunReader) -> Iterator[InputBlock]:
         if seen & set(group.layers):  # a layer routed at two sites
             raise Irregular
         seen |= set(group.layers)
-    meta = _v02_meta(reader)
     start = 0
-    while chunk := list(itertools.islice(meta, BLOCK_TOKENS)):
-        stop = start + len(chunk)
+    for indices, texts in _v02_meta(reader, BLOCK_TOKENS):
+        stop = start + len(indices)
         layers: dict[int, np.ndarray] = {}
         bad: list[tuple[int, int, str]] = []  # (row, layer, score function) without a distribution
         for group in routing.groups:
@@ -158,14 +168,14 @@ def _v02_blocks(reader: RunReader) -> Iterator[InputBlock]:
                     bad.append((int(rows[0]), layer, group.score_function))
         if bad:
             row, layer, function = min(bad)
-            token = chunk[row][0]
+            token = indices[row]
             raise NoDistribution(
                 f"token {token}, layer {layer}: no scores recorded ({function}); motifs are derived "
                 "from the score distribution"
             )
         yield InputBlock(
-            np.array([t for t, _ in chunk], dtype=np.int64),
-            [text or "" for _, text in chunk],
+            np.array(indices, dtype=np.int64),
+            [text or "" for text in texts],
             dict(sorted(layers.items())),
         )
         start = stop
