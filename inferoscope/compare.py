@@ -21,8 +21,8 @@ import msgspec
 import numpy as np
 
 from .bundle.blocks import ROUTING_DECODER, RoutingBlock, aligned, routing_blocks
-from .bundle.lines import count_lines, line_chunks
-from .bundle.pipe import can_fork, usable_cores
+from .bundle.lines import line_chunks
+from .bundle.pipe import can_fork_beside
 from .bundle.reader import BundleOpenError, EventReadError, RunReader
 from .events import LayerEvent
 from .forked_call import ForkedCall
@@ -761,7 +761,7 @@ def _compare_v02(a: RunReader, b: RunReader, layers: list[int], found: _Found) -
     one process makes, block for block."""
     split = _v02_split(a, b)
     if split is None:
-        count = min(_token_count(a), _token_count(b))
+        count = min(a.count(), b.count())
         if count < FILE_BACKED_FROM:
             return _v02_range(a, b, layers, found, 0, None, None)
         # one process (threads running, one core): still into the file-backed arrays, a block at
@@ -804,17 +804,11 @@ def _v02_in_memory(a: RunReader, b: RunReader, layers: list[int], found: _Found)
 
 def _v02_split(a: RunReader, b: RunReader) -> tuple[int, int] | None:
     """(tokens compared, first token of the second half) where the pair is worth two processes."""
-    if usable_cores() < 2 or not can_fork():
+    if not can_fork_beside():
         return None
-    count = min(_token_count(a), _token_count(b))
+    count = min(a.count(), b.count())
     half = (count // 2) // V02_BLOCK * V02_BLOCK
     return (count, half) if half >= 8 * V02_BLOCK else None
-
-
-def _token_count(reader: RunReader) -> int:
-    """The run's token lines: its index's length where it is built, else counted without
-    building it (the index of a 500,000-token v0.2 trace takes 1.1 s, the count 0.1 s)."""
-    return len(reader) if reader.index_ready else count_lines(reader.raw_path)
 
 
 def _v02_half(

@@ -35,6 +35,7 @@ import numpy as np
 
 from .bundle.errors import RunBundleError
 from .bundle.loader import ValidationBeside
+from .bundle.pipe import can_fork_beside
 from .bundle.reader import RunReader
 from .bundle.swap import bundle_lock, exchange, staging_copy
 from .bundle.writer import sweep_stale
@@ -48,7 +49,6 @@ from .motif_helper import (
     HELPER_SLOWDOWN,
     MatchHelper,
     SplitClock,
-    can_fork,
     fingerprints_of,
     split_clusterings,
 )
@@ -241,7 +241,6 @@ class Derivation:
         self.pairs: list[np.ndarray] = []
         self.pending: tuple[InputBlock, list[int], dict[Any, BlockDecisions]] | None = None
         self.line_maker: LineMaker | None = None
-        self.awaiting = False  # the pending block's helper decisions are still to be received
         self.clock = SplitClock()
         self._head = (
             '{"derivation_config_id": '
@@ -299,7 +298,7 @@ class Derivation:
         elif self.layer_order != indices:
             raise Irregular
         self.clock.block_starts()
-        if self.clock.measured and self.parallel and can_fork():
+        if self.clock.measured and self.parallel and can_fork_beside():
             keys = split_clusterings(self.clock.costs, self.clock.fixed, HELPER_SLOWDOWN)
             if keys:
                 self.helper = MatchHelper(self._existing, keys)
@@ -326,7 +325,6 @@ class Derivation:
                 decided[GLOBAL] = self.global_clusters.assign(*fingerprints_of(GLOBAL, vectors), block.tokens)
         text = self.flush()  # the block before, while the helper matches this one
         self.pending = (block, indices, decided)
-        self.awaiting = self.helper is not None
         return text
 
     def _existing(self, key: Any) -> Any:
@@ -334,10 +332,11 @@ class Derivation:
         return self.global_clusters if key == GLOBAL else self.layer_clusters[key]
 
     def _collect(self) -> None:
-        """The helper's decisions for the pending block, once (they complete its decisions)."""
-        if self.awaiting and self.pending is not None and self.helper is not None:
-            self.pending[2].update(self.helper.receive())
-        self.awaiting = False
+        """The helper's decisions for the pending block, where they are still to come (they
+        complete its decisions; a block matched before the helper existed has them all)."""
+        helper, pending = self.helper, self.pending
+        if helper is not None and pending is not None and helper.keys[0] not in pending[2]:
+            pending[2].update(helper.receive())
 
     def texts(self, blocks: Iterable[InputBlock]) -> Iterator[str]:
         """The derived lines of ``blocks``, a text a block (the last block's once all are matched)."""
@@ -362,7 +361,7 @@ class Derivation:
         fits = [_fit_values(d) for d in every]
         self.tokens += block.tokens.size
         self.fits.append(fits[0])
-        if self.line_maker is None or self.line_maker.layers != indices:
+        if self.line_maker is None:  # a run's layers never change (else it is Irregular)
             self.line_maker = LineMaker(self._head, self._tail, indices)
         made = self.line_maker.lines(block.tokens, [d.numbers for d in every], fits, [d.novel for d in every])
         if made is not None:

@@ -23,8 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .bundle.pipe import can_fork as forkable
-from .bundle.pipe import forked_child, usable_cores
+from .bundle.pipe import forked_child
 from .motif_blocks import BlockDecisions
 
 GLOBAL = "global"
@@ -82,11 +81,6 @@ def split_clusterings(costs: dict[Any, float], fixed: float, slowdown: float) ->
             here, there = here - cost, there + slowdown * cost
             moved.append(key)
     return moved
-
-
-def can_fork() -> bool:
-    """Two usable cores, and a worker may be forked here."""
-    return usable_cores() >= 2 and forkable()
 
 
 class MatchHelper:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from array import array
 from collections.abc import Generator, Iterator
 from contextlib import closing
@@ -50,9 +49,9 @@ import numpy as np
 
 from .bundle.lines import iter_lines, next_line_start
 from .bundle.loader import ValidationBeside
-from .bundle.pipe import can_fork, usable_cores
+from .bundle.pipe import can_fork_beside
 from .bundle.reader import RunReader
-from .bundle.writer import spill_folder, write_prepared_bundle
+from .bundle.writer import append_file, spill_folder, write_prepared_bundle
 from .forked_call import ForkedCall
 from .jsonfmt import JSONParseError, parse_json_bytes
 
@@ -122,14 +121,15 @@ def _write(
     new_id: str,
     check: ValidationBeside,
 ) -> Path:
-    with spill_folder(out_root, "scramble") as spill, reader.raw_path.open("rb") as source:
+    with spill_folder(out_root, "scramble") as spill:
         if variant == "experts":
             with closing(_experts(reader.raw_path, new_id, np.random.default_rng(seed), spill)) as lines:
                 return write_prepared_bundle(out_root, manifest, lines, layout, check.wait)
-        columns = _Spill(spill, source)
-        columns.gather_all(reader.raw_path, new_id)  # Unusual before anything is written
-        with closing(columns.assemble(np.random.default_rng(seed))) as assembled:
-            return write_prepared_bundle(out_root, manifest, assembled, layout, check.wait)
+        with reader.raw_path.open("rb") as source:  # the token scramble reads it back to assemble
+            columns = _Spill(spill, source)
+            columns.gather_all(reader.raw_path, new_id)  # Unusual before anything is written
+            with closing(columns.assemble(np.random.default_rng(seed))) as assembled:
+                return write_prepared_bundle(out_root, manifest, assembled, layout, check.wait)
 
 
 class _Shape(NamedTuple):
@@ -181,7 +181,7 @@ class _Entries:
         self.plans: dict[bytes, _LinePlan] = {}
         self.last: tuple[bytes, _LinePlan | None] = (b"", None)
         self.integers_refused = integers_refused  # the token scramble: see _ints_in_floats
-        self.indices = indices  # whether layer indices are read (-1 where not)
+        self.indices = indices  # whether a planned line's layer indices are read (-1 where not)
 
     def line(
         self, line: bytes, head_end: int, ranges: list[tuple[int, int]], tail_start: int
@@ -208,14 +208,9 @@ class _Entries:
         return found
 
     def _planned(self, line: bytes, ranges: list[tuple[int, int]], plan: _LinePlan) -> list[_Entry]:
-        narrow = plan.narrow
-        if not self.indices:
-            return [
-                _Entry(start, end, None, narrow, width, -1, True)
-                for (start, end), width in zip(ranges, plan.widths, strict=True)
-            ]
+        narrow, indices = plan.narrow, self.indices
         return [
-            _Entry(start, end, None, narrow, width, _layer_index(line, start), True)
+            _Entry(start, end, None, narrow, width, _layer_index(line, start) if indices else -1, True)
             for (start, end), width in zip(ranges, plan.widths, strict=True)
         ]
 
@@ -439,10 +434,15 @@ class _Drawn:
             self.uniform = False
 
 
+def _worth_halves(size: int) -> bool:
+    """Whether a run of ``size`` bytes is written in two halves (two processes)."""
+    return size >= HALVES_FROM_BYTES and can_fork_beside()
+
+
 def _split_point(path: Path, share: float = 0.5) -> int | None:
     """The start of the first line after ``share`` of a run worth two processes, else None."""
     size = path.stat().st_size
-    if size < HALVES_FROM_BYTES or usable_cores() < 2 or not can_fork():
+    if not _worth_halves(size):
         return None
     with path.open("rb") as handle:
         split = next_line_start(handle, int(size * share))
@@ -631,17 +631,16 @@ class _Spill:
             self.lengths[index].extend(half["lengths"][index])
         for handle, name in ((self.written, "layers"), (self.events, "events")):
             handle.seek(0, os.SEEK_END)
-            with (self.folder / f"{name}-half").open("rb") as part:
-                shutil.copyfileobj(part, handle, 1 << 22)
+            append_file(handle, self.folder / f"{name}-half")
         self.written_size += half["written_size"]
         base = self.event_offsets[-1]
         self.event_offsets.extend(base + offset for offset in half["event_offsets"][1:])
         self.layer_orders.extend(half["layer_orders"])
 
-    def gather(self, path: Path, new_id: str, start: int, end: int | None) -> None:
+    def gather(self, path: Path, new_id: str, first: int, last: int | None) -> None:
         orders: dict[tuple[int, ...], tuple[int, ...]] = {}
         entries = _Entries(integers_refused=True)
-        for line in iter_lines(path, start_offset=start, end_offset=end):
+        for line in iter_lines(path, start_offset=first, end_offset=last):
             data = bytes(line.data) if line.data is not None else b""
             parts = _line_parts(data, entries, new_id) if line.data is not None else None
             if parts is None:
@@ -694,12 +693,7 @@ class _Spill:
         permutations = {index: rng.permutation(len(self.starts[index])) for index in sorted(self.starts)}
         count = len(self.layer_orders)
         half = count // 2
-        if (
-            count < 2
-            or os.fstat(self.source.fileno()).st_size < HALVES_FROM_BYTES
-            or usable_cores() < 2
-            or not can_fork()
-        ):
+        if count < 2 or not _worth_halves(os.fstat(self.source.fileno()).st_size):
             yield from self.lines(permutations, 0, count)
             return
         part = self.folder / "second-half"

@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from .bundle.lines import count_lines, line_blocks
-from .bundle.pipe import can_fork, forked_child, usable_cores
+from .bundle.lines import line_blocks
+from .bundle.pipe import can_fork_beside, forked_child
 from .bundle.reader import RunReader
 from .bundle.writer import spill_folder
 from .bundle.writer_v02 import RunWriter
-from .forked_call import stop
+from .forked_call import stop as stop_helper
 from .jsonfmt import parse_json_bytes
 from .routing import PROMPT_ROLES, RoutingGroup
 
@@ -66,7 +66,7 @@ def scramble_v02(
     assert reader.routing is not None
     rng = np.random.default_rng(seed)
     sidecar = reader.sidecar()
-    count = len(reader) if reader.index_ready else count_lines(reader.raw_path)  # no index needed
+    count = reader.count()  # the lines are read in order below: no index needed
     groups = []
     for raw in manifest["routing"]["groups"]:
         raw = dict(raw)
@@ -240,7 +240,7 @@ class _Labels:
         self.receiver: Any = None
         self.helper: Any = None
         self.taken: list[tuple[int, RoutingGroup]] = []  # what the helper has drawn so far
-        if groups and count >= LABELS_BESIDE_FROM and usable_cores() >= 2 and can_fork():
+        if groups and count >= LABELS_BESIDE_FROM and can_fork_beside():
             ctx = multiprocessing.get_context("fork")
             self.receiver, sender = ctx.Pipe(duplex=False)
             self.helper = ctx.Process(target=_draw_labels, args=(sender, rng, count, groups), daemon=True)
@@ -270,7 +270,7 @@ class _Labels:
 
     def close(self) -> None:
         if self.helper is not None:
-            stop(self.helper)
+            stop_helper(self.helper)
             self.receiver.close()
             self.helper = self.receiver = None
 

@@ -326,11 +326,10 @@ def test_a_long_v02_pair_compared_into_a_file_gives_the_same_numbers(
     a = write_synthetic_v02(tmp_path / "a", "a", 90, layers=3, experts=16, top_k=4, seed=1)
     b = write_synthetic_v02(tmp_path / "b", "b", 85, layers=3, experts=16, top_k=4, seed=2)
     monkeypatch.setattr(compare_module, "V02_BLOCK", 4)
-    monkeypatch.setattr(compare_module, "usable_cores", lambda: 2)
-    monkeypatch.setattr(compare_module, "can_fork", lambda: True)  # threads other tests left
+    monkeypatch.setattr(compare_module, "can_fork_beside", lambda: True)  # threads other tests left
     split = compare_runs(a, b)
     assert split.release.__self__.spill is not None  # type: ignore[attr-defined]  # the file
-    monkeypatch.setattr(compare_module, "usable_cores", lambda: 1)
+    monkeypatch.setattr(compare_module, "can_fork_beside", lambda: False)  # one core
     monkeypatch.setattr(compare_module, "FILE_BACKED_FROM", 10**9)
     alone = compare_runs(a, b)
     assert alone.release.__self__.spill is None  # type: ignore[attr-defined]  # in memory
@@ -349,7 +348,7 @@ def test_a_long_v02_pair_compared_into_a_file_gives_the_same_numbers(
     def full(size: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(compare_module, "usable_cores", lambda: 2)
+    monkeypatch.setattr(compare_module, "can_fork_beside", lambda: True)
     monkeypatch.setattr(compare_module, "_nan_file", full)  # no room for the file: shared memory
     in_memory = compare_runs(a, b)
     assert json.dumps(in_memory.to_dict()) == json.dumps(alone.to_dict())

@@ -415,8 +415,7 @@ def test_an_expert_twin_is_the_same_whether_its_labels_are_drawn_beside_or_here(
     monkeypatch.setattr(v02._Labels, "__init__", spy)
     monkeypatch.setattr(v02, "BLOCK_TOKENS", 5)  # three blocks, the last one short
     monkeypatch.setattr(v02, "LABELS_BESIDE_FROM", 1)
-    monkeypatch.setattr(v02, "usable_cores", lambda: 2)
-    monkeypatch.setattr(v02, "can_fork", lambda: True)  # threads other tests left
+    monkeypatch.setattr(v02, "can_fork_beside", lambda: True)  # two cores; threads other tests left
     beside = scramble_bundle(run, tmp_path / "beside", "experts", seed=4)
     assert len(helpers) == 1 and helpers[0] is not None, "a forked process drew the labels"
 

@@ -273,7 +273,7 @@ def test_clusterings_handed_to_the_helper_mid_run_give_the_same_bytes(
     expected = _one_by_one(run, 0.9)
     summary = write_derived(run, 0.9)
     assert _written(run) == expected and summary["tokens"] == 1400
-    if derive_module.can_fork():
+    if derive_module.can_fork_beside():
         assert len(taken) == 1 and taken[0]  # forked once, after the measured blocks
     assert (MEASURED_BLOCKS + 1) * BLOCK_TOKENS < 1400
     assert RunReader(run).validate().ok

@@ -369,8 +369,7 @@ def _split_everything(monkeypatch: pytest.MonkeyPatch) -> list[object]:
 
     monkeypatch.setattr(fast_module, "HALVES_FROM_BYTES", 1)
     monkeypatch.setattr(fast_module, "ForkedCall", counted)
-    monkeypatch.setattr(fast_module, "usable_cores", lambda: 2)
-    monkeypatch.setattr(fast_module, "can_fork", lambda: True)  # threads other tests left
+    monkeypatch.setattr(fast_module, "can_fork_beside", lambda: True)  # two cores; threads other tests left
     return started
 
 
@@ -426,7 +425,7 @@ def test_a_half_written_elsewhere_is_appended_whole_whatever_the_kernel_copy_doe
     target = tmp_path / "trace"
     with target.open("wb") as handle:
         handle.write(b"head")
-        writer_module._append_file(handle, part)
+        writer_module.append_file(handle, part)
         handle.write(b"tail")
     assert target.read_bytes() == b"head" + part.read_bytes() + b"tail"
 

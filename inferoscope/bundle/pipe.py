@@ -66,3 +66,9 @@ def can_fork() -> bool:
     """Whether a worker may be forked here: the start method exists and no other thread runs
     (forking beside threads can copy a lock another thread holds)."""
     return threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
+
+
+def can_fork_beside() -> bool:
+    """Whether work is worth a second process beside this one: two usable cores, and a worker
+    may be forked here."""
+    return usable_cores() >= 2 and can_fork()

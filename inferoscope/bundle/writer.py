@@ -88,7 +88,7 @@ def write_prepared_bundle(
         with (staging / RAW_TRACE_FILE).open("wb") as handle:
             for text in raw_lines:
                 if isinstance(text, Path):
-                    _append_file(handle, text)
+                    append_file(handle, text)
                 else:
                     handle.write(text)
             _sync(handle)
@@ -97,7 +97,7 @@ def write_prepared_bundle(
     return _publish(root_dir, run_id, fill, lambda _staging: verify())
 
 
-def _append_file(handle: IO[bytes], path: Path) -> None:
+def append_file(handle: IO[bytes], path: Path) -> None:
     """``path``'s bytes after what ``handle`` holds: copied inside the kernel; where that cannot
     go on (not Linux, a file system that cannot, a copy that stops short) read and written from
     where it stopped. OSError unless every byte arrived."""
