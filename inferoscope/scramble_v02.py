@@ -12,9 +12,10 @@ contract v0.1.0). Prompt (prefill) arrays are not carried: a twin scrambles the 
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from .bundle.pipe import can_fork_beside, forked_child
 from .bundle.reader import RunReader
 from .bundle.writer import spill_folder
 from .bundle.writer_v02 import RunWriter
+from .direct_spill import SpillFile
 from .forked_call import stop as stop_helper
 from .jsonfmt import parse_json_bytes
 from .routing import PROMPT_ROLES, RoutingGroup
@@ -101,22 +103,21 @@ def scramble_v02(
         else:
             plans[group.name] = None
     layout = dict(reader.layout or {}, run_id=new_id)
-    writer = RunWriter(out_root, manifest)
+    writer = RunWriter(out_root, manifest, tokens_expected=count)
     try:
         if variant == "tokens":
             with spill_folder(writer.staging.parent, "scramble") as spill:
                 buckets = _Buckets(spill, count)
-                for group in reader.routing.groups:
-                    for role in _roles(group):
-                        buckets.scatter(sidecar, group, role, plans[group.name])
-                lines = line_blocks(reader.raw_path, buckets.size)
-                for start in range(0, count, buckets.size):
-                    stop = min(count, start + buckets.size)
-                    routed = {
-                        group.name: {role: buckets.gather(group, role, start, stop) for role in _roles(group)}
-                        for group in reader.routing.groups
-                    }
-                    writer.add_tokens(_metas(lines, stop - start, new_id), routed)
+                try:
+                    for group in reader.routing.groups:
+                        buckets.route(group, plans.pop(group.name))
+                        for role in _roles(group):
+                            buckets.scatter(sidecar, group, role)
+                    lines = line_blocks(reader.raw_path, buckets.size)
+                    for bucket in buckets.assembled(reader.routing.groups):
+                        writer.add_tokens(_metas(lines, bucket.tokens, new_id), bucket.arrays)
+                finally:
+                    buckets.close()
         else:
             drawn = [g for g in reader.routing.groups if plans[g.name] is None]
             with _Labels(rng, count, drawn) as source:
@@ -155,66 +156,127 @@ def _roles(group: RoutingGroup) -> list[str]:
 class _Buckets:
     """The token scramble's rows moved through spill files, in flat memory and sequential reads.
 
-    Output row ``h`` of layer slot ``s`` is source row ``plan[h, s]``. One sequential pass over
-    each source array sends every row to the bucket of its output rows (``BUCKET_TOKENS`` tokens
-    a bucket), with its place in the bucket; a bucket is then read whole and its rows put in place.
-    Memory: a bucket of rows; reads: each array twice, in order (rows picked at random from the
-    arrays would map most of them into memory, or cost a page fault a row).
+    Output row ``h`` of layer slot ``s`` is source row ``plan[h, s]``. The source is read in
+    chunks of ``BUCKET_TOKENS`` tokens, in order; each chunk's rows are put in the order of the
+    output bucket (``BUCKET_TOKENS`` output tokens) they go to and appended to the role's spill
+    file. A bucket is then assembled from its piece of every chunk. Where each row goes (the
+    chunk's order and each row's place in its bucket) depends on the group's plan alone, so it
+    is worked out once for all of a group's roles (8 bytes a row, in memory). The spill bypasses
+    the page cache where the file system allows (``direct_spill``). Memory: a chunk and a bucket
+    of rows; reads: each source array once, in order (rows picked at random from the arrays
+    would map most of them into memory, or cost a page fault a row).
     """
 
     def __init__(self, folder: Path, count: int) -> None:
         self.folder, self.count = folder, count
         self.size = BUCKET_TOKENS
-        self.shapes: dict[tuple[str, str], tuple[tuple[int, ...], Any]] = {}
+        self.routes: dict[str, list[_Route]] = {}
+        self.spills: dict[tuple[str, str], _RoleSpill] = {}
+        self.reading = bytearray()  # a source chunk, reused
 
-    def _path(self, group: RoutingGroup, role: str, bucket: int, kind: str) -> Path:
-        return self.folder / f"{group.name}.{role}.{bucket}.{kind}"
-
-    def scatter(self, sidecar: Any, group: RoutingGroup, role: str, plan: np.ndarray) -> None:
+    def route(self, group: RoutingGroup, plan: np.ndarray) -> None:
+        """Where every source row of ``group`` goes (``plan``: [N, Lg] source row per output row)."""
         lg = plan.shape[1]
-        small = self.count * lg < 2**31
-        destination = np.empty(plan.shape, dtype=np.int32 if small else np.int64)  # output row per source row
+        wide = self.count * lg >= 2**31
+        destination = np.empty(plan.shape, dtype=np.int64 if wide else np.int32)  # output row per source row
         for slot in range(lg):
             destination[plan[:, slot], slot] = np.arange(self.count)
-        handles: dict[tuple[int, str], Any] = {}
-        try:
-            for start in range(0, self.count, self.size):
-                stop = min(self.count, start + self.size)
-                rows = sidecar.rows(group, role, start, stop)  # [c, Lg, ...] in order
-                self.shapes[(group.name, role)] = (rows.shape[2:], rows.dtype)
-                keys = (
-                    destination[start:stop].astype(np.int64) * lg + np.arange(lg)
-                ).ravel()  # row * Lg + slot
-                bucket = keys // (self.size * lg)
-                order = np.argsort(bucket, kind="stable")
-                keys, values = keys[order], _as_rows(rows.reshape(keys.size, -1))[order]  # bucket by bucket
-                bounds = np.searchsorted(bucket[order], np.arange(bucket.max() + 2))
-                for number in range(int(bucket.max()) + 1):
-                    first, last = int(bounds[number]), int(bounds[number + 1])
-                    if last > first:
-                        for kind, part in (("keys", keys), ("rows", values)):
-                            handle = handles.get((number, kind))
-                            if handle is None:
-                                handle = handles[number, kind] = self._path(group, role, number, kind).open(
-                                    "ab"
-                                )
-                            handle.write(part[first:last].data)
-        finally:
-            for handle in handles.values():
-                handle.close()
+        span = self.size * lg  # keys of one output bucket
+        buckets = -(-self.count // self.size)
+        routes = []
+        for start in range(0, self.count, self.size):
+            keys = (destination[start : start + self.size].astype(np.int64) * lg + np.arange(lg)).ravel()
+            bucket = keys // span
+            order = np.argsort(bucket, kind="stable")
+            ordered = bucket[order]
+            bounds = np.searchsorted(ordered, np.arange(buckets + 1))
+            local = keys[order] - ordered * span  # place in its bucket
+            kind = np.int64 if wide else np.int32
+            routes.append(_Route(order.astype(kind), bounds, local.astype(np.int32)))
+        self.routes[group.name] = routes
 
-    def gather(self, group: RoutingGroup, role: str, start: int, stop: int) -> np.ndarray:
-        """Output rows ``start .. stop - 1`` (a whole bucket) of one array."""
+    def scatter(self, sidecar: Any, group: RoutingGroup, role: str) -> None:
+        routes = self.routes[group.name]
+        spill: _RoleSpill | None = None
+        source = sidecar.array(group, role)
+        for number, start in enumerate(range(0, self.count, self.size)):
+            stop = min(self.count, start + self.size)
+            rows = source.read(start, stop, self.reading)  # [c, Lg, ...] in order
+            values = _as_rows(rows.reshape(rows.shape[0] * rows.shape[1], -1))
+            if spill is None:
+                spill = self.spills[group.name, role] = _RoleSpill(
+                    SpillFile(self.folder / f"{group.name}.{role}"), rows.shape[2:], rows.dtype, values.dtype
+                )
+            staging = spill.file.staging(values.nbytes).view(values.dtype)
+            np.take(values, routes[number].order, out=staging, mode="clip")  # indices in range
+            spill.offsets.append(spill.file.append(staging))
+
+    def gather(self, group: RoutingGroup, role: str, start: int, stop: int, slot: int = 0) -> np.ndarray:
+        """Output rows ``start .. stop - 1`` (a whole bucket) of one array, in output buffer
+        ``slot`` (two are kept, so one is filled while the other is written; reused, as a fresh
+        array a bucket would cost fresh pages every bucket)."""
         lg = len(group.layers)
-        shape, dtype = self.shapes[(group.name, role)]
+        spill = self.spills[group.name, role]
         number = start // self.size
-        keys = np.fromfile(self._path(group, role, number, "keys"), dtype=np.int64)
-        values = np.fromfile(self._path(group, role, number, "rows"), dtype=dtype).reshape(keys.size, -1)
-        out = np.empty(((stop - start) * lg, values.shape[1]), dtype=dtype)
-        _as_rows(out)[keys - start * lg] = _as_rows(values)
-        for kind in ("keys", "rows"):
-            self._path(group, role, number, kind).unlink()
-        return out.reshape((stop - start, lg, *shape))
+        buffer = spill.out[slot]
+        if buffer is None:
+            buffer = spill.out[slot] = np.empty(self.size * lg, dtype=spill.row)
+        out = buffer[: (stop - start) * lg]
+        width = spill.row.itemsize
+        for route, offset in zip(self.routes[group.name], spill.offsets, strict=True):
+            first, last = int(route.bounds[number]), int(route.bounds[number + 1])
+            if last > first:
+                data = spill.file.read(offset + first * width, (last - first) * width)
+                out[route.local[first:last]] = np.frombuffer(data, dtype=spill.row)
+        values = np.frombuffer(out.data, dtype=spill.dtype)
+        return values.reshape((stop - start, lg, *spill.shape))
+
+    def assembled(self, groups: Sequence[RoutingGroup]) -> Iterator[_Bucket]:
+        """Every bucket's arrays, in order; the next one is read (by a thread: the reads wait on
+        the disk, not the processor) while the caller writes this one."""
+        starts = range(0, self.count, self.size)
+
+        def bucket(number: int) -> _Bucket:
+            start = starts[number]
+            stop = min(self.count, start + self.size)
+            arrays = {
+                g.name: {role: self.gather(g, role, start, stop, number % 2) for role in _roles(g)}
+                for g in groups
+            }
+            return _Bucket(stop - start, arrays)
+
+        with ThreadPoolExecutor(max_workers=1) as reading:
+            coming = reading.submit(bucket, 0) if starts else None
+            for number in range(len(starts)):
+                assert coming is not None
+                done = coming.result()  # the caller is through with the other slot's bucket
+                coming = reading.submit(bucket, number + 1) if number + 1 < len(starts) else None
+                yield done
+
+    def close(self) -> None:
+        for spill in self.spills.values():
+            spill.file.close()
+
+
+class _Bucket(NamedTuple):
+    tokens: int
+    arrays: dict[str, dict[str, np.ndarray]]
+
+
+class _Route(NamedTuple):
+    """One source chunk's rows: their order by output bucket, where each bucket's rows start in
+    that order, and each row's place in its bucket."""
+
+    order: np.ndarray
+    bounds: np.ndarray
+    local: np.ndarray
+
+
+class _RoleSpill:
+    def __init__(self, file: SpillFile, shape: tuple[int, ...], dtype: Any, row: Any) -> None:
+        self.file, self.shape, self.dtype, self.row = file, shape, dtype, row
+        self.offsets: list[int] = []  # each source chunk's rows in the file
+        self.out: list[np.ndarray | None] = [None, None]  # the two output buffers
 
 
 def _as_rows(array: np.ndarray) -> np.ndarray:

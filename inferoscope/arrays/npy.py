@@ -22,6 +22,8 @@ from typing import IO
 import numpy as np
 from numpy.lib import format as npformat
 
+from .drop_behind import DropBehind
+
 HEADER_BYTES = 128
 MAX_HEADER_BYTES = 4096
 
@@ -130,16 +132,34 @@ def file_sha256(path: Path) -> str:
 
 
 class NpyAppender:
-    """Rows appended to a ``.npy`` file; ``close()`` writes the final shape into the header."""
+    """Rows appended to a ``.npy`` file; ``close()`` writes the final shape into the header.
 
-    def __init__(self, path: Path, dtype: str, row_shape: tuple[int, ...]) -> None:
+    A writer that knows how many rows it will write (``rows_expected``: a twin, a conversion)
+    writes the final header first and hashes the file as it writes it (``sha256`` after a close
+    that wrote that many rows), so the file is never read back; ``drop_behind`` syncs the file
+    and drops its pages from the cache as it grows (see ``drop_behind``)."""
+
+    def __init__(
+        self,
+        path: Path,
+        dtype: str,
+        row_shape: tuple[int, ...],
+        *,
+        rows_expected: int | None = None,
+        drop_behind: bool = False,
+    ) -> None:
         self.path = path
         self.dtype = dtype
         self.row_shape = tuple(row_shape)
         self.rows = 0
+        self.rows_expected = rows_expected
         self._row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * DISK_DTYPES[dtype].itemsize
+        header = header_bytes(DISK_DTYPES[dtype], (rows_expected or 0, *self.row_shape))
+        self._digest = hashlib.sha256(header) if rows_expected is not None else None
         self._handle: IO[bytes] | None = path.open("xb")
-        self._handle.write(header_bytes(DISK_DTYPES[dtype], (0, *self.row_shape)))
+        self._handle.write(header)
+        self._written = len(header)
+        self._drop = DropBehind(self._handle.fileno()) if drop_behind else None
 
     def append(self, rows: np.ndarray) -> None:
         """Add one row (shape ``row_shape``) or several (``[n, *row_shape]``)."""
@@ -150,16 +170,32 @@ class NpyAppender:
             data = data[None]
         if data.shape[1:] != self.row_shape:
             raise ValueError(f"{self.path.name}: rows of shape {data.shape[1:]}, expected {self.row_shape}")
-        self._handle.write(to_disk(data, self.dtype).data)  # its buffer, not a copy
+        stored = to_disk(data, self.dtype)
+        self._handle.write(stored.data)  # its buffer, not a copy
+        if self._digest is not None:
+            self._digest.update(stored.data)
         self.rows += int(data.shape[0])
+        self._written += stored.nbytes
+        if self._drop is not None:
+            self._handle.flush()
+            self._drop.wrote(self._written)
+
+    @property
+    def sha256(self) -> str | None:
+        """The file's SHA-256 where it was hashed as written (closed, with the rows expected)."""
+        if self._handle is not None or self._digest is None:
+            return None
+        return self._digest.hexdigest()
 
     def close(self) -> None:
         if self._handle is None:
             return
         handle, self._handle = self._handle, None
         try:
-            handle.seek(0)
-            handle.write(header_bytes(DISK_DTYPES[self.dtype], (self.rows, *self.row_shape)))
+            if self.rows_expected is None or self.rows != self.rows_expected:
+                self._digest = None  # the header changes: hashed again from the file
+                handle.seek(0)
+                handle.write(header_bytes(DISK_DTYPES[self.dtype], (self.rows, *self.row_shape)))
             handle.flush()
             os.fsync(handle.fileno())
         finally:

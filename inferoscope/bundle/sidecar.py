@@ -37,28 +37,55 @@ class ArrayFile:
     def read_raw(self, start: int, stop: int) -> bytes:
         """The stored bytes of rows ``[start, stop)``, by one ``pread`` (no memory map: reading a
         whole run block by block keeps the process's memory flat)."""
-        rows = max(0, min(stop, self.header.shape[0]) - start)
-        size = rows * self.header.row_bytes
+        fd, offset, size = self._open_rows(start, stop)
         if size == 0:
             return b""
-        fd = os.open(self.path, os.O_RDONLY)
         try:
-            data = os.pread(fd, size, self.header.offset + start * self.header.row_bytes)
+            data = os.pread(fd, size, offset)
         finally:
             os.close(fd)
         if len(data) != size:
             raise OSError(f"{self.relpath}: file shorter than its header says")
         return data
 
-    def rows_of(self, data: bytes) -> np.ndarray:
+    def read_raw_into(self, start: int, stop: int, into: bytearray) -> memoryview:
+        """``read_raw`` into a buffer that is reused (it grows when too small; the view returned
+        is valid until its next use): a fresh buffer a block would cost fresh pages every block."""
+        fd, offset, size = self._open_rows(start, stop)
+        if size == 0:
+            return memoryview(b"")
+        if len(into) < size:
+            into.extend(bytes(size - len(into)))
+        data = memoryview(into)[:size]
+        got = 0
+        try:
+            while got < size and (step := os.preadv(fd, [data[got:]], offset + got)):
+                got += step
+        finally:
+            os.close(fd)
+        if got != size:
+            raise OSError(f"{self.relpath}: file shorter than its header says")
+        return data
+
+    def _open_rows(self, start: int, stop: int) -> tuple[int, int, int]:
+        """(an open descriptor, or -1 when there is nothing to read; offset; bytes) of rows."""
+        rows = max(0, min(stop, self.header.shape[0]) - start)
+        size = rows * self.header.row_bytes
+        if size == 0:
+            return -1, 0, 0
+        return os.open(self.path, os.O_RDONLY), self.header.offset + start * self.header.row_bytes, size
+
+    def rows_of(self, data: bytes | memoryview) -> np.ndarray:
         """Stored bytes of whole rows as an array (bfloat16 widened to float32)."""
         row = self.header.row_bytes
         count = len(data) // row if row else 0
         stored = np.frombuffer(data, dtype=self.header.dtype).reshape((count, *self.header.shape[1:]))
         return from_disk(stored, self.dtype)
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        return self.rows_of(self.read_raw(start, stop))
+    def read(self, start: int, stop: int, into: bytearray | None = None) -> np.ndarray:
+        """Rows ``[start, stop)`` as numbers (``into``: see ``read_raw_into``)."""
+        data = self.read_raw(start, stop) if into is None else self.read_raw_into(start, stop, into)
+        return self.rows_of(data)
 
 
 class Sidecar:

@@ -49,7 +49,13 @@ class RunWriter:
     the array file of every role a group records.
     """
 
-    def __init__(self, root_dir: Path | str, manifest: Mapping[str, Any]) -> None:
+    def __init__(
+        self, root_dir: Path | str, manifest: Mapping[str, Any], *, tokens_expected: int | None = None
+    ) -> None:
+        """``tokens_expected``: the number of tokens a writer of a whole run (a twin, a
+        conversion) will add: its arrays are then hashed as they are written, and dropped from
+        the page cache behind it (``arrays.drop_behind``)."""
+        self.tokens_expected = tokens_expected
         routing = routing_of(manifest)
         if routing is None:
             raise ValueError("manifest routing is missing or malformed (see docs/contract-v0.2.md)")
@@ -84,7 +90,14 @@ class RunWriter:
                 continue
             base = role.removeprefix("prompt_")
             dtype = index_dtype(e) if base == "selected" else self.routing.float_dtype
-            self._appenders[(group.name, role)] = NpyAppender(self.staging / relpath, dtype, shapes[base])
+            bulk = self.tokens_expected is not None and base == role  # prompt rows: not counted ahead
+            self._appenders[(group.name, role)] = NpyAppender(
+                self.staging / relpath,
+                dtype,
+                shapes[base],
+                rows_expected=self.tokens_expected if bulk else None,
+                drop_behind=bulk,
+            )
 
     def add_token(self, meta: Mapping[str, Any], routing: Mapping[str, Mapping[str, np.ndarray]]) -> None:
         """One generated token: its metadata line and, per group, ``selected`` / ``weights`` / ``scores``."""
@@ -187,10 +200,11 @@ class RunWriter:
             for _role, relpath in sorted(group.arrays.items()):
                 path = self.staging / relpath
                 header = read_header_of(path)
+                hashed = next((a.sha256 for a in self._appenders.values() if a.path == path), None)
                 declared[relpath] = {
                     "dtype": contract_dtype(header.dtype),
                     "shape": list(header.shape),
-                    "sha256": file_sha256(path),
+                    "sha256": hashed or file_sha256(path),
                 }
         return declared
 

@@ -1,0 +1,112 @@
+"""The spill file beside the page cache, and array files hashed and dropped as they are written."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inferoscope import direct_spill
+from inferoscope.arrays import drop_behind
+from inferoscope.arrays.npy import NpyAppender, file_sha256, read_header_of
+from inferoscope.direct_spill import SpillFile
+
+
+def _pieces(seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, size=int(n), dtype=np.uint8) for n in (1, 4095, 4096, 4097, 70_000, 0, 13)]
+
+
+def _round_trip(spill: SpillFile, pieces: list[np.ndarray]) -> None:
+    offsets = []
+    for piece in pieces:
+        staging = spill.staging(piece.size)
+        staging[:] = piece
+        offsets.append(spill.append(staging))
+    offsets.append(spill.append(pieces[4]))  # not a staging buffer: copied into one
+    for piece, offset in zip([*pieces, pieces[4]], offsets, strict=True):
+        assert bytes(spill.read(offset, piece.size)) == piece.tobytes()
+        if piece.size > 10:  # a part from inside a piece, unaligned at both ends
+            assert bytes(spill.read(offset + 3, piece.size - 7)) == piece[3:-4].tobytes()
+
+
+def test_a_spill_gives_back_every_byte_written_around_the_page_cache(tmp_path: Path) -> None:
+    spill = SpillFile(tmp_path / "spill")
+    try:
+        _round_trip(spill, _pieces(1))
+    finally:
+        spill.close()
+
+
+def test_a_spill_without_direct_io_goes_through_the_page_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delattr(os, "O_DIRECT", raising=False)
+    spill = SpillFile(tmp_path / "spill")
+    try:
+        assert not spill.direct
+        _round_trip(spill, _pieces(2))
+    finally:
+        spill.close()
+
+
+def test_a_file_system_that_refuses_the_first_direct_write_gets_buffered_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spill = SpillFile(tmp_path / "spill")
+    real = os.pwrite
+    refused = []
+
+    def refusing(fd: int, data: object, offset: int) -> int:
+        if spill.direct:
+            refused.append(offset)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, data, offset)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(direct_spill.os, "pwrite", refusing)
+    try:
+        _round_trip(spill, _pieces(3))
+        assert refused and not spill.direct
+    finally:
+        spill.close()
+
+
+def test_a_write_error_other_than_a_refusal_of_direct_io_is_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spill = SpillFile(tmp_path / "spill")
+
+    def full(fd: int, data: object, offset: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(direct_spill.os, "pwrite", full)
+    try:
+        with pytest.raises(OSError, match="No space"):
+            spill.append(np.ones(10, dtype=np.uint8))
+    finally:
+        spill.close()
+
+
+@pytest.mark.parametrize("expected", [5 * 7, 5 * 7 + 1, None])
+def test_an_array_hashed_as_written_has_the_hash_of_its_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, expected: int | None
+) -> None:
+    """Rows as expected: hashed as written (and dropped behind every few bytes); otherwise the
+    header is rewritten and the hash is left to be read from the file."""
+    monkeypatch.setattr(drop_behind, "DROP_BYTES", 1000)
+    path = tmp_path / "a.npy"
+    appender = NpyAppender(path, "float32", (3, 4), rows_expected=expected, drop_behind=True)
+    rows = np.random.default_rng(4).random((35, 3, 4), dtype=np.float32)
+    for start in range(0, 35, 5):
+        appender.append(rows[start : start + 5])
+    assert appender.sha256 is None  # not before the close
+    appender.close()
+
+    assert np.array_equal(np.load(path), rows)
+    assert read_header_of(path).shape == (35, 3, 4)
+    assert appender.sha256 == (file_sha256(path) if expected == 35 else None)
+    assert file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
