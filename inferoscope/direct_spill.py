@@ -120,6 +120,10 @@ class SpillFile:
             raise OSError(f"{self.path.name}: spill file shorter than written")
         return buffer[offset - start : offset - start + size]
 
+    def written(self) -> None:
+        """Nothing more will be appended: the staging buffer's memory goes back."""
+        self._staging.close()
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)

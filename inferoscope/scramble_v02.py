@@ -91,7 +91,7 @@ def scramble_v02(
         lg = len(group.layers)
         bias = sidecar.whole(group, "bias")
         if variant == "tokens":
-            plans[group.name] = np.stack([rng.permutation(count) for _ in range(lg)], axis=1)  # [N, Lg]
+            plans[group.name] = _token_plan(rng, count, lg)
             if bias is not None:
                 biases[group.name] = bias
         elif bias is not None:  # one relabelling per layer, applied to the bias too
@@ -133,6 +133,14 @@ def scramble_v02(
     except BaseException:
         writer.abort()
         raise
+
+
+def _token_plan(rng: np.random.Generator, count: int, layers: int) -> np.ndarray:
+    """``[N, Lg]``: the source row of every output row, one permutation of the tokens a layer."""
+    plan = np.empty((count, layers), dtype=np.int32 if count < 2**31 else np.int64)
+    for slot in range(layers):
+        plan[:, slot] = rng.permutation(count)
+    return plan
 
 
 def _metas(lines: Iterator[list[bytes]], count: int, new_id: str) -> list[dict[str, Any]]:
@@ -235,6 +243,11 @@ class _Buckets:
         """Every bucket's arrays, in order; the next one is read (by a thread: the reads wait on
         the disk, not the processor) while the caller writes this one."""
         starts = range(0, self.count, self.size)
+        self.reading = bytearray()  # the scatter's buffers and orders are not needed again
+        for spill in self.spills.values():
+            spill.file.written()
+        for name, routes in self.routes.items():
+            self.routes[name] = [route._replace(order=_NO_ORDER) for route in routes]
 
         def bucket(number: int) -> _Bucket:
             start = starts[number]
@@ -261,6 +274,9 @@ class _Buckets:
 class _Bucket(NamedTuple):
     tokens: int
     arrays: dict[str, dict[str, np.ndarray]]
+
+
+_NO_ORDER = np.zeros(0, dtype=np.int32)
 
 
 class _Route(NamedTuple):
