@@ -77,7 +77,7 @@ class SpillFile:
             padded = _round_up(raw.size)
             buffer = self._staging.view(padded)
             target = np.frombuffer(buffer, dtype=np.uint8)
-            if not np.shares_memory(target, raw):
+            if raw.ctypes.data != target.ctypes.data:  # not already the staging buffer's start
                 target[: raw.size] = raw
             try:
                 self._write_all(buffer, offset)

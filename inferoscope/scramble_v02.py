@@ -169,16 +169,17 @@ class _Buckets:
     output bucket (``BUCKET_TOKENS`` output tokens) they go to and appended to the role's spill
     file. A bucket is then assembled from its piece of every chunk. Where each row goes (the
     chunk's order and each row's place in its bucket) depends on the group's plan alone, so it
-    is worked out once for all of a group's roles (8 bytes a row, in memory). The spill bypasses
-    the page cache where the file system allows (``direct_spill``). Memory: a chunk and a bucket
-    of rows; reads: each source array once, in order (rows picked at random from the arrays
-    would map most of them into memory, or cost a page fault a row).
+    is worked out once for all of a group's roles (8 bytes a row in memory; 4 once scattered).
+    The spill bypasses the page cache where the file system allows (``direct_spill``). Memory: a
+    chunk and two buckets of rows; reads: each source array once, in order (rows picked at random
+    from the arrays would map most of them into memory, or cost a page fault a row).
     """
 
     def __init__(self, folder: Path, count: int) -> None:
         self.folder, self.count = folder, count
         self.size = BUCKET_TOKENS
         self.routes: dict[str, list[_Route]] = {}
+        self.orders: dict[str, list[np.ndarray]] = {}  # per chunk, its rows in bucket order (to scatter)
         self.spills: dict[tuple[str, str], _RoleSpill] = {}
         self.reading = bytearray()  # a source chunk, reused
 
@@ -191,7 +192,8 @@ class _Buckets:
             destination[plan[:, slot], slot] = np.arange(self.count)
         span = self.size * lg  # keys of one output bucket
         buckets = -(-self.count // self.size)
-        routes = []
+        kind = np.int64 if wide else np.int32
+        routes, orders = [], []
         for start in range(0, self.count, self.size):
             keys = (destination[start : start + self.size].astype(np.int64) * lg + np.arange(lg)).ravel()
             bucket = keys // span
@@ -199,12 +201,12 @@ class _Buckets:
             ordered = bucket[order]
             bounds = np.searchsorted(ordered, np.arange(buckets + 1))
             local = keys[order] - ordered * span  # place in its bucket
-            kind = np.int64 if wide else np.int32
-            routes.append(_Route(order.astype(kind), bounds, local.astype(np.int32)))
-        self.routes[group.name] = routes
+            orders.append(order.astype(kind))
+            routes.append(_Route(bounds, local.astype(np.int32)))
+        self.routes[group.name], self.orders[group.name] = routes, orders
 
     def scatter(self, sidecar: Any, group: RoutingGroup, role: str) -> None:
-        routes = self.routes[group.name]
+        orders = self.orders[group.name]
         spill: _RoleSpill | None = None
         source = sidecar.array(group, role)
         for number, start in enumerate(range(0, self.count, self.size)):
@@ -216,7 +218,7 @@ class _Buckets:
                     SpillFile(self.folder / f"{group.name}.{role}"), rows.shape[2:], rows.dtype, values.dtype
                 )
             staging = spill.file.staging(values.nbytes).view(values.dtype)
-            np.take(values, routes[number].order, out=staging, mode="clip")  # indices in range
+            np.take(values, orders[number], out=staging, mode="clip")  # indices in range
             spill.offsets.append(spill.file.append(staging))
 
     def gather(self, group: RoutingGroup, role: str, start: int, stop: int, slot: int = 0) -> np.ndarray:
@@ -243,11 +245,7 @@ class _Buckets:
         """Every bucket's arrays, in order; the next one is read (by a thread: the reads wait on
         the disk, not the processor) while the caller writes this one."""
         starts = range(0, self.count, self.size)
-        self.reading = bytearray()  # the scatter's buffers and orders are not needed again
-        for spill in self.spills.values():
-            spill.file.written()
-        for name, routes in self.routes.items():
-            self.routes[name] = [route._replace(order=_NO_ORDER) for route in routes]
+        self._scattered()
 
         def bucket(number: int) -> _Bucket:
             start = starts[number]
@@ -266,6 +264,13 @@ class _Buckets:
                 coming = reading.submit(bucket, number + 1) if number + 1 < len(starts) else None
                 yield done
 
+    def _scattered(self) -> None:
+        """Every array is in its spill: the scatter's buffers and orders go."""
+        self.reading = bytearray()
+        self.orders.clear()
+        for spill in self.spills.values():
+            spill.file.written()
+
     def close(self) -> None:
         for spill in self.spills.values():
             spill.file.close()
@@ -276,14 +281,10 @@ class _Bucket(NamedTuple):
     arrays: dict[str, dict[str, np.ndarray]]
 
 
-_NO_ORDER = np.zeros(0, dtype=np.int32)
-
-
 class _Route(NamedTuple):
-    """One source chunk's rows: their order by output bucket, where each bucket's rows start in
-    that order, and each row's place in its bucket."""
+    """One source chunk's rows in bucket order: where each bucket's rows start, and each row's
+    place in its bucket."""
 
-    order: np.ndarray
     bounds: np.ndarray
     local: np.ndarray
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-#: bytes written between syncs (a few bucket's worth: large enough that a sync costs little)
+#: bytes written between syncs (large enough that a sync costs little)
 DROP_BYTES = 32 * 1024 * 1024
 
 

@@ -52,9 +52,9 @@ class RunWriter:
     def __init__(
         self, root_dir: Path | str, manifest: Mapping[str, Any], *, tokens_expected: int | None = None
     ) -> None:
-        """``tokens_expected``: the number of tokens a writer of a whole run (a twin, a
-        conversion) will add: its arrays are then hashed as they are written, and dropped from
-        the page cache behind it (``arrays.drop_behind``)."""
+        """``tokens_expected``: the number of tokens a writer of a whole run (a twin) will add:
+        its arrays are then hashed as they are written, and dropped from the page cache behind
+        it (``arrays.drop_behind``)."""
         self.tokens_expected = tokens_expected
         routing = routing_of(manifest)
         if routing is None:
@@ -200,7 +200,8 @@ class RunWriter:
             for _role, relpath in sorted(group.arrays.items()):
                 path = self.staging / relpath
                 header = read_header_of(path)
-                hashed = next((a.sha256 for a in self._appenders.values() if a.path == path), None)
+                appender = next((a for a in self._appenders.values() if a.path == path), None)
+                hashed = appender.sha256 if appender is not None else None
                 declared[relpath] = {
                     "dtype": contract_dtype(header.dtype),
                     "shape": list(header.shape),
