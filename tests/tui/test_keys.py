@@ -143,9 +143,13 @@ async def test_play_pause_and_speed() -> None:
         await settle(pilot)
         await pilot.press("plus", "plus", "plus")
         assert "32 tok/s" in header(app)
+        # played at 4 tok/s: the 64 tokens take 16 s, so a loaded machine cannot reach the end
+        # (and stop) before the header is read
+        await pilot.press("minus", "minus", "minus")
+        assert " 4 tok/s" in header(app)
         await pilot.press("space")
         assert "▶" in header(app)
-        for _ in range(400):  # playing steps on its own (however slowly a loaded machine ticks)
+        for _ in range(1200):  # playing steps on its own (however slowly a loaded machine ticks)
             await pilot.pause(0.025)
             if app.position > 2:
                 break
@@ -154,7 +158,7 @@ async def test_play_pause_and_speed() -> None:
         assert moved > 2 and "paused" in header(app)
         await pilot.pause(0.2)
         assert app.position == moved
-        await pilot.press("minus")
+        await pilot.press("plus", "plus", "plus", "minus")
         assert "16 tok/s" in header(app)
 
 
