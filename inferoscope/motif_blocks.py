@@ -74,22 +74,22 @@ class BlockClusters:
         """Decide every token of one block (``fingerprints`` ``[B, D]``, ``probs`` ``[B, P]``,
         ``tokens`` the token_index of each, in order)."""
         count = fingerprints.shape[0]
-        if self.width < 0:
-            self.width = fingerprints.shape[1]
-            self.sums = np.zeros((16, self.width))
-            self.prob_sums = np.zeros((16, probs.shape[1]))
-            self.norms = np.zeros(16)
-            self.live = np.zeros(16, dtype=np.int64)
-        elif fingerprints.shape[1] != self.width:
-            raise ValueError("fingerprint width changed within a run")
+        self._ready(fingerprints, probs)
         candidates = self._candidates()
         fnorm = np.sqrt(np.einsum("ij,ij->i", fingerprints, fingerprints))
         base_dots = fingerprints @ self.sums[candidates].T
         static = _similarity(base_dots, np.broadcast_to(self.norms[candidates], base_dots.shape), fnorm)
-        gram = fingerprints @ fingerprints.T
+        gram = np.dot(fingerprints, fingerprints.T)  # syrk: half the time of the same product by matmul
         lower = np.where(_strictly_lower(count), gram, 0.0)
         width = candidates.size
         positions = np.arange(count)
+        joined = self._all_join(static, base_dots, candidates, gram, lower, fnorm) if width else None
+        if joined is not None:  # the usual block of a run with structure, settled in one round
+            self.rounds += 1
+            assigned, fits = joined
+            if self.audit and self.cap is not None:
+                self._audit(candidates, fingerprints, fnorm, assigned, fits)
+            return self._commit(candidates, assigned, fits, fingerprints, probs, tokens)
         assigned = _decide(static_rows(static, count), self.threshold, width)
         fits = np.ones(count)
         settled = 0
@@ -108,6 +108,56 @@ class BlockClusters:
         if self.audit and self.cap is not None:
             self._audit(candidates, fingerprints, fnorm, assigned, fits)
         return self._commit(candidates, assigned, fits, fingerprints, probs, tokens)
+
+    def _all_join(
+        self,
+        static: np.ndarray,
+        base_dots: np.ndarray,
+        candidates: np.ndarray,
+        gram: np.ndarray,
+        lower: np.ndarray,
+        fnorm: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The first round of ``assign`` where every token's guess joins a candidate, on arrays
+        of the candidates alone: the guess is the best candidate at the block's start; the
+        rows are the static similarities with each joined motif's column made exact (a founded
+        column would be ``-inf`` here, so it cannot change a decision). Returns the decisions and
+        fits when every decision stands (the general loop would stop after this round with the
+        same numbers), else None, and the general loop decides the block."""
+        count = static.shape[0]
+        positions = np.arange(count)
+        best = np.argmax(static, axis=1)
+        if static[positions, best].min() < self.threshold:
+            return None  # a token founds a motif: the general loop
+        touched, member = _touched(best, candidates.size)
+        # the touched motifs' arrays are kept [motif, token]: the running sums then run along rows
+        onehot = np.zeros((touched.size, count))
+        onehot[member, positions] = 1.0
+        dots = onehot @ lower.T
+        dots += base_dots[:, touched].T
+        base_sq = self.norms[candidates[touched]] ** 2
+        own = dots[member, positions]
+        increments = onehot * (2.0 * own + np.diagonal(gram))[None, :]
+        before = np.cumsum(increments, axis=1) - increments
+        norm = np.sqrt(np.maximum(base_sq[:, None] + before, 0.0))
+        rows = static.copy()
+        rows[:, touched] = _similarity(dots.T, norm.T, fnorm)
+        decided = np.argmax(rows, axis=1)
+        fits = rows[positions, decided]
+        if not np.array_equal(decided, best) or fits.min() < self.threshold:
+            return None
+        return best, fits
+
+    def _ready(self, fingerprints: np.ndarray, probs: np.ndarray) -> None:
+        """Sized by the first block; a later block of another width is refused."""
+        if self.width < 0:
+            self.width = fingerprints.shape[1]
+            self.sums = np.zeros((16, self.width))
+            self.prob_sums = np.zeros((16, probs.shape[1]))
+            self.norms = np.zeros(16)
+            self.live = np.zeros(16, dtype=np.int64)
+        elif fingerprints.shape[1] != self.width:
+            raise ValueError("fingerprint width changed within a run")
 
     def _candidates(self) -> np.ndarray:
         """Live rows that are candidates for this block (all of them for the exact matcher)."""
@@ -200,6 +250,8 @@ class BlockClusters:
         probs: np.ndarray,
         tokens: np.ndarray,
     ) -> BlockDecisions:
+        """Take a block's decisions (``assigned``: a column of ``candidates``, or ``width + p``
+        for the motif token p founds) into the motifs, in token order."""
         count = assigned.size
         width = candidates.size
         novel = assigned == width + np.arange(count)
@@ -221,8 +273,8 @@ class BlockClusters:
             grown[: self.counts.size] = self.counts
             self.counts = grown
         joined = ~novel
-        np.add.at(self.sums, rows[joined], fingerprints[joined])
-        np.add.at(self.prob_sums, rows[joined], probs[joined])
+        _add_rows_in_order(self.sums, rows[joined], fingerprints[joined])
+        _add_rows_in_order(self.prob_sums, rows[joined], probs[joined])
         numbers = self.live[rows]
         added = np.bincount(rows, minlength=self.rows)  # tokens each row took, rows in any order
         changed = np.flatnonzero(added)
@@ -330,6 +382,15 @@ class ExactClusters:
         return list(self.counts), centroids, list(self.founders)
 
 
+def _add_rows_in_order(target: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+    """``np.add.at(target, rows, values)`` for a C-ordered 2-D ``target``: each element gets its
+    additions in the order of ``rows``, as the sequential rule adds them, bit for bit. Done on the
+    flat view, where numpy's unbuffered add has a fast path (3-5 times faster on a block)."""
+    width = target.shape[1]
+    flat = (rows[:, None] * width + np.arange(width)).ravel()
+    np.add.at(target.reshape(-1), flat, values.reshape(-1))
+
+
 def _touched(assigned: np.ndarray, columns: int) -> tuple[np.ndarray, np.ndarray]:
     """``np.unique(assigned, return_inverse=True)`` for values below ``columns``, without a sort."""
     present = np.zeros(columns, dtype=bool)
@@ -358,6 +419,9 @@ def static_rows(static: np.ndarray, count: int) -> np.ndarray:
 def _similarity(dots: np.ndarray, centres: np.ndarray, fnorm: np.ndarray) -> np.ndarray:
     """Cosine as the sequential rule defines it: a zero-norm motif is unlike any token; a
     zero-norm token (a perfectly uniform router) is like only a zero-norm motif."""
+    if fnorm.size and centres.size and fnorm.min() > 0 and centres.min() > 0:
+        quick: np.ndarray = dots / (centres * fnorm[:, None])  # no zero norm: the same numbers
+        return quick
     with np.errstate(invalid="ignore", divide="ignore"):
         similarity = dots / (centres * fnorm[:, None])
     similarity = np.where(centres > 0, similarity, 0.0)

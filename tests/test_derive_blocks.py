@@ -56,6 +56,41 @@ def test_the_block_matcher_takes_every_decision_of_the_token_by_token_rule(
     assert blocked.ledger("g_") == reference.ledger()
 
 
+def test_blocks_where_every_token_joins_are_settled_on_the_candidates_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The one-round path (every token joins a motif) is taken on a run with structure, and
+    gives the decisions of the general loop, which is made to decide every block here."""
+    probs = _fingerprints("structured", 1400, 16, seed=5)
+    prints = probs - 1.0 / probs.shape[1]
+
+    def decide_all(clusters: BlockClusters) -> list[tuple[list[int], list[float], list[bool]]]:
+        out = []
+        for start in range(0, len(probs), BLOCK_TOKENS):
+            stop = min(len(probs), start + BLOCK_TOKENS)
+            d = clusters.assign(prints[start:stop], probs[start:stop], np.arange(start, stop))
+            out.append((d.numbers.tolist(), np.round(d.fits, 6).tolist(), d.novel.tolist()))
+        return out
+
+    taken = []
+    one_round = BlockClusters._all_join
+
+    def counted(self: BlockClusters, *args: object) -> object:
+        result = one_round(self, *args)  # type: ignore[arg-type]
+        taken.append(result is not None)
+        return result
+
+    monkeypatch.setattr(BlockClusters, "_all_join", counted)
+    fast = BlockClusters(0.5)
+    quick = decide_all(fast)
+    assert sum(taken) >= len(taken) // 2  # most blocks of a run with structure
+    monkeypatch.setattr(BlockClusters, "_all_join", lambda self, *args: None)
+    general = BlockClusters(0.5)
+    assert decide_all(general) == quick
+    assert general.ledger("g_") == fast.ledger("g_")
+    assert general.rounds == fast.rounds
+
+
 def _one_by_one(run: Path, threshold: float | None) -> bytes:
     """The artifacts as the token-by-token matcher writes them (the independent reference)."""
     reader = RunReader(run)
