@@ -77,8 +77,11 @@ class BlockClusters:
         self._ready(fingerprints, probs)
         candidates = self._candidates()
         fnorm = np.sqrt(np.einsum("ij,ij->i", fingerprints, fingerprints))
-        base_dots = fingerprints @ self.sums[candidates].T
-        static = _similarity(base_dots, np.broadcast_to(self.norms[candidates], base_dots.shape), fnorm)
+        every = candidates.size == self.rows  # then the candidates are the rows in order: slices
+        sums = self.sums[: self.rows] if every else self.sums[candidates]
+        norms = self.norms[: self.rows] if every else self.norms[candidates]
+        base_dots = fingerprints @ sums.T
+        static = _similarity(base_dots, np.broadcast_to(norms, base_dots.shape), fnorm)
         gram = np.dot(fingerprints, fingerprints.T)  # syrk: half the time of the same product by matmul
         lower = np.where(_strictly_lower(count), gram, 0.0)
         width = candidates.size
@@ -89,7 +92,7 @@ class BlockClusters:
             assigned, fits = joined
             if self.audit and self.cap is not None:
                 self._audit(candidates, fingerprints, fnorm, assigned, fits)
-            return self._commit(candidates, assigned, fits, fingerprints, probs, tokens)
+            return self._commit_joined(candidates, assigned, fits, fingerprints, probs)
         assigned = _decide(static_rows(static, count), self.threshold, width)
         fits = np.ones(count)
         settled = 0
@@ -282,6 +285,24 @@ class BlockClusters:
         self.norms[changed] = np.sqrt(np.einsum("ij,ij->i", self.sums[changed], self.sums[changed]))
         self.rows = first_row + founded.size
         return BlockDecisions(numbers, np.where(novel, 1.0, fits), novel)
+
+    def _commit_joined(
+        self,
+        candidates: np.ndarray,
+        assigned: np.ndarray,
+        fits: np.ndarray,
+        fingerprints: np.ndarray,
+        probs: np.ndarray,
+    ) -> BlockDecisions:
+        """``_commit`` of a block that founds nothing (every token joined a candidate)."""
+        rows = candidates[assigned]
+        _add_rows_in_order(self.sums, rows, fingerprints)
+        _add_rows_in_order(self.prob_sums, rows, probs)
+        added = np.bincount(rows, minlength=self.rows)
+        changed = np.flatnonzero(added)
+        self.counts[self.live[changed]] += added[changed]
+        self.norms[changed] = np.sqrt(np.einsum("ij,ij->i", self.sums[changed], self.sums[changed]))
+        return BlockDecisions(self.live[rows], fits, np.zeros(assigned.size, dtype=bool))
 
     def _grow(self, needed: int) -> None:
         if needed <= self.sums.shape[0]:

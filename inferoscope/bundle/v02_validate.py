@@ -8,9 +8,10 @@ releases the GIL), and the SHA-256 of every file in a thread beside them.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -24,6 +25,8 @@ from ..versions import MANIFEST_FILE
 from .sidecar import INDEX_DTYPES, ROW_SHAPES, Sidecar
 
 BLOCK_ELEMENTS = 1 << 18  # scores per block (1 MiB of float32): temporaries stay in cache
+AHEAD = 4  # blocks read and checked ahead of the loop that takes them (two threads check)
+_T = TypeVar("_T")
 
 
 def routing_issues(manifest: Mapping[str, Any], routing: Routing) -> list[ValidationIssue]:
@@ -361,13 +364,27 @@ def _check_group(
                 )
             return findings, block, part, raw
 
-        for findings, block, part, raw in pool.map(run, range(0, rows, step)):
+        for findings, block, part, raw in _in_order(pool, run, range(0, rows, step)):
             for relpath, data in raw.items():
                 hashes.feed(relpath, block.first, data)
             report_add(findings.issues)
             count_more(findings.overflow)
             if part is not None:
                 aggregates.add_block(part)
+
+
+def _in_order(pool: ThreadPoolExecutor, work: Callable[[int], _T], items: Iterable[int]) -> Iterator[_T]:
+    """``pool.map(work, items)`` with at most ``AHEAD`` results waiting to be taken. ``map``
+    submits every block at once, so wherever the loop that hashes and counts them is slower than
+    the threads that read and check them (a check beside a command, sharing the cores) the
+    blocks piled up: 240-440 MB beside a 500,000-token export, against 150 MB alone."""
+    pending: deque[Future[_T]] = deque()
+    for item in items:
+        pending.append(pool.submit(work, item))
+        if len(pending) >= AHEAD:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def _display_entropy(block: Block, group: RoutingGroup) -> np.ndarray | None:
