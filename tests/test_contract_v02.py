@@ -598,3 +598,32 @@ def test_a_check_that_keeps_no_series_counts_the_same_and_refuses_what_needs_the
         if other.pairs_from_parts:
             with pytest.raises(RuntimeError, match="per-token series"):
                 other.pair_counts()
+
+
+def test_the_array_checks_read_only_a_few_blocks_ahead_of_the_loop_that_takes_them() -> None:
+    """A slow consumer (a check sharing the cores with a command) must not let every block of a
+    long run be read and held at once: the check's memory stays that of a few blocks."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from inferoscope.bundle import v02_validate
+
+    lock = threading.Lock()
+    started: list[int] = []
+
+    def work(block: int) -> int:
+        with lock:
+            started.append(block)
+        return block
+
+    taken: list[int] = []
+    most_waiting = 0
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for block in v02_validate._in_order(pool, work, range(60)):
+            time.sleep(0.002)
+            taken.append(block)
+            with lock:
+                most_waiting = max(most_waiting, len(started) - len(taken))
+    assert taken == list(range(60))
+    assert most_waiting <= v02_validate.AHEAD
