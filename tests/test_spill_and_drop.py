@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import os
 from pathlib import Path
 
@@ -105,3 +106,45 @@ def test_an_array_hashed_as_written_has_the_hash_of_its_file(
     assert read_header_of(path).shape == (35, 3, 4)
     assert appender.sha256 == (file_sha256(path) if expected == 35 else None)
     assert file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_parquet_file_written_through_the_drop_behind_file_is_the_file_written_by_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The export writes its Parquet through ``DropBehindFile``: the bytes are those pyarrow
+    writes to a path, and its pages are dropped as the file grows (every few bytes here)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(drop_behind, "DROP_BYTES", 4096)
+    dropped: list[tuple[int, int]] = []
+    advise = os.posix_fadvise
+
+    def spy(fd: int, offset: int, length: int, advice: int) -> None:
+        dropped.append((offset, length))
+        advise(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", spy)
+    rng = np.random.default_rng(9)
+    table = pa.table(
+        {
+            "scores": pa.FixedSizeListArray.from_arrays(
+                pa.array(rng.random(64 * 2000, dtype=np.float32)), 64
+            ),
+            "token": pa.array(np.arange(2000)),
+        }
+    )
+    with pq.ParquetWriter(tmp_path / "by-path.parquet", table.schema, compression="zstd") as writer:
+        writer.write_table(table)
+        writer.write_table(table)
+    with (
+        drop_behind.DropBehindFile(tmp_path / "dropped.parquet") as sink,
+        pq.ParquetWriter(sink, table.schema, compression="zstd") as writer,
+    ):
+        writer.write_table(table)
+        writer.write_table(table)
+    written = (tmp_path / "dropped.parquet").read_bytes()
+    assert written == (tmp_path / "by-path.parquet").read_bytes()
+    assert pq.read_table(tmp_path / "dropped.parquet").equals(pa.concat_tables([table, table]))
+    assert len(dropped) >= 2 and dropped[0][0] == 0
+    assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(dropped))  # in order, no gap

@@ -32,3 +32,46 @@ class DropBehind:
         os.fdatasync(self.fd)
         os.posix_fadvise(self.fd, self.dropped, end - self.dropped, os.POSIX_FADV_DONTNEED)
         self.dropped = end
+
+
+class DropBehindFile:
+    """A binary file written from start to end and dropped behind as it grows: what a writer that
+    takes a file object (pyarrow's ``ParquetWriter``) writes through."""
+
+    def __init__(self, path: os.PathLike[str] | str) -> None:
+        self._file = open(path, "wb", buffering=0)  # noqa: SIM115 (closed by close())
+        self._written = 0
+        self._drop = DropBehind(self._file.fileno())
+
+    def write(self, data: bytes | memoryview) -> int:
+        view = memoryview(data)
+        while view:  # a raw write may take part of the bytes
+            count = self._file.write(view)
+            if count is None:
+                raise BlockingIOError("the file took no bytes")
+            view = view[count:]
+            self._written += count
+        self._drop.wrote(self._written)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._written
+
+    def flush(self) -> None:
+        """Nothing waits in this object: every write went to the file."""
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def closed(self) -> bool:
+        return self._file.closed
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> DropBehindFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
