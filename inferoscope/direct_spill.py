@@ -103,13 +103,14 @@ class SpillFile:
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         self.direct = False
 
-    def read(self, offset: int, size: int) -> memoryview:
-        """``size`` bytes from ``offset``: valid until the next read."""
+    def read(self, offset: int, size: int, into: AlignedBuffer | None = None) -> memoryview:
+        """``size`` bytes from ``offset``, in ``into`` (several threads may read at once, each
+        into its own buffer) or in the file's own buffer: valid until that buffer's next read."""
         if size == 0:
             return memoryview(b"")
         start = offset - offset % ALIGN if self.direct else offset
         end = _round_up(offset + size) if self.direct else offset + size
-        buffer = self._reading.view(end - start)
+        buffer = (self._reading if into is None else into).view(end - start)
         done = 0
         while done < end - start:
             got = os.preadv(self.fd, [buffer[done:]], start + done)

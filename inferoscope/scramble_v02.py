@@ -12,6 +12,7 @@ contract v0.1.0). Prompt (prefill) arrays are not carried: a twin scrambles the 
 from __future__ import annotations
 
 import multiprocessing
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,13 +25,14 @@ from .bundle.pipe import can_fork_beside, forked_child
 from .bundle.reader import RunReader
 from .bundle.writer import spill_folder
 from .bundle.writer_v02 import RunWriter
-from .direct_spill import SpillFile
+from .direct_spill import AlignedBuffer, SpillFile
 from .forked_call import stop as stop_helper
 from .jsonfmt import parse_json_bytes
 from .routing import PROMPT_ROLES, RoutingGroup
 
 BLOCK_TOKENS = 1024
 BUCKET_TOKENS = 8_192  # the token scramble's output rows per spill bucket
+READERS = 3  # a bucket's pieces read at once
 MEANING = {
     "tokens": "each MoE layer's rows (selection, weights, scores) shuffled across tokens "
     "(per-layer permutation)",
@@ -182,6 +184,8 @@ class _Buckets:
         self.orders: dict[str, list[np.ndarray]] = {}  # per chunk, its rows in bucket order (to scatter)
         self.spills: dict[tuple[str, str], _RoleSpill] = {}
         self.reading = bytearray()  # a source chunk, reused
+        self.readers: ThreadPoolExecutor | None = None  # reading a bucket's pieces
+        self.local = threading.local()
 
     def route(self, group: RoutingGroup, plan: np.ndarray) -> None:
         """Where every source row of ``group`` goes (``plan``: [N, Lg] source row per output row)."""
@@ -233,11 +237,21 @@ class _Buckets:
             buffer = spill.out[slot] = np.empty(self.size * lg, dtype=spill.row)
         out = buffer[: (stop - start) * lg]
         width = spill.row.itemsize
-        for route, offset in zip(self.routes[group.name], spill.offsets, strict=True):
+
+        def piece(part: tuple[_Route, int]) -> None:
+            route, offset = part
             first, last = int(route.bounds[number]), int(route.bounds[number + 1])
             if last > first:
-                data = spill.file.read(offset + first * width, (last - first) * width)
+                data = spill.file.read(offset + first * width, (last - first) * width, self._buffer())
                 out[route.local[first:last]] = np.frombuffer(data, dtype=spill.row)
+
+        parts = zip(self.routes[group.name], spill.offsets, strict=True)
+        if self.readers is None:
+            for part in parts:
+                piece(part)
+        else:  # a bucket's pieces lie apart in the file: several reads at once keep the disk busy
+            for _ in self.readers.map(piece, parts):
+                pass
         values = np.frombuffer(out.data, dtype=spill.dtype)
         return values.reshape((stop - start, lg, *spill.shape))
 
@@ -256,13 +270,24 @@ class _Buckets:
             }
             return _Bucket(stop - start, arrays)
 
-        with ThreadPoolExecutor(max_workers=1) as reading:
-            coming = reading.submit(bucket, 0) if starts else None
-            for number in range(len(starts)):
-                assert coming is not None
-                done = coming.result()  # the caller is through with the other slot's bucket
-                coming = reading.submit(bucket, number + 1) if number + 1 < len(starts) else None
-                yield done
+        with ThreadPoolExecutor(max_workers=1) as reading, ThreadPoolExecutor(max_workers=READERS) as readers:
+            self.readers = readers
+            try:
+                coming = reading.submit(bucket, 0) if starts else None
+                for number in range(len(starts)):
+                    assert coming is not None
+                    done = coming.result()  # the caller is through with the other slot's bucket
+                    coming = reading.submit(bucket, number + 1) if number + 1 < len(starts) else None
+                    yield done
+            finally:
+                self.readers = None
+
+    def _buffer(self) -> AlignedBuffer:
+        """The calling thread's own read buffer (a reader's goes with its thread)."""
+        buffer: AlignedBuffer | None = getattr(self.local, "buffer", None)
+        if buffer is None:
+            buffer = self.local.buffer = AlignedBuffer()
+        return buffer
 
     def _scattered(self) -> None:
         """Every array is in its spill: the scatter's buffers and orders go."""
@@ -327,7 +352,7 @@ class _Labels:
             sender.close()
 
     def next(self, rows: int, group: RoutingGroup) -> np.ndarray:
-        """``[rows, E]`` int64: the next relabelling of ``group``'s rows."""
+        """``[rows, E]`` integers: the next relabelling of ``group``'s rows."""
         if self.receiver is not None:
             kind = _label_type(group.num_experts)
             try:
@@ -336,7 +361,7 @@ class _Labels:
                 data = b""
             if len(data) == rows * group.num_experts * kind.itemsize:
                 self.taken.append((rows, group))
-                return np.frombuffer(data, dtype=kind).reshape(rows, group.num_experts).astype(np.int64)
+                return np.frombuffer(data, dtype=kind).reshape(rows, group.num_experts)
             self._draw_here()  # the helper failed (it died, or sent its error): draw here from now on
         return _labels(self.rng, rows, group)
 
@@ -393,13 +418,18 @@ def _relabelled(
     # one relabelling per row, or the layer's one relabelling repeated for every token
     per_row = labels.next(rows, group) if plan is None else np.tile(plan, (t, 1))
     out = {}
-    selected = values["selected"].reshape(rows, -1).astype(np.int64)
-    out["selected"] = np.take_along_axis(per_row, selected, axis=1).reshape(t, lg, -1)
+    selected = values["selected"].reshape(rows, -1)
+    out["selected"] = np.take_along_axis(per_row, selected, axis=1).astype(np.int64).reshape(t, lg, -1)
     if "weights" in values:
         out["weights"] = values["weights"]
     if "scores" in values:
+        # each row's scores moved to their new labels: one scatter through flat positions (the
+        # labels as received, in 1 byte, and 4-byte positions: 1.7 times put_along_axis's speed)
         scores = values["scores"].reshape(rows, -1)
+        width = scores.shape[1]
+        kind = np.int32 if rows * width < 2**31 else np.intp
+        places = per_row.astype(kind) + (np.arange(rows, dtype=kind) * width)[:, None]
         moved = np.empty_like(scores)
-        np.put_along_axis(moved, per_row, scores, axis=1)
+        moved.reshape(-1)[places.reshape(-1)] = scores.reshape(-1)
         out["scores"] = moved.reshape(t, lg, -1)
     return out

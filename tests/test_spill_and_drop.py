@@ -6,6 +6,7 @@ import errno
 import hashlib
 import itertools
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +149,27 @@ def test_a_parquet_file_written_through_the_drop_behind_file_is_the_file_written
     assert pq.read_table(tmp_path / "dropped.parquet").equals(pa.concat_tables([table, table]))
     assert len(dropped) >= 2 and dropped[0][0] == 0
     assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(dropped))  # in order, no gap
+
+
+def test_a_failed_sync_behind_the_writer_is_raised_and_no_sync_outlives_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The syncs run on a thread beside the writer: a disk error there reaches the writer (at
+    its next write or its close), and closing the file waits for every sync handed over."""
+    monkeypatch.setattr(drop_behind, "DROP_BYTES", 1000)
+    synced: list[int] = []
+
+    def failing(fd: int) -> None:
+        synced.append(fd)
+        if len(synced) == 2:
+            raise OSError(errno.EIO, "the disk failed")
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    appender = NpyAppender(tmp_path / "a.npy", "float32", (64,), rows_expected=1000, drop_behind=True)
+    with pytest.raises(OSError, match="the disk failed"):
+        for _ in range(100):
+            appender.append(np.zeros((10, 64), dtype=np.float32))
+        appender.close()
+    appender.abort()
+    assert len(synced) == 2  # nothing synced after the error
+    assert not [t for t in threading.enumerate() if t.name == "drop-behind"]

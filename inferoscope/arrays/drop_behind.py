@@ -12,26 +12,65 @@ bytes are on disk, and a later reader reads them from there.
 from __future__ import annotations
 
 import os
+import queue
+import threading
 
 #: bytes written between syncs (large enough that a sync costs little)
 DROP_BYTES = 32 * 1024 * 1024
+#: ranges handed to the syncing thread and not yet dropped, at most
+WAITING = 2
 
 
 class DropBehind:
     """Call ``wrote(end)`` with the file's written length after each write; every
-    ``DROP_BYTES`` the file's data is synced and the pages before ``end`` are dropped."""
+    ``DROP_BYTES`` the file's data is synced and the pages before ``end`` are dropped.
+
+    The sync waits on the disk, so it runs on a thread of its own (started at the first range)
+    while the writer goes on: at most ``WAITING`` ranges wait for it, so the cache holds a few
+    ranges of the file at most. ``finish()`` (before the file is closed) waits for them and
+    raises what a sync raised; a later ``wrote`` raises it too."""
 
     def __init__(self, fd: int, start: int = 0) -> None:
         self.fd = fd
-        self.dropped = start  # pages before this offset were dropped already
+        self.dropped = start  # pages before this offset were handed over to be dropped
         self.usable = hasattr(os, "posix_fadvise")
+        self._ranges: queue.Queue[tuple[int, int] | None] | None = None
+        self._thread: threading.Thread | None = None
+        self._error: OSError | None = None
 
     def wrote(self, end: int) -> None:
+        if self._error is not None:
+            raise self._error
         if not self.usable or end - self.dropped < DROP_BYTES:
             return
-        os.fdatasync(self.fd)
-        os.posix_fadvise(self.fd, self.dropped, end - self.dropped, os.POSIX_FADV_DONTNEED)
+        if self._thread is None:
+            self._ranges = queue.Queue(maxsize=WAITING)
+            self._thread = threading.Thread(target=self._drop, name="drop-behind", daemon=True)
+            self._thread.start()
+        assert self._ranges is not None
+        self._ranges.put((self.dropped, end))
         self.dropped = end
+
+    def _drop(self) -> None:
+        assert self._ranges is not None
+        while (span := self._ranges.get()) is not None:
+            if self._error is None:
+                start, end = span
+                try:
+                    os.fdatasync(self.fd)
+                    os.posix_fadvise(self.fd, start, end - start, os.POSIX_FADV_DONTNEED)
+                except OSError as error:  # raised in the writer's thread
+                    self._error = error
+
+    def finish(self) -> None:
+        """Wait for every range handed over (call it before the file is closed, error or not)."""
+        if self._thread is not None:
+            assert self._ranges is not None
+            self._ranges.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            raise self._error
 
 
 class DropBehindFile:
@@ -68,7 +107,12 @@ class DropBehindFile:
         return self._file.closed
 
     def close(self) -> None:
-        self._file.close()
+        if self._file.closed:
+            return
+        try:
+            self._drop.finish()
+        finally:
+            self._file.close()
 
     def __enter__(self) -> DropBehindFile:
         return self

@@ -13,6 +13,7 @@ patterns (the top half of a float32), and the manifest says ``bfloat16``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
@@ -197,14 +198,24 @@ class NpyAppender:
                 handle.seek(0)
                 handle.write(header_bytes(DISK_DTYPES[self.dtype], (self.rows, *self.row_shape)))
             handle.flush()
+            if self._drop is not None:
+                self._drop.finish()
             os.fsync(handle.fileno())
         finally:
+            self._stop_dropping()
             handle.close()
 
     def abort(self) -> None:
         if self._handle is not None:
+            self._stop_dropping()
             self._handle.close()
             self._handle = None
+
+    def _stop_dropping(self) -> None:
+        """No sync of this file may outlive it (its descriptor's number is reused once closed)."""
+        if self._drop is not None:
+            with contextlib.suppress(OSError):
+                self._drop.finish()
 
 
 def write_array(path: Path, values: np.ndarray, dtype: str) -> None:
