@@ -28,28 +28,35 @@ from .motif_blocks import BlockDecisions
 
 GLOBAL = "global"
 MEASURED_BLOCKS = 8  # matched in this process, timed, before the helper takes its share
-#: a clustering's time in the helper over its time here, its inputs' sending included (measured
-#: on the demo repeated to 500,000 tokens: 1.15 for the global motifs, 1.35 for a layer's alone;
-#: at 1.25 the split moved a second layer whenever the first blocks ran slow, and the helper was
-#: then the busier side: 6.9 s against 6.4 s)
-HELPER_SLOWDOWN = 1.4
+#: a clustering's time in the helper over its time here, its inputs' sending and receiving
+#: included. Measured on the demo repeated to 500,000 tokens: with a block of a layer matched in
+#: 0.25 ms, the helper's share of each block (receiving, fingerprints, sending back) is a larger
+#: part than it was at 0.4 ms: given the global motifs and two layers (1.4 x 0.82 ms estimated)
+#: the helper took 1.3 ms a block and this process waited 1.4 s for it (5.4 s in all); at 1.6 the
+#: split gives it the global motifs and one layer, and derive takes 5.05-5.2 s. On a run without
+#: structure (20,000 tokens, 16 x 64, --cap 1024) 1.4 and 1.6 give the same split and time.
+HELPER_SLOWDOWN = 1.6
 
 
 class SplitClock:
     """Times each clustering's matching and this process's other work per block, over the
-    blocks after the first (whose motifs are all new) and before the split."""
+    blocks after the first (whose motifs are all new) and before the split. ``costs`` and
+    ``fixed`` are medians a block: the first blocks run beside the check's start and the
+    helper's fork, and one slow block (13-19 ms against 3) swayed a sum into a split that left
+    this process the busier side."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
         self.blocks = 0
-        self.costs: dict[Any, float] = {}
-        self.fixed = 0.0
+        self.times: dict[Any, list[float]] = {}
+        self.others: list[float] = []
         self._entered: float | None = None
         self._matched = 0.0
 
     def block_starts(self) -> None:
-        now = time.perf_counter()
+        now = self.clock()
         if self._entered is not None and 1 < self.blocks <= MEASURED_BLOCKS:
-            self.fixed += now - self._entered - self._matched  # lines, reading, writing
+            self.others.append(now - self._entered - self._matched)  # lines, reading, writing
         self._entered, self._matched = now, 0.0
         self.blocks += 1
 
@@ -58,15 +65,25 @@ class SplitClock:
         """True for exactly one block: the first after the measured ones."""
         return self.blocks == MEASURED_BLOCKS + 1
 
+    @property
+    def costs(self) -> dict[Any, float]:
+        """Each clustering's median time a block."""
+        return {key: float(np.median(times)) for key, times in self.times.items()}
+
+    @property
+    def fixed(self) -> float:
+        """This process's median time a block besides matching."""
+        return float(np.median(self.others)) if self.others else 0.0
+
     @contextlib.contextmanager
     def timing(self, key: Any) -> Iterator[None]:
         if not 1 < self.blocks <= MEASURED_BLOCKS:
             yield
             return
-        start = time.perf_counter()
+        start = self.clock()
         yield
-        took = time.perf_counter() - start
-        self.costs[key] = self.costs.get(key, 0.0) + took
+        took = self.clock() - start
+        self.times.setdefault(key, []).append(took)
         self._matched += took
 
 

@@ -21,6 +21,7 @@ from inferoscope.derive_inputs import BLOCK_TOKENS
 from inferoscope.json_stream import materialised
 from inferoscope.jsonfmt import dumps_json_file
 from inferoscope.motif_blocks import BlockClusters
+from inferoscope.motif_helper import GLOBAL, HELPER_SLOWDOWN, MEASURED_BLOCKS, SplitClock, split_clusterings
 
 
 def _fingerprints(kind: str, tokens: int, experts: int, seed: int) -> np.ndarray:
@@ -322,3 +323,22 @@ def test_the_split_moves_clusterings_while_it_lowers_the_busier_side() -> None:
     olmoe = {**{layer: 0.65 for layer in range(16)}, GLOBAL: 8.2}  # no structure, 64 experts
     assert split_clusterings(olmoe, 2.4, 1.25)[0] == GLOBAL
     assert split_clusterings({0: 1.0}, 0.1, 1.25) == []  # one clustering: nothing to gain
+
+
+def test_one_slow_block_before_the_split_does_not_sway_it() -> None:
+    """The split is made from each clustering's median block: a block slowed by the check
+    starting beside derive (or anything else on the machine) does not hand the helper a
+    clustering that the usual blocks would keep here."""
+    now = [0.0]
+    clock = SplitClock(lambda: now[0])
+    usual = {0: 0.25, 1: 0.25, 2: 0.2, 3: 0.24, GLOBAL: 0.3}  # ms a block, as measured
+    for block in range(MEASURED_BLOCKS + 1):
+        clock.block_starts()
+        for key, cost in usual.items():
+            with clock.timing(key):
+                now[0] += cost * (60 if block == 3 and key == 2 else 1)  # one block of layer 2: slow
+        now[0] += 0.5  # reading the block and writing the lines
+    assert clock.measured
+    assert clock.costs == pytest.approx(usual)
+    assert clock.fixed == pytest.approx(0.5)
+    assert split_clusterings(clock.costs, clock.fixed, HELPER_SLOWDOWN) == [GLOBAL, 0]
