@@ -25,7 +25,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.text import Text
 
 from . import __version__
-from .bundle.errors import RunBundleError
+from .bundle.errors import WRITE_FAILURES, RunBundleError
 from .bundle.reader import BundleOpenError, RunReader
 from .render import inspect_view, issues_view
 from .run_ids import RunIdError, run_dir_for
@@ -401,11 +401,12 @@ def cmd_derive(args: argparse.Namespace) -> int:
         return _fail("--cap applies to the cosine matcher (not --exact) and must be at least 1")
     if _open(args.run_dir) is None:
         return EXIT_UNREADABLE
+    target = Path(args.run_dir)
+    writing = target  # where a failing disk is reported: the twin's folder, then the bundle
     try:
-        target = Path(args.run_dir)
         if args.scramble:
-            root = args.out if args.out is not None else target.parent
-            target = scramble_bundle(target, root, args.scramble, seed=args.seed)
+            root = writing = args.out if args.out is not None else target.parent
+            target = writing = scramble_bundle(target, root, args.scramble, seed=args.seed)
             notice = Text(
                 f"SCRAMBLED ({args.scramble}, seed {args.seed}) copy: {visible(str(target))}",
                 style="bold yellow",
@@ -415,6 +416,12 @@ def cmd_derive(args: argparse.Namespace) -> int:
     except (RunBundleError, FileExistsError, RunIdError, ValueError) as exc:
         _error_line(f"inferoscope: {visible(str(exc).splitlines()[0], 400)}")
         return EXIT_ISSUES if isinstance(exc, RunBundleError) else EXIT_UNREADABLE
+    except OSError as exc:
+        if exc.errno not in WRITE_FAILURES:
+            raise
+        # nothing half-written is left: the twin and the derived files appear whole or not at all
+        _error_line(f"inferoscope: cannot write under {visible(str(writing))}: {os.strerror(exc.errno)}")
+        return EXIT_UNREADABLE
     if args.json:
         sys.stdout.write(json.dumps({"run_dir": str(target), **summary}, indent=2, sort_keys=True) + "\n")
     else:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .bundle.errors import WRITE_FAILURES
 from .bundle.reader import EventReadError, RunReader
 from .textsafe import without_surrogates
 
@@ -113,9 +114,12 @@ def export_parquet(
             if before_replace is not None:
                 before_replace()
             os.replace(partial, target)
-        except BaseException:
+        except BaseException as exc:
             partial.unlink(missing_ok=True)
-            raise
+            named = _named(exc, target)
+            if named is exc:
+                raise
+            raise named from exc
         return result
     count = 1 << 62 if by_blocks else len(reader)  # read by blocks: no index, no count first
     experts = _shared_expert_count(reader, count)
@@ -165,10 +169,21 @@ def export_parquet(
         if before_replace is not None:
             before_replace()
         os.replace(partial, target)
-    except BaseException:
+    except BaseException as exc:
         partial.unlink(missing_ok=True)
-        raise
+        named = _named(exc, target)
+        if named is exc:
+            raise
+        raise named from exc
     return result
+
+
+def _named(exc: BaseException, target: Path) -> BaseException:
+    """A disk error met while the file was written, naming the file it was for (pyarrow's errors
+    and the sink's name none, or name the partial file, which is gone)."""
+    if not isinstance(exc, OSError) or exc.errno not in WRITE_FAILURES:
+        return exc
+    return OSError(exc.errno, f"cannot write {target}: {os.strerror(exc.errno)}")
 
 
 class _Pending:

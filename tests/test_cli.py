@@ -285,3 +285,34 @@ def test_a_lone_surrogate_is_valid_and_every_command_shows_it_escaped(tmp_path: 
     import pyarrow.parquet as pq
 
     assert " tok\\udfff1" in pq.read_table(out).column("token_text").to_pylist()
+
+
+@pytest.mark.parametrize("scramble", [False, True])
+def test_a_full_disk_while_deriving_is_one_line_naming_where_and_the_bundle_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], scramble: bool
+) -> None:
+    import errno
+    import shutil
+
+    import inferoscope.derive as derive_module
+    import inferoscope.scramble as scramble_module
+    from inferoscope.cli import main
+
+    run = tmp_path / "runs" / B.name
+    shutil.copytree(B, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+
+    def full(*_args: object, **_kwargs: object) -> Path:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(
+        scramble_module if scramble else derive_module,
+        "scramble_bundle" if scramble else "write_derived",
+        full,
+    )
+    out = tmp_path / "twins"
+    args = ["derive", str(run), *(["--scramble", "tokens", "--out", str(out)] if scramble else [])]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"inferoscope: cannot write under {out if scramble else run}: No space left on device"
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before

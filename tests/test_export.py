@@ -132,3 +132,28 @@ def test_reading_by_blocks_writes_the_same_file_as_event_by_event(
     assert digests[0] == digests[1] and results[0] == results[1]
     assert results[0][1] == 1 and results[0][2] >= 2  # the unreadable event; the odd layers
     assert pq.ParquetFile(tmp_path / "True.parquet").metadata.num_row_groups > 3
+
+
+def test_a_full_disk_names_the_export_and_leaves_no_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that fills while the Parquet is written: the error names the file the user asked
+    for (the writer's own errors name none, or the partial file, which is removed)."""
+    import errno
+
+    from inferoscope.arrays import drop_behind
+    from inferoscope.synthetic import write_synthetic_v02
+
+    run = write_synthetic_v02(tmp_path / "runs", "full-disk", 300, layers=2, experts=8, top_k=2, seed=3)
+    written = drop_behind.DropBehindFile.write
+
+    def fills(self: drop_behind.DropBehindFile, data: bytes) -> int:
+        if self.tell() > 1000:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return written(self, data)
+
+    monkeypatch.setattr(drop_behind.DropBehindFile, "write", fills)
+    target = tmp_path / "out" / "run.parquet"
+    with pytest.raises(OSError, match=f"cannot write {target}: No space left on device"):
+        export_parquet(run, target)
+    assert list((tmp_path / "out").iterdir()) == []

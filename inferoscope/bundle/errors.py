@@ -20,6 +20,9 @@ from ..validation.issues import ValidationIssue, count_by_code
 
 _SHOWN = 20
 
+#: what a disk that cannot take a file raises (full, over quota, too large, read-only, failing)
+WRITE_FAILURES = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO))
+
 
 class RunBundleError(ValueError):
     """A bundle (on disk or about to be written) that breaks the contract."""
