@@ -92,7 +92,7 @@ class BlockClusters:
             assigned, fits = joined
             if self.audit and self.cap is not None:
                 self._audit(candidates, fingerprints, fnorm, assigned, fits)
-            return self._commit_joined(candidates, assigned, fits, fingerprints, probs)
+            return self._commit_joined(candidates[assigned], fits, fingerprints, probs)
         assigned = _decide(static_rows(static, count), self.threshold, width)
         fits = np.ones(count)
         settled = 0
@@ -278,31 +278,26 @@ class BlockClusters:
         joined = ~novel
         _add_rows_in_order(self.sums, rows[joined], fingerprints[joined])
         _add_rows_in_order(self.prob_sums, rows[joined], probs[joined])
-        numbers = self.live[rows]
+        self._counted(rows)
+        self.rows = first_row + founded.size
+        return BlockDecisions(self.live[rows], np.where(novel, 1.0, fits), novel)
+
+    def _counted(self, rows: np.ndarray) -> None:
+        """The members a block gave each row (``rows``: every token's) counted, and the norms of
+        the rows whose sums grew made anew."""
         added = np.bincount(rows, minlength=self.rows)  # tokens each row took, rows in any order
         changed = np.flatnonzero(added)
         self.counts[self.live[changed]] += added[changed]
         self.norms[changed] = np.sqrt(np.einsum("ij,ij->i", self.sums[changed], self.sums[changed]))
-        self.rows = first_row + founded.size
-        return BlockDecisions(numbers, np.where(novel, 1.0, fits), novel)
 
     def _commit_joined(
-        self,
-        candidates: np.ndarray,
-        assigned: np.ndarray,
-        fits: np.ndarray,
-        fingerprints: np.ndarray,
-        probs: np.ndarray,
+        self, rows: np.ndarray, fits: np.ndarray, fingerprints: np.ndarray, probs: np.ndarray
     ) -> BlockDecisions:
-        """``_commit`` of a block that founds nothing (every token joined a candidate)."""
-        rows = candidates[assigned]
+        """``_commit`` of a block that founds nothing: every token joined the motif in ``rows``."""
         _add_rows_in_order(self.sums, rows, fingerprints)
         _add_rows_in_order(self.prob_sums, rows, probs)
-        added = np.bincount(rows, minlength=self.rows)
-        changed = np.flatnonzero(added)
-        self.counts[self.live[changed]] += added[changed]
-        self.norms[changed] = np.sqrt(np.einsum("ij,ij->i", self.sums[changed], self.sums[changed]))
-        return BlockDecisions(self.live[rows], fits, np.zeros(assigned.size, dtype=bool))
+        self._counted(rows)
+        return BlockDecisions(self.live[rows], fits, np.zeros(rows.size, dtype=bool))
 
     def _grow(self, needed: int) -> None:
         if needed <= self.sums.shape[0]:
