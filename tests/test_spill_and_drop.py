@@ -173,3 +173,30 @@ def test_a_failed_sync_behind_the_writer_is_raised_and_no_sync_outlives_the_file
     appender.abort()
     assert len(synced) == 2  # nothing synced after the error
     assert not [t for t in threading.enumerate() if t.name == "drop-behind"]
+
+
+def test_a_v01_twin_is_dropped_behind_as_written_and_is_the_same_twin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The v0.1.0 twin's raw trace is synced and dropped every few bytes as it is written (its
+    own lines and the forked half's file appended after them), and its bytes are those of a
+    twin written with no dropping at all."""
+    from inferoscope.cli import EXAMPLE_RUN
+    from inferoscope.scramble import scramble_bundle
+
+    plain = scramble_bundle(EXAMPLE_RUN, tmp_path / "plain", "experts", seed=4)
+    monkeypatch.setattr(drop_behind, "DROP_BYTES", 64 * 1024)
+    dropped: list[tuple[int, int]] = []
+    advise = os.posix_fadvise
+
+    def spy(fd: int, offset: int, length: int, advice: int) -> None:
+        dropped.append((offset, length))
+        advise(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", spy)
+    twin = scramble_bundle(EXAMPLE_RUN, tmp_path / "dropped", "experts", seed=4)
+    trace = (twin / "raw_trace.ndjson").read_bytes()
+    assert trace == (plain / "raw_trace.ndjson").read_bytes()
+    assert len(dropped) >= 5 and dropped[0][0] == 0
+    assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(dropped))
+    assert dropped[-1][0] + dropped[-1][1] > len(trace) - 64 * 1024

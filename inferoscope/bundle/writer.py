@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from ..arrays import drop_behind
 from ..jsonfmt import NON_STANDARD_NUMBERS, dumps_json_file, dumps_ndjson_line
 from ..run_ids import run_dir_for
 from ..validation.issues import Location, ValidationIssue
@@ -86,11 +87,21 @@ def write_prepared_bundle(
     def fill(staging: Path) -> None:
         _write_json(staging / MANIFEST_FILE, manifest, "manifest")
         with (staging / RAW_TRACE_FILE).open("wb") as handle:
-            for text in raw_lines:
-                if isinstance(text, Path):
-                    append_file(handle, text)
-                else:
-                    handle.write(text)
+            behind = drop_behind.DropBehind(handle.fileno())  # written once, never read here again
+            try:
+                for text in raw_lines:
+                    if isinstance(text, Path):
+                        append_file(handle, text)
+                    else:
+                        handle.write(text)
+                    if handle.tell() - behind.dropped >= drop_behind.DROP_BYTES:
+                        handle.flush()
+                        behind.wrote(handle.tell())
+                handle.flush()
+                behind.finish()
+            finally:
+                with contextlib.suppress(OSError):
+                    behind.finish()  # no sync outlives the file
             _sync(handle)
         _write_json(staging / LAYOUT_FILE, layout, "layout")
 
