@@ -117,15 +117,7 @@ def test_a_parquet_file_written_through_the_drop_behind_file_is_the_file_written
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    monkeypatch.setattr(drop_behind, "DROP_BYTES", 4096)
-    dropped: list[tuple[int, int]] = []
-    advise = os.posix_fadvise
-
-    def spy(fd: int, offset: int, length: int, advice: int) -> None:
-        dropped.append((offset, length))
-        advise(fd, offset, length, advice)
-
-    monkeypatch.setattr(os, "posix_fadvise", spy)
+    dropped = _dropped_ranges(monkeypatch, 4096)
     rng = np.random.default_rng(9)
     table = pa.table(
         {
@@ -185,7 +177,18 @@ def test_a_v01_twin_is_dropped_behind_as_written_and_is_the_same_twin(
     from inferoscope.scramble import scramble_bundle
 
     plain = scramble_bundle(EXAMPLE_RUN, tmp_path / "plain", "experts", seed=4)
-    monkeypatch.setattr(drop_behind, "DROP_BYTES", 64 * 1024)
+    dropped = _dropped_ranges(monkeypatch, 64 * 1024)
+    twin = scramble_bundle(EXAMPLE_RUN, tmp_path / "dropped", "experts", seed=4)
+    trace = (twin / "raw_trace.ndjson").read_bytes()
+    assert trace == (plain / "raw_trace.ndjson").read_bytes()
+    assert len(dropped) >= 5 and dropped[0][0] == 0
+    assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(dropped))
+    assert dropped[-1][0] + dropped[-1][1] > len(trace) - 64 * 1024
+
+
+def _dropped_ranges(monkeypatch: pytest.MonkeyPatch, every: int) -> list[tuple[int, int]]:
+    """Drop behind every ``every`` bytes, and the (offset, length) of every range dropped."""
+    monkeypatch.setattr(drop_behind, "DROP_BYTES", every)
     dropped: list[tuple[int, int]] = []
     advise = os.posix_fadvise
 
@@ -194,9 +197,4 @@ def test_a_v01_twin_is_dropped_behind_as_written_and_is_the_same_twin(
         advise(fd, offset, length, advice)
 
     monkeypatch.setattr(os, "posix_fadvise", spy)
-    twin = scramble_bundle(EXAMPLE_RUN, tmp_path / "dropped", "experts", seed=4)
-    trace = (twin / "raw_trace.ndjson").read_bytes()
-    assert trace == (plain / "raw_trace.ndjson").read_bytes()
-    assert len(dropped) >= 5 and dropped[0][0] == 0
-    assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(dropped))
-    assert dropped[-1][0] + dropped[-1][1] > len(trace) - 64 * 1024
+    return dropped
