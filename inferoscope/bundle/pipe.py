@@ -8,9 +8,11 @@ nothing from a bundle is ever unpickled.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import pickle
+import signal
 import struct
 import threading
 from collections.abc import Iterator
@@ -36,11 +38,34 @@ def receive(stream: IO[bytes]) -> Any:
     return pickle.loads(data)
 
 
+#: prctl's request that a signal be sent to this process when its parent ends (Linux)
+_PR_SET_PDEATHSIG = 1
+
+
+def end_with_parent() -> None:
+    """(First thing in a forked worker.) Ask the kernel to end this process when the process
+    that forked it ends. A parent stopped by a signal of its own (``kill -INT`` of the command
+    alone, not of its group) left its workers running: one finished its part and then waited
+    forever to send it, holding the command's output pipes open. Where the request cannot be
+    made (not Linux), nothing changes."""
+    parent = multiprocessing.parent_process()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):
+        return
+    if parent is not None and os.getppid() != parent.pid:  # it ended before the request
+        os._exit(1)
+
+
 @contextlib.contextmanager
 def forked_child(conn: Any) -> Iterator[None]:
-    """The body of a forked worker: an exception is sent to the parent (which then never waits
-    on a dead child), a parent that stopped listening ends it quietly, and the child always
-    leaves with ``os._exit`` (the parent's exit handlers and buffers are not its to run)."""
+    """The body of a forked worker: it ends with its parent (``end_with_parent``), an exception
+    is sent to the parent (which then never waits on a dead child), a parent that stopped
+    listening ends it quietly, and the child always leaves with ``os._exit`` (the parent's exit
+    handlers and buffers are not its to run)."""
+    end_with_parent()
     try:
         yield
     except (BrokenPipeError, EOFError):

@@ -29,7 +29,7 @@ from ..validation.event_checks import check_event_chunk
 from ..validation.issues import ValidationIssue
 from ..validation.raw_event import EventView
 from .lines import LineIndex, LineIndexBuilder, ProgressFn, iter_lines, split_points
-from .pipe import can_fork, receive, usable_cores
+from .pipe import can_fork, end_with_parent, receive, usable_cores
 from .raw_lines import read_raw_line
 from .report import ValidationReport
 
@@ -198,6 +198,8 @@ class _ForkedChild:
 
 
 def _forked_main(conn: Any, counter: Any, job: SegmentJob) -> None:
+    end_with_parent()
+
     def progress(done: int, _total: int) -> None:
         counter.value = done - job.start
 
