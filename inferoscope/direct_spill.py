@@ -12,37 +12,12 @@ asked for.
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 from pathlib import Path
 
 import numpy as np
 
-ALIGN = 4096  # a multiple of every logical block size in use, and of the page size
-
-
-def _round_up(size: int) -> int:
-    return -(-size // ALIGN) * ALIGN
-
-
-class AlignedBuffer:
-    """A reusable page-aligned byte buffer that grows (to a multiple of ``ALIGN``) as needed."""
-
-    def __init__(self) -> None:
-        self._map: mmap.mmap | None = None
-        self.size = 0
-
-    def view(self, size: int) -> memoryview:
-        """``size`` bytes of the buffer (its first bytes; the rest of the map is padding)."""
-        if size > self.size:
-            self.size = _round_up(max(size, 1))
-            self._map = mmap.mmap(-1, self.size)  # the old one goes when no view holds it
-        assert self._map is not None
-        return memoryview(self._map)[:size]
-
-    def close(self) -> None:
-        self._map = None
-        self.size = 0
+from .arrays.buffers import ALIGN, AlignedBuffer, round_up
 
 
 class SpillFile:
@@ -67,14 +42,14 @@ class SpillFile:
 
     def staging(self, size: int) -> np.ndarray:
         """An aligned buffer of ``size`` bytes to fill and pass to ``append`` (saves a copy)."""
-        return np.frombuffer(self._staging.view(_round_up(size)), dtype=np.uint8)[:size]
+        return np.frombuffer(self._staging.view(round_up(size)), dtype=np.uint8)[:size]
 
     def append(self, data: np.ndarray) -> int:
         """Writes the bytes of ``data`` (best: a ``staging`` buffer); returns their offset."""
         raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
         offset = self.size
         if self.direct:
-            padded = _round_up(raw.size)
+            padded = round_up(raw.size)
             buffer = self._staging.view(padded)
             target = np.frombuffer(buffer, dtype=np.uint8)
             if raw.ctypes.data != target.ctypes.data:  # not already the staging buffer's start
@@ -109,7 +84,7 @@ class SpillFile:
         if size == 0:
             return memoryview(b"")
         start = offset - offset % ALIGN if self.direct else offset
-        end = _round_up(offset + size) if self.direct else offset + size
+        end = round_up(offset + size) if self.direct else offset + size
         buffer = (self._reading if into is None else into).view(end - start)
         done = 0
         while done < end - start:

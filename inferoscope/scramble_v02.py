@@ -20,12 +20,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .arrays.buffers import AlignedBuffer
 from .bundle.lines import line_blocks
 from .bundle.pipe import can_fork_beside, forked_child
 from .bundle.reader import RunReader
 from .bundle.writer import spill_folder
 from .bundle.writer_v02 import RunWriter
-from .direct_spill import AlignedBuffer, SpillFile
+from .direct_spill import SpillFile
 from .forked_call import stop as stop_helper
 from .jsonfmt import parse_json_bytes
 from .routing import PROMPT_ROLES, RoutingGroup
@@ -183,7 +184,7 @@ class _Buckets:
         self.routes: dict[str, list[_Route]] = {}
         self.orders: dict[str, list[np.ndarray]] = {}  # per chunk, its rows in bucket order (to scatter)
         self.spills: dict[tuple[str, str], _RoleSpill] = {}
-        self.reading = bytearray()  # a source chunk, reused
+        self.reading = AlignedBuffer()  # a source chunk, reused
         self.readers: ThreadPoolExecutor | None = None  # reading a bucket's pieces
         self.local = threading.local()
 
@@ -291,7 +292,7 @@ class _Buckets:
 
     def _scattered(self) -> None:
         """Every array is in its spill: the scatter's buffers and orders go."""
-        self.reading = bytearray()
+        self.reading.close()
         self.orders.clear()
         for spill in self.spills.values():
             spill.file.written()

@@ -7,6 +7,7 @@ import hashlib
 import itertools
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -51,10 +52,18 @@ def test_a_spill_gives_back_every_byte_written(
         spill.close()
 
 
+@pytest.fixture
+def spill(tmp_path: Path) -> Iterator[SpillFile]:
+    made = SpillFile(tmp_path / "spill")
+    try:
+        yield made
+    finally:
+        made.close()
+
+
 def test_a_file_system_that_refuses_the_first_direct_write_gets_buffered_writes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    spill: SpillFile, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spill = SpillFile(tmp_path / "spill")
     real = os.pwrite
     refused = []
 
@@ -65,27 +74,19 @@ def test_a_file_system_that_refuses_the_first_direct_write_gets_buffered_writes(
         return real(fd, data, offset)  # type: ignore[arg-type]
 
     monkeypatch.setattr(direct_spill.os, "pwrite", refusing)
-    try:
-        _round_trip(spill, _pieces(3))
-        assert refused and not spill.direct
-    finally:
-        spill.close()
+    _round_trip(spill, _pieces(3))
+    assert refused and not spill.direct
 
 
 def test_a_write_error_other_than_a_refusal_of_direct_io_is_raised(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    spill: SpillFile, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spill = SpillFile(tmp_path / "spill")
-
     def full(fd: int, data: object, offset: int) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(direct_spill.os, "pwrite", full)
-    try:
-        with pytest.raises(OSError, match="No space"):
-            spill.append(np.ones(10, dtype=np.uint8))
-    finally:
-        spill.close()
+    with pytest.raises(OSError, match="No space"):
+        spill.append(np.ones(10, dtype=np.uint8))
 
 
 @pytest.mark.parametrize("expected", [5 * 7, 5 * 7 + 1, None])

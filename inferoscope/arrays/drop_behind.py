@@ -11,6 +11,7 @@ bytes are on disk, and a later reader reads them from there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -71,6 +72,17 @@ class DropBehind:
             self._thread = None
         if self._error is not None:
             raise self._error
+
+    def __enter__(self) -> DropBehind:
+        return self
+
+    def __exit__(self, kind: object, *exc: object) -> None:
+        """Every sync waited for; a sync's error raised unless another is on its way already."""
+        if kind is None:
+            self.finish()
+        else:
+            with contextlib.suppress(OSError):
+                self.finish()
 
 
 class DropBehindFile:

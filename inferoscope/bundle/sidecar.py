@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..arrays.buffers import AlignedBuffer
 from ..arrays.npy import NpyHeader, NpyHeaderError, contract_dtype, from_disk, read_header_of
 from ..routing import Routing, RoutingGroup
 
@@ -48,15 +49,13 @@ class ArrayFile:
             raise OSError(f"{self.relpath}: file shorter than its header says")
         return data
 
-    def read_raw_into(self, start: int, stop: int, into: bytearray) -> memoryview:
-        """``read_raw`` into a buffer that is reused (it grows when too small; the view returned
-        is valid until its next use): a fresh buffer a block would cost fresh pages every block."""
+    def read_raw_into(self, start: int, stop: int, into: AlignedBuffer) -> memoryview:
+        """``read_raw`` into a buffer that is reused (the view returned is valid until its next
+        use): a fresh buffer a block would cost fresh pages every block."""
         fd, offset, size = self._open_rows(start, stop)
         if size == 0:
             return memoryview(b"")
-        if len(into) < size:
-            into.extend(bytes(size - len(into)))
-        data = memoryview(into)[:size]
+        data = into.view(size)
         got = 0
         try:
             while got < size and (step := os.preadv(fd, [data[got:]], offset + got)):
@@ -82,7 +81,7 @@ class ArrayFile:
         stored = np.frombuffer(data, dtype=self.header.dtype).reshape((count, *self.header.shape[1:]))
         return from_disk(stored, self.dtype)
 
-    def read(self, start: int, stop: int, into: bytearray | None = None) -> np.ndarray:
+    def read(self, start: int, stop: int, into: AlignedBuffer | None = None) -> np.ndarray:
         """Rows ``[start, stop)`` as numbers (``into``: see ``read_raw_into``)."""
         data = self.read_raw(start, stop) if into is None else self.read_raw_into(start, stop, into)
         return self.rows_of(data)

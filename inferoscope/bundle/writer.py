@@ -87,8 +87,7 @@ def write_prepared_bundle(
     def fill(staging: Path) -> None:
         _write_json(staging / MANIFEST_FILE, manifest, "manifest")
         with (staging / RAW_TRACE_FILE).open("wb") as handle:
-            behind = drop_behind.DropBehind(handle.fileno())  # written once, never read here again
-            try:
+            with drop_behind.DropBehind(handle.fileno()) as behind:  # written once, never read here
                 for text in raw_lines:
                     if isinstance(text, Path):
                         append_file(handle, text)
@@ -98,10 +97,6 @@ def write_prepared_bundle(
                         handle.flush()
                         behind.wrote(handle.tell())
                 handle.flush()
-                behind.finish()
-            finally:
-                with contextlib.suppress(OSError):
-                    behind.finish()  # no sync outlives the file
             _sync(handle)
         _write_json(staging / LAYOUT_FILE, layout, "layout")
 
