@@ -33,9 +33,14 @@ def dumps_json_file(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=True, allow_nan=False) + "\n"
 
 
+#: the encoder ``json.dumps`` would build for these options on every call, built once (a token
+#: line of a twin: 3.7 -> 3.2 µs)
+_LINE_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=True, allow_nan=False)
+
+
 def dumps_ndjson_line(obj: Any) -> str:
     """One NDJSON line: sorted keys, default separators, ASCII, ending in ``\\n``."""
-    return json.dumps(obj, sort_keys=True, ensure_ascii=True, allow_nan=False) + "\n"
+    return _LINE_ENCODER.encode(obj) + "\n"
 
 
 def _refuse_constant(name: str) -> Any:

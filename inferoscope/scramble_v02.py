@@ -29,6 +29,7 @@ from .bundle.writer_v02 import RunWriter
 from .direct_spill import SpillFile
 from .forked_call import stop as stop_helper
 from .jsonfmt import parse_json_bytes
+from .permutations import shuffled_rows
 from .routing import PROMPT_ROLES, RoutingGroup
 
 BLOCK_TOKENS = 1024
@@ -48,13 +49,12 @@ def _labels(rng: np.random.Generator, rows: int, group: RoutingGroup) -> np.ndar
     sel = group.selection
     if sel.rule == "group_limited_topk" and sel.n_group:
         per = e // sel.n_group
-        groups = rng.permuted(np.tile(np.arange(sel.n_group), (rows, 1)), axis=1)
-        within = rng.permuted(np.tile(np.arange(per), (rows, 1)), axis=1)
+        groups = shuffled_rows(rng, rows, sel.n_group)
+        within = shuffled_rows(rng, rows, per)
         experts = np.arange(e)
         labels: np.ndarray = groups[:, experts // per] * per + within[:, experts % per]
         return labels
-    shuffled: np.ndarray = rng.permuted(np.tile(np.arange(e), (rows, 1)), axis=1)
-    return shuffled
+    return shuffled_rows(rng, rows, e)
 
 
 def scramble_v02(

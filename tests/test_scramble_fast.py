@@ -399,6 +399,46 @@ def test_draws_skipped_in_bulk_leave_the_generator_where_drawing_them_one_by_one
     assert np.array_equal(one_by_one.permuted(base, axis=1), bulk.permuted(base, axis=1))
 
 
+@pytest.mark.parametrize(("rows", "width"), [(1, 1), (5, 2), (300, 3), (2000, 64), (40, 300)])
+def test_rows_shuffled_in_place_are_the_rows_permuted_draws_and_leave_the_generator_alike(
+    rows: int, width: int
+) -> None:
+    """The twins' labels: the same permutations as ``permuted`` of a fresh copy, in any type."""
+    from inferoscope.permutations import shuffled_rows
+
+    copied, in_place = np.random.default_rng(rows + width), np.random.default_rng(rows + width)
+    expected = copied.permuted(
+        np.tile(np.arange(width, dtype=np.int8 if width < 128 else np.int16), (rows, 1)), axis=1
+    )
+    assert np.array_equal(shuffled_rows(in_place, rows, width), expected)
+    assert in_place.bit_generator.state == copied.bit_generator.state
+
+
+def _plain_look(text: bytes, entries: int = 1) -> bool:
+    """The cheap look at an entry's numbers, as its docstring defines it."""
+    if b"0.0000" in text:
+        return False
+    if b"-0," in text or b"-0]" in text:
+        return False
+    return (
+        text.count(b"e") == fast_module._KEY_ES * entries
+        or fast_module._NOT_REPR_EXPONENT.search(text) is None
+    )
+
+
+def test_the_cheap_look_at_numbers_is_its_plain_definition_on_any_text() -> None:
+    """What a twin keeps as text depends on this look (a number repr would not write keeps its
+    text only where the look passes), so its searches must be the plain ones, exactly."""
+    import random
+
+    chosen = random.Random(7)
+    alphabet = b"e0123456789+-.,]x"
+    cases = [b"0.0000", b".00001", b"10.00001", b"[-0]", b"[-0, 1]", b"1e-05,-0.5]", b"0.00001", b"-0.0"]
+    cases += [bytes(chosen.choice(alphabet) for _ in range(chosen.randint(1, 14))) for _ in range(40000)]
+    for text in cases:
+        assert fast_module._numbers_as_repr(text) == _plain_look(text), text
+
+
 @pytest.mark.parametrize("kernel", ["copies", "stops short", "refuses midway", "missing"])
 def test_a_half_written_elsewhere_is_appended_whole_whatever_the_kernel_copy_does(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel: str
