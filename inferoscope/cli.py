@@ -412,7 +412,12 @@ def cmd_derive(args: argparse.Namespace) -> int:
                 style="bold yellow",
             )
             (err if args.json else out).print(notice, soft_wrap=True)
-        summary = write_derived(target, threshold, cap=args.cap)
+        summary = write_derived(
+            target,
+            threshold,
+            cap=args.cap,
+            notice=lambda text: err.print(Text(text, style="yellow"), soft_wrap=True),
+        )
     except (RunBundleError, FileExistsError, RunIdError, ValueError) as exc:
         _error_line(f"inferoscope: {visible(str(exc).splitlines()[0], 400)}")
         return EXIT_ISSUES if isinstance(exc, RunBundleError) else EXIT_UNREADABLE

@@ -25,7 +25,7 @@ import itertools
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
@@ -63,6 +63,10 @@ from .versions import (
 )
 
 DEFAULT_THRESHOLD = 0.9
+#: motifs in one clustering of the uncapped cosine matcher past which derive says once that the
+#: run has little structure (a structured run has hundreds: the demo repeated to 50,000 tokens has
+#: 89 global motifs) and that ``--cap`` bounds the cost, which grows with every motif
+MANY_MOTIFS = 10_000
 
 
 @dataclass(slots=True)
@@ -218,6 +222,7 @@ class Derivation:
         one_by_one: bool = False,
         audit: bool = False,
         parallel: bool = False,
+        notice: Callable[[str], None] | None = None,
     ) -> None:
         if cap is not None and (threshold is None or cap < 1):
             raise ValueError("a cap applies to the cosine matcher, and must be at least 1")
@@ -242,6 +247,8 @@ class Derivation:
         self.pending: tuple[InputBlock, list[int], dict[Any, BlockDecisions]] | None = None
         self.line_maker: LineMaker | None = None
         self.clock = SplitClock()
+        # said once, where the uncapped cosine matcher meets a run with little structure
+        self.notice = notice if threshold is not None and cap is None else None
         self._head = (
             '{"derivation_config_id": '
             + json.dumps(self.config_id)
@@ -360,6 +367,8 @@ class Derivation:
         every = [glob, *(decided[index] for index in indices)]
         fits = [_fit_values(d) for d in every]
         self.tokens += block.tokens.size
+        if self.notice is not None:
+            self._tell_if_many(every, indices)
         self.fits.append(fits[0])
         if self.line_maker is None:  # a run's layers never change (else it is Irregular)
             self.line_maker = LineMaker(self._head, self._tail, indices)
@@ -367,6 +376,22 @@ class Derivation:
         if made is not None:
             return made.decode("ascii")
         return self._one_by_one(block, indices, every, [f.tolist() for f in fits])
+
+    def _tell_if_many(self, every: list[BlockDecisions], indices: list[int]) -> None:
+        """Say once that a clustering passed ``MANY_MOTIFS``: matching the rest of the run costs
+        more with every motif, and a capped matcher bounds it."""
+        counts = [int(d.numbers.max()) + 1 if d.numbers.size else 0 for d in every]
+        most = max(counts)
+        if self.notice is None or most < MANY_MOTIFS:
+            return
+        where = ["the global fingerprint", *(f"layer {index}" for index in indices)][counts.index(most)]
+        self.notice(
+            f"derive: {most:,} motifs in {where} after {self.tokens:,} tokens: this run repeats little "
+            "of its routing, and the uncapped matcher compares each token with every motif, so it "
+            "slows as they grow; --cap 1024 bounds the cost (an approximate matcher, named in "
+            "derivation_config_id)"
+        )
+        self.notice = None
 
     def _one_by_one(
         self, block: InputBlock, indices: list[int], every: list[BlockDecisions], fits: list[list[float]]
@@ -591,7 +616,11 @@ def derive_inputs(reader: RunReader) -> Iterator[dict[str, Any]]:
 
 
 def write_derived(
-    run_dir: Path | str, threshold: float | None = DEFAULT_THRESHOLD, *, cap: int | None = None
+    run_dir: Path | str,
+    threshold: float | None = DEFAULT_THRESHOLD,
+    *,
+    cap: int | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Derive and write the three provisional artifacts into a bundle; returns a summary.
 
@@ -601,7 +630,8 @@ def write_derived(
     lock keeps two derives of one bundle apart (the second gets BundleBusyError). Only the
     manifest, raw trace and layout must be valid before, so a half-derived bundle is repaired;
     the raw trace and layout are never touched (the new bundle holds the same files, validated
-    under the same lock).
+    under the same lock). ``notice`` hears what a user should know while it runs (a run whose
+    motifs keep growing under the uncapped matcher).
     """
     folder = Path(run_dir)
     for name in (DERIVED_FILE, MOTIF_LEDGER_FILE, CONTINGENCY_FILE, MANIFEST_FILE):
@@ -616,7 +646,9 @@ def write_derived(
             staging = staging_copy(
                 folder, leave_out={DERIVED_FILE, MOTIF_LEDGER_FILE, CONTINGENCY_FILE, MANIFEST_FILE}
             )
-            derivation, first = _stream_derived(reader, source, threshold, cap, staging / DERIVED_FILE)
+            derivation, first = _stream_derived(
+                reader, source, threshold, cap, staging / DERIVED_FILE, notice
+            )
             ledger, contingency = derivation.artifacts()
             manifest = dict(source, derivation_config_id=ledger["derivation_config_id"])
             check.wait()
@@ -656,7 +688,12 @@ def write_derived(
 
 
 def _stream_derived(
-    reader: RunReader, manifest: dict[str, Any], threshold: float | None, cap: int | None, path: Path
+    reader: RunReader,
+    manifest: dict[str, Any],
+    threshold: float | None,
+    cap: int | None,
+    path: Path,
+    notice: Callable[[str], None] | None = None,
 ) -> tuple[Derivation, list[dict[str, Any]]]:
     """Write the derived events to ``path`` as they are matched; (the derivation, the first
     block's events parsed back for checking)."""
@@ -665,7 +702,7 @@ def _stream_derived(
     # one BLAS thread per process: the helper and the decoders already fill the cores, and
     # BLAS threads spinning beside them made derive 2.8x slower (benchmarks/bench_derive.py)
     with path.open("wb") as handle, threadpool_limits(limits=1, user_api="blas"):
-        derivation = Derivation(manifest, threshold, cap=cap, parallel=True)
+        derivation = Derivation(manifest, threshold, cap=cap, parallel=True, notice=notice)
         first: list[dict[str, Any]] = []
         try:
             for text in derivation.texts(reader_blocks(reader)):

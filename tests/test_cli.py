@@ -225,6 +225,25 @@ def test_derive_refuses_exact_with_a_threshold(tmp_path: Path) -> None:
     assert run("inferoscope", "derive", str(B), "--threshold", "1.5").returncode == 2
 
 
+def test_derive_says_once_that_a_run_without_structure_slows_the_uncapped_matcher(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Random routing founds a motif at nearly every token; the uncapped matcher then compares
+    each token with all of them. derive says so once, on stderr, and names --cap."""
+    import inferoscope.derive as derive_module
+    from inferoscope.cli import main
+    from inferoscope.synthetic import write_synthetic_v02
+
+    monkeypatch.setattr(derive_module, "MANY_MOTIFS", 200)
+    run_dir = write_synthetic_v02(tmp_path / "random", "random", 1500, layers=2, experts=16, top_k=2)
+    assert main(["derive", str(run_dir)]) == 0
+    said = capsys.readouterr()
+    assert said.err.count("motifs in") == 1 and "--cap 1024 bounds the cost" in said.err
+    assert "1500 tokens" in said.out and "motifs in" not in said.out
+    assert main(["derive", str(run_dir), "--cap", "64"]) == 0  # capped: nothing to say
+    assert "motifs in" not in capsys.readouterr().err
+
+
 def test_demo_refuses_an_existing_run_before_loading_the_model_and_quotes_its_hints(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
