@@ -15,7 +15,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -412,12 +412,7 @@ def cmd_derive(args: argparse.Namespace) -> int:
                 style="bold yellow",
             )
             (err if args.json else out).print(notice, soft_wrap=True)
-        summary = write_derived(
-            target,
-            threshold,
-            cap=args.cap,
-            notice=lambda text: err.print(Text(text, style="yellow"), soft_wrap=True),
-        )
+        summary = write_derived(target, threshold, cap=args.cap, notice=_notice_line)
     except (RunBundleError, FileExistsError, RunIdError, ValueError) as exc:
         _error_line(f"inferoscope: {visible(str(exc).splitlines()[0], 400)}")
         return EXIT_ISSUES if isinstance(exc, RunBundleError) else EXIT_UNREADABLE
@@ -526,6 +521,16 @@ def _fail(message: str) -> int:
     """One line on stderr and exit 2."""
     _error_line(f"inferoscope: {message}")
     return EXIT_UNREADABLE
+
+
+def _notice_line(message: str) -> None:
+    """One line on stderr while a command goes on, written straight to the descriptor: where stderr
+    is full or closed the line is lost, not left in a buffer that would fail again at every fork
+    and at exit (and turn a command that did its work into a failure)."""
+    line = (" ".join(message.splitlines()) + "\n").encode("ascii", "replace")
+    with suppress(OSError, ValueError):  # ValueError: a stderr with no descriptor, or closed
+        sys.stderr.flush()
+        os.write(sys.stderr.fileno(), line)
 
 
 def _error_line(message: str) -> None:

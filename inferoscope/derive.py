@@ -20,6 +20,7 @@ and the manifest's derivation_config_id (each file atomically); the raw trace is
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import json
@@ -63,7 +64,7 @@ from .versions import (
 )
 
 DEFAULT_THRESHOLD = 0.9
-#: motifs in one clustering of the uncapped cosine matcher past which derive says once that the
+#: motifs in one clustering of the uncapped cosine matcher from which derive says once that the
 #: run has little structure (a structured run has hundreds: the demo repeated to 50,000 tokens has
 #: 89 global motifs) and that ``--cap`` bounds the cost, which grows with every motif
 MANY_MOTIFS = 10_000
@@ -378,20 +379,21 @@ class Derivation:
         return self._one_by_one(block, indices, every, [f.tolist() for f in fits])
 
     def _tell_if_many(self, every: list[BlockDecisions], indices: list[int]) -> None:
-        """Say once that a clustering passed ``MANY_MOTIFS``: matching the rest of the run costs
+        """Say once that a clustering reached ``MANY_MOTIFS``: matching the rest of the run costs
         more with every motif, and a capped matcher bounds it."""
         counts = [int(d.numbers.max()) + 1 if d.numbers.size else 0 for d in every]
         most = max(counts)
         if self.notice is None or most < MANY_MOTIFS:
             return
         where = ["the global fingerprint", *(f"layer {index}" for index in indices)][counts.index(most)]
-        self.notice(
-            f"derive: {most:,} motifs in {where} after {self.tokens:,} tokens: this run repeats little "
-            "of its routing, and the uncapped matcher compares each token with every motif, so it "
-            "slows as they grow; --cap 1024 bounds the cost (an approximate matcher, named in "
-            "derivation_config_id)"
-        )
-        self.notice = None
+        notice, self.notice = self.notice, None
+        with contextlib.suppress(OSError):  # a stderr full or closed loses the notice, not the run
+            notice(
+                f"derive: {most:,} motifs in {where} after {self.tokens:,} tokens: this run repeats "
+                "little of its routing, and the uncapped matcher compares each token with every "
+                "motif, so it slows as they grow; --cap 1024 bounds the cost (an approximate "
+                "matcher, named in derivation_config_id)"
+            )
 
     def _one_by_one(
         self, block: InputBlock, indices: list[int], every: list[BlockDecisions], fits: list[list[float]]

@@ -226,7 +226,7 @@ def test_derive_refuses_exact_with_a_threshold(tmp_path: Path) -> None:
 
 
 def test_derive_says_once_that_a_run_without_structure_slows_the_uncapped_matcher(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """Random routing founds a motif at nearly every token; the uncapped matcher then compares
     each token with all of them. derive says so once, on stderr, and names --cap."""
@@ -237,11 +237,60 @@ def test_derive_says_once_that_a_run_without_structure_slows_the_uncapped_matche
     monkeypatch.setattr(derive_module, "MANY_MOTIFS", 200)
     run_dir = write_synthetic_v02(tmp_path / "random", "random", 1500, layers=2, experts=16, top_k=2)
     assert main(["derive", str(run_dir)]) == 0
-    said = capsys.readouterr()
+    said = capfd.readouterr()
     assert said.err.count("motifs in") == 1 and "--cap 1024 bounds the cost" in said.err
     assert "1500 tokens" in said.out and "motifs in" not in said.out
     assert main(["derive", str(run_dir), "--cap", "64"]) == 0  # capped: nothing to say
-    assert "motifs in" not in capsys.readouterr().err
+    assert "motifs in" not in capfd.readouterr().err
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_derive_notice_that_stderr_cannot_take_loses_nothing(tmp_path: Path) -> None:
+    """A stderr that is full takes the notice, never the derived files or the exit status (a
+    line left in stderr's buffer would fail again at the helper's fork and at exit)."""
+    from inferoscope.synthetic import write_synthetic_v02
+
+    run_dir = write_synthetic_v02(tmp_path / "random", "random", 1500, layers=2, experts=16, top_k=2)
+    # stderr a buffered file on a full device: what is written waits in its buffer, and every
+    # flush after it (the helper's fork, the exit) fails, unless the notice never entered it
+    script = (
+        "import sys, inferoscope.derive as d; d.MANY_MOTIFS = 200; from inferoscope.cli import main; "
+        "sys.stderr = open('/dev/full', 'w'); "
+        f"sys.exit(main(['derive', {str(run_dir)!r}]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0 and "1500 tokens" in result.stdout
+    for name in ("derived.ndjson", "motif_ledger.json", "contingency.json"):
+        assert (run_dir / name).stat().st_size > 0
+
+
+def test_a_derive_notice_that_cannot_be_written_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the notice's receiver raises of a failing write, the derivation goes on."""
+    import inferoscope.derive as derive_module
+    from inferoscope.derive import write_derived
+    from inferoscope.synthetic import write_synthetic_v02
+
+    monkeypatch.setattr(derive_module, "MANY_MOTIFS", 200)
+    run_dir = write_synthetic_v02(tmp_path / "random", "random", 1500, layers=2, experts=16, top_k=2)
+    tried: list[str] = []
+
+    def closed_stderr(text: str) -> None:
+        tried.append(text)
+        raise BrokenPipeError(32, "Broken pipe")
+
+    summary = write_derived(run_dir, notice=closed_stderr)
+    assert len(tried) == 1 and summary["tokens"] == 1500
+    for name in ("derived.ndjson", "motif_ledger.json", "contingency.json"):
+        assert (run_dir / name).stat().st_size > 0
 
 
 def test_demo_refuses_an_existing_run_before_loading_the_model_and_quotes_its_hints(
