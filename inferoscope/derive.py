@@ -368,8 +368,7 @@ class Derivation:
         every = [glob, *(decided[index] for index in indices)]
         fits = [_fit_values(d) for d in every]
         self.tokens += block.tokens.size
-        if self.notice is not None:
-            self._tell_if_many(every, indices)
+        self._tell_if_many(every, indices)
         self.fits.append(fits[0])
         if self.line_maker is None:  # a run's layers never change (else it is Irregular)
             self.line_maker = LineMaker(self._head, self._tail, indices)
@@ -381,9 +380,11 @@ class Derivation:
     def _tell_if_many(self, every: list[BlockDecisions], indices: list[int]) -> None:
         """Say once that a clustering reached ``MANY_MOTIFS``: matching the rest of the run costs
         more with every motif, and a capped matcher bounds it."""
+        if self.notice is None:
+            return
         counts = [int(d.numbers.max()) + 1 if d.numbers.size else 0 for d in every]
         most = max(counts)
-        if self.notice is None or most < MANY_MOTIFS:
+        if most < MANY_MOTIFS:
             return
         where = ["the global fingerprint", *(f"layer {index}" for index in indices)][counts.index(most)]
         notice, self.notice = self.notice, None

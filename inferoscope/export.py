@@ -17,6 +17,7 @@ import math
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,18 +109,10 @@ def export_parquet(
     if reader.profile == "v0.2" and reader.routing is not None:
         from .export_v02 import export_v02
 
-        partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-        try:
+        with _written_as(target) as partial:
             export_v02(reader, partial, run_id, result)
             if before_replace is not None:
                 before_replace()
-            os.replace(partial, target)
-        except BaseException as exc:
-            partial.unlink(missing_ok=True)
-            named = _named(exc, target)
-            if named is exc:
-                raise
-            raise named from exc
         return result
     count = 1 << 62 if by_blocks else len(reader)  # read by blocks: no index, no count first
     experts = _shared_expert_count(reader, count)
@@ -146,13 +139,12 @@ def export_parquet(
             ("top1_top2_margin", pa.float64()),
         ]
     )
-    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
 
     def write(rows: list[_Row], last: bool) -> None:
         if rows or (last and result.rows == 0):
             writer.write_table(_table(rows, schema, experts, result))
 
-    try:
+    with _written_as(target) as partial:
         with pq.ParquetWriter(partial, schema, compression="zstd") as writer:
             if by_blocks:
                 _write_by_blocks(writer, reader, run_id, schema, experts, result, checked)
@@ -168,6 +160,16 @@ def export_parquet(
             _raise_unless_clean(reader, run_dir, checked)
         if before_replace is not None:
             before_replace()
+    return result
+
+
+@contextmanager
+def _written_as(target: Path) -> Iterator[Path]:
+    """A partial file beside ``target`` to write, named ``target`` when the block ends cleanly;
+    otherwise removed, and a disk error raised naming ``target``."""
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    try:
+        yield partial
         os.replace(partial, target)
     except BaseException as exc:
         partial.unlink(missing_ok=True)
@@ -175,7 +177,6 @@ def export_parquet(
         if named is exc:
             raise
         raise named from exc
-    return result
 
 
 def _named(exc: BaseException, target: Path) -> BaseException:

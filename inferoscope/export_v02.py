@@ -263,7 +263,7 @@ def _lists(parts: list[dict[str, Any]], key: str, order: np.ndarray, kind: Any, 
     )[order]
     missing = np.concatenate([np.full(p["token"].size, p[key] is None) for p in parts])[order]
     if len({a.shape[1] for a in present}) == 1 and not missing.any():
-        if len(present) == 1 and _in_order(order):  # one group, its layers ascending: no copy
+        if len(present) == 1 and _is_identity(order):  # one group, its layers ascending: no copy
             values = present[0].ravel()
         else:
             values = np.concatenate(present)[order].ravel()
@@ -290,7 +290,7 @@ def _cells(array: np.ndarray, rows: int, kind: Any) -> np.ndarray:
     return cells
 
 
-def _in_order(order: np.ndarray) -> bool:
+def _is_identity(order: np.ndarray) -> bool:
     return bool((order == np.arange(order.size)).all())
 
 

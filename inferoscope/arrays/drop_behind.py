@@ -39,10 +39,15 @@ class DropBehind:
         self._thread: threading.Thread | None = None
         self._error: OSError | None = None
 
+    def due(self, end: int) -> bool:
+        """Whether a file written up to ``end`` has a range to drop (a writer that buffers flushes
+        only then, and calls ``wrote``)."""
+        return self.usable and end - self.dropped >= DROP_BYTES
+
     def wrote(self, end: int) -> None:
         if self._error is not None:
             raise self._error
-        if not self.usable or end - self.dropped < DROP_BYTES:
+        if not self.due(end):
             return
         if self._thread is None:
             self._ranges = queue.Queue(maxsize=WAITING)

@@ -93,7 +93,7 @@ def write_prepared_bundle(
                         append_file(handle, text)
                     else:
                         handle.write(text)
-                    if handle.tell() - behind.dropped >= drop_behind.DROP_BYTES:
+                    if behind.due(handle.tell()):
                         handle.flush()
                         behind.wrote(handle.tell())
                 handle.flush()
